@@ -1,0 +1,464 @@
+"""TinyGiant: three frozen audio encoders, a query-guided projector and Qwen3 (arXiv 2606.08425, section 3).
+
+Equation numbers in comments are the paper's. Layout follows transformers' Audio Flamingo 3: `TinyGiantModel`
+(encoders + projector + `Qwen3Model`, returns hidden states with the audio already merged) inside
+`TinyGiantForConditionalGeneration` (adds `lm_head`, the loss and generation). The merge lives in
+`TinyGiantModel.forward` because TRL's fused LM-head training calls only the inner model.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    ClapAudioModel,
+    ClapAudioModelWithProjection,
+    GenerationMixin,
+    PreTrainedModel,
+    Qwen3Model,
+    WhisperModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import logging
+
+try:
+    from .configuration_tinygiant import TinyGiantConfig
+    from .processing_tinygiant import HTSAT_FRAMES_PER_WINDOW, WHISPER_FRAMES_PER_WINDOW, TinyGiantProcessor
+except ImportError:
+    from configuration_tinygiant import TinyGiantConfig
+    from processing_tinygiant import HTSAT_FRAMES_PER_WINDOW, WHISPER_FRAMES_PER_WINDOW, TinyGiantProcessor
+
+# Inputs that exist once per audio window or per audio, consumed at prefill only.
+AUDIO_INPUTS = ("whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")
+
+
+class EBranchformerBlock(nn.Module):
+    """E-Branchformer block (eq. 5-10): self-attention and convolution branches, merged per token, then an FFN.
+
+    The paper's sigma is GELU, E-Branchformer's activation. The merge weights (eq. 8) are two scalars per token.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d, p = config.text_config.hidden_size, config.projector_dropout
+        self.self_attn = nn.MultiheadAttention(d, config.projector_heads, batch_first=True)
+        self.attn_dropout, self.attn_norm = nn.Dropout(p), nn.LayerNorm(d)
+        self.conv_in = nn.Linear(d, config.cgmlp_dim)
+        k = config.conv_kernel_size
+        self.depthwise_conv = nn.Conv1d(config.cgmlp_dim, config.cgmlp_dim, k, padding=k // 2, groups=config.cgmlp_dim)
+        self.conv_out = nn.Linear(config.cgmlp_dim, d)
+        self.conv_dropout, self.conv_norm = nn.Dropout(p), nn.LayerNorm(d)
+        self.merge = nn.Linear(2 * d, 2)
+        self.ffn = nn.Sequential(nn.Linear(d, config.ffn_dim), nn.GELU(), nn.Linear(config.ffn_dim, d))
+        self.ffn_dropout, self.ffn_norm = nn.Dropout(p), nn.LayerNorm(d)
+
+    def forward(self, x):
+        attn = self.self_attn(x, x, x, need_weights=False)[0]
+        z_attn = self.attn_norm(x + self.attn_dropout(attn))  # (5)
+        h = F.gelu(self.conv_in(x))
+        h = F.gelu(self.depthwise_conv(h.transpose(1, 2)).transpose(1, 2))
+        x_conv = self.conv_out(h)  # (6)
+        z_conv = self.conv_norm(x + self.conv_dropout(x_conv))  # (7)
+        w = self.merge(torch.cat([z_attn, z_conv], dim=-1)).softmax(dim=-1)  # (8)
+        z = w[..., :1] * z_attn + w[..., 1:] * z_conv  # (9)
+        return self.ffn_norm(z + self.ffn_dropout(self.ffn(z)))  # (10)
+
+
+class QueryGuidedProjector(nn.Module):
+    """Maps the pooled audio streams to N LLM embeddings: Stage A (eq. 4-10), B (eq. 12-13) and C (eq. 14-15)."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.text_config.hidden_size
+        self.input_proj = nn.Linear(config.whisper_config.d_model + config.htsat_config.hidden_size, d)
+        self.blocks = nn.ModuleList([EBranchformerBlock(config) for _ in range(config.projector_layers)])
+        if config.use_intent_query:
+            self.intent_attn = nn.MultiheadAttention(d, config.projector_heads, batch_first=True)
+            self.intent_norm = nn.LayerNorm(d)
+        if config.use_clap_gate:
+            self.clap_gate = nn.Linear(config.clap_config.hidden_size, d)
+            self.gate_norm = nn.LayerNorm(d)
+
+    def forward(self, whisper_frames, htsat_frames, intent_query=None, clap_vector=None):
+        """`whisper_frames` (A, N, 1280) and `htsat_frames` (A, N, 768) -> (A, N, d_model).
+
+        `intent_query` (A, d_model) is needed when Stage B is on, `clap_vector` (A, 1024) when Stage C is on.
+        """
+        h = self.input_proj(torch.cat([whisper_frames, htsat_frames], dim=-1))  # (4)
+        for block in self.blocks:
+            h = block(h)  # (5)-(10)
+        if hasattr(self, "intent_attn"):
+            # One query vector per audio: its attention output refines every token as a shared residual.
+            attn = self.intent_attn(intent_query[:, None], h, h, need_weights=False)[0]  # (12)
+            h = self.intent_norm(h + attn)  # (13)
+        if hasattr(self, "clap_gate"):
+            g = torch.sigmoid(self.clap_gate(clap_vector))  # (14)
+            h = self.gate_norm(h * (0.5 + 0.5 * g[:, None]))  # (15)
+        return h
+
+
+def pool_per_audio(frames, lengths, num_tokens):
+    """Concatenate each audio's windows in time, keep its `length` real frames and pool them to `num_tokens`.
+
+    `frames` is (windows, frames_per_window, dim); consecutive windows belong to consecutive audios.
+    """
+    windows = (lengths + frames.shape[1] - 1) // frames.shape[1]
+    if int(windows.sum()) != frames.shape[0]:
+        raise ValueError(
+            f"the audio lengths {lengths.tolist()} need {int(windows.sum())} windows but {frames.shape[0]} were given"
+        )
+    pooled = []
+    for audio_windows, length in zip(frames.split(windows.tolist()), lengths.tolist()):
+        sequence = audio_windows.flatten(0, 1)[:length]
+        pooled.append(F.adaptive_avg_pool1d(sequence.T[None], num_tokens)[0].T)
+    return torch.stack(pooled)
+
+
+class TinyGiantPreTrainedModel(PreTrainedModel):
+    config_class = TinyGiantConfig
+    base_model_prefix = "model"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen3DecoderLayer", "WhisperEncoderLayer", "ClapAudioStage", "EBranchformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers 5 recreates loaded parameters as trainable, so freeze the encoders again.
+        model = super().from_pretrained(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, TinyGiantModel):
+                module.freeze_audio_encoders()
+        return model
+
+
+class TinyGiantModel(TinyGiantPreTrainedModel):
+    """Frozen Whisper encoder, HTS-AT and CLAP towers, the query-guided projector and the Qwen3 decoder (no head)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.whisper_encoder = WhisperEncoder(config.whisper_config)
+        self.htsat_encoder = ClapAudioModel(config.htsat_config)
+        # Without the gate (ablations "Vanilla" and "w/o CLAP") the CLAP tower is not needed at all.
+        self.clap_encoder = ClapAudioModel(config.clap_config) if config.use_clap_gate else None
+        self.projector = QueryGuidedProjector(config)
+        self.language_model = Qwen3Model(config.text_config)
+        self.freeze_audio_encoders()
+        self.post_init()
+
+    def audio_encoders(self):
+        return [m for m in (self.whisper_encoder, self.htsat_encoder, self.clap_encoder) if m is not None]
+
+    def freeze_audio_encoders(self):
+        for encoder in self.audio_encoders():
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode=True):
+        # Trainer calls train() every step; the frozen encoders must keep dropout and layer drop off.
+        super().train(mode)
+        for encoder in self.audio_encoders():
+            encoder.eval()
+        return self
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    @torch.no_grad()
+    def encode_audio(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+        """Run the frozen encoders: returns F_w and F_h pooled to N steps, and c_clap (None without the gate)."""
+        n = self.config.num_audio_tokens
+        whisper_frames = self.whisper_encoder(whisper_input_features).last_hidden_state  # (1)
+        # HTS-AT's last map is (windows, 768, 2 frequency groups, 32 time steps); average out frequency.
+        htsat_map = self.htsat_encoder(clap_input_features).last_hidden_state
+        htsat_frames = htsat_map.mean(dim=2).transpose(1, 2)  # (2)
+        clap_vector = None
+        if self.clap_encoder is not None:
+            windows = (htsat_lengths + htsat_frames.shape[1] - 1) // htsat_frames.shape[1]
+            window_vectors = self.clap_encoder(clap_input_features).pooler_output
+            # A long audio's global vector is the mean of its 10 s windows' vectors.
+            clap_vector = torch.stack([v.mean(0) for v in window_vectors.split(windows.tolist())])  # (3)
+        return pool_per_audio(whisper_frames, whisper_lengths, n), pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
+
+    def get_audio_features(
+        self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query=None
+    ):
+        """Encoders + projector: `pooler_output` holds the (audios, N, d_model) embeddings that replace placeholders."""
+        dtype = self.projector.input_proj.weight.dtype
+        whisper_frames, htsat_frames, clap_vector = self.encode_audio(
+            whisper_input_features.to(self.whisper_encoder.dtype),
+            clap_input_features.to(self.htsat_encoder.dtype),
+            whisper_lengths,
+            htsat_lengths,
+        )
+        if clap_vector is not None:
+            clap_vector = clap_vector.to(dtype)
+        audio_embeds = self.projector(whisper_frames.to(dtype), htsat_frames.to(dtype), intent_query, clap_vector)
+        return BaseModelOutputWithPooling(pooler_output=audio_embeds)
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds):
+        """(batch, seq) mask of the audio placeholder positions."""
+        if input_ids is not None:
+            return input_ids == self.config.audio_token_id
+        audio_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.audio_token_id, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == audio_embedding).all(-1)
+
+    def get_intent_query(self, inputs_embeds, instruction_mask, placeholder_mask):
+        """q_intent per audio: the mean input embedding over its sample's instruction tokens (eq. 11)."""
+        if instruction_mask is None:
+            raise ValueError("the intent query needs `instruction_mask` (TinyGiantProcessor returns it)")
+        mask = instruction_mask.to(inputs_embeds.device)
+        if mask.shape[1] < inputs_embeds.shape[1]:  # generation without cache appends tokens after the prompt
+            mask = F.pad(mask, (0, inputs_embeds.shape[1] - mask.shape[1]))
+        mask = (mask.bool() & ~placeholder_mask)[..., None].to(inputs_embeds.dtype)
+        per_sample = (inputs_embeds * mask).sum(1) / mask.sum(1).clamp(min=1)  # (11)
+        audios_per_sample = placeholder_mask.sum(1) // self.config.num_audio_tokens
+        return per_sample.repeat_interleave(audios_per_sample, dim=0)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        whisper_input_features=None,
+        clap_input_features=None,
+        whisper_lengths=None,
+        htsat_lengths=None,
+        instruction_mask=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        r"""
+        whisper_input_features (`torch.FloatTensor` of shape `(windows, 128, 3000)`): 30 s log-mel windows at 16 kHz.
+        clap_input_features (`torch.FloatTensor` of shape `(windows, 1, 1001, 64)`): 10 s log-mel windows at 48 kHz.
+        whisper_lengths, htsat_lengths (`torch.LongTensor` of shape `(audios,)`): real encoder frames per audio.
+        instruction_mask (`torch.LongTensor` of shape `(batch, seq)`): the user's instruction tokens (Stage B).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        if whisper_input_features is not None:
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+            intent_query = None
+            if self.config.use_intent_query:
+                intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask)
+            audio_embeds = self.get_audio_features(
+                whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query
+            ).pooler_output
+            n_placeholders, n_embeds = int(placeholder_mask.sum()), audio_embeds.shape[0] * audio_embeds.shape[1]
+            if n_placeholders != n_embeds:
+                raise ValueError(
+                    f"the prompt has {n_placeholders} audio placeholder tokens but {audio_embeds.shape[0]} audios give "
+                    f"{n_embeds} embeddings; each `<audio>` must expand to {self.config.num_audio_tokens} tokens "
+                    "(TinyGiantProcessor does this) and never be truncated"
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(
+                placeholder_mask[..., None].expand_as(inputs_embeds), audio_embeds.to(inputs_embeds.dtype)
+            )
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return BaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixin):
+    """TinyGiant with its language-modelling head: what `AutoModel` and `AutoModelForCausalLM` load."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = TinyGiantModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def get_audio_features(self, *args, **kwargs):
+        return self.model.get_audio_features(*args, **kwargs)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        whisper_input_features=None,
+        clap_input_features=None,
+        whisper_lengths=None,
+        htsat_lengths=None,
+        instruction_mask=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): unshifted targets, -100 where not trained.
+        See [`TinyGiantModel.forward`] for the audio inputs.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            whisper_input_features=whisper_input_features,
+            clap_input_features=clap_input_features,
+            whisper_lengths=whisper_lengths,
+            htsat_lengths=htsat_lengths,
+            instruction_mask=instruction_mask,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            # **kwargs carries num_items_in_batch, which makes gradient accumulation token-exact.
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        # The audio is merged once, at prefill; later steps read it from the KV cache.
+        audio_inputs = {k: kwargs.pop(k, None) for k in (*AUDIO_INPUTS, "instruction_mask")}
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if kwargs.get("is_first_iteration") or not kwargs.get("use_cache", True):
+            model_inputs.update(audio_inputs)
+        return model_inputs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Repeat each sample's audios with the sample (beam search, `num_return_sequences`).
+
+        The generic expansion repeats every tensor along dim 0, which is wrong for per-window and per-audio tensors.
+        """
+        if expand_size == 1 or model_kwargs.get("whisper_input_features") is None:
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        audio = {k: model_kwargs.pop(k) for k in AUDIO_INPUTS}
+        audios_per_sample = (input_ids == self.config.audio_token_id).sum(1) // self.config.num_audio_tokens
+        first_audio = torch.cumsum(audios_per_sample, 0) - audios_per_sample
+        order = torch.cat(
+            [torch.arange(f, f + n).repeat(expand_size) for f, n in zip(first_audio.tolist(), audios_per_sample.tolist())]
+        )
+        for features, lengths, frames_per_window in (
+            ("whisper_input_features", "whisper_lengths", WHISPER_FRAMES_PER_WINDOW),
+            ("clap_input_features", "htsat_lengths", HTSAT_FRAMES_PER_WINDOW),
+        ):
+            windows = (audio[lengths] + frames_per_window - 1) // frames_per_window
+            per_audio = audio[features].split(windows.tolist())
+            audio[features] = torch.cat([per_audio[i] for i in order.tolist()])
+            audio[lengths] = audio[lengths][order]
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **audio}
+
+    @classmethod
+    def from_components(
+        cls,
+        whisper="openai/whisper-large-v3-turbo",
+        htsat="laion/clap-htsat-unfused",
+        clap="laion/larger_clap_general",
+        llm="Qwen/Qwen3-0.6B",
+        dtype=None,
+        **config_kwargs,
+    ):
+        """Assemble TinyGiant from pretrained parts (Hub ids or local dirs); returns `(model, processor)`.
+
+        Loads the Whisper encoder, both HTS-AT audio towers and the LLM with their weights, builds the matching
+        processor (adding the `<audio>` token) and initialises the projector. `config_kwargs` set projector fields
+        and the ablation switches.
+        """
+        processor = TinyGiantProcessor.from_components(whisper=whisper, htsat=htsat, llm=llm)
+        whisper_model = load_part(WhisperModel, whisper, dtype)
+        # CLAP checkpoints hold a whole ClapModel; this class reads just its audio tower (and projection).
+        htsat_model = load_part(ClapAudioModelWithProjection, htsat, dtype).audio_model
+        llm_model = load_part(AutoModelForCausalLM, llm, dtype)
+        use_clap_gate = config_kwargs.get("use_clap_gate", True)
+        clap_model = load_part(ClapAudioModelWithProjection, clap, dtype).audio_model if use_clap_gate else None
+        config = TinyGiantConfig(
+            whisper_config=whisper_model.config,
+            htsat_config=htsat_model.config,
+            clap_config=clap_model.config if use_clap_gate else None,
+            text_config=llm_model.config,
+            audio_token_id=processor.audio_token_id,
+            num_audio_tokens=processor.num_audio_tokens,
+            **config_kwargs,
+        )
+        if processor.audio_token_id >= config.text_config.vocab_size:
+            llm_model.resize_token_embeddings(len(processor.tokenizer))
+        # Build the skeleton without allocating or initialising weights, then put the loaded parts in place.
+        with torch.device("meta"):
+            model = cls(config)
+        model.model.whisper_encoder = whisper_model.encoder
+        model.model.htsat_encoder = htsat_model
+        model.model.clap_encoder = clap_model
+        model.model.language_model = llm_model.model
+        model.lm_head = llm_model.lm_head
+        model.model.projector = QueryGuidedProjector(config).to(dtype=llm_model.dtype)
+        model.model.projector.apply(model._init_weights)
+        model.model.freeze_audio_encoders()
+        model.generation_config = llm_model.generation_config
+        return model, processor
+
+
+def load_part(model_class, name_or_path, dtype):
+    """Load one pretrained part; every weight it needs must be in the checkpoint (others, such as CLAP's text
+    tower, are skipped quietly)."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
+    finally:
+        logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ValueError(f"{name_or_path} has no weights for {len(missing)} parameters of {model_class.__name__}, "
+                         f"e.g. {missing[:3]}")
+    return model
+
+
+TinyGiantForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,293 @@
+"""TinyGiant processor: audio at two sampling rates for three encoders, and a Qwen3 chat prompt.
+
+One call turns text with `<audio>` markers plus the matching audios into everything the model takes:
+- `whisper_input_features`: 128-bin log-mels of 30 s windows at 16 kHz (Whisper-large-v3-turbo);
+- `clap_input_features`: 64-bin log-mels of 10 s windows at 48 kHz, read by both HTS-AT towers;
+- `whisper_lengths` / `htsat_lengths`: how many encoder frames of each audio are real audio, not padding;
+- `input_ids` in which each `<audio>` is expanded to `num_audio_tokens` placeholder ids;
+- `instruction_mask`: the user's instruction tokens, whose mean embedding is the intent query (eq. 11);
+- `labels` on request: the input ids on assistant tokens (end-of-turn included), -100 everywhere else.
+
+Windows are cut deterministically (no random crops): Whisper sees consecutive 30 s windows and the HTS-AT
+towers consecutive 10 s windows; a short last window is zero-padded for Whisper (as Whisper was trained) and
+repeat-padded for HTS-AT (as LAION CLAP was trained), and only the frames that cover real audio are kept.
+"""
+
+import io
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+from transformers import AutoTokenizer, ClapFeatureExtractor, WhisperFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+WHISPER_SAMPLING_RATE = 16000
+CLAP_SAMPLING_RATE = 48000
+WHISPER_WINDOW_SECONDS = 30
+WHISPER_FRAMES_PER_WINDOW = 1500  # the encoder's 20 ms frames in 30 s
+HTSAT_WINDOW_SECONDS = 10
+HTSAT_FRAMES_PER_WINDOW = 32  # HTS-AT's time steps in 10 s (after averaging its frequency axis)
+
+# Qwen3's chat markup: `<|im_start|>role\n ... <|im_end|>`.
+TURN_PATTERN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(<\|im_end\|>|$)", re.DOTALL)
+
+# Qwen3 style. Audio content items render as `<audio>`; an assistant turn's `reasoning_content` goes inside
+# `<think>...</think>` before its answer, in every turn (reasoning is what TinyGiant is trained to produce);
+# `{% generation %}` marks what the assistant says, end-of-turn included, for `return_assistant_tokens_mask`.
+CHAT_TEMPLATE = """\
+{%- macro render(content) -%}
+{%- if content is string -%}{{ content }}
+{%- else -%}{%- for item in content -%}
+{%- if item.type == 'audio' -%}<audio>{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}
+{%- endfor -%}{%- endif -%}
+{%- endmacro -%}
+{%- for message in messages -%}
+{%- if message.role == 'assistant' -%}
+{{- '<|im_start|>assistant\\n' -}}
+{%- generation -%}
+{%- if message.reasoning_content is defined and message.reasoning_content is not none -%}
+{{- '<think>\\n' + message.reasoning_content.strip() + '\\n</think>\\n\\n' + render(message.content).lstrip() -}}
+{%- else -%}
+{{- render(message.content) -}}
+{%- endif -%}
+{{- '<|im_end|>' -}}
+{%- endgeneration -%}
+{{- '\\n' -}}
+{%- else -%}
+{{- '<|im_start|>' + message.role + '\\n' + render(message.content) + '<|im_end|>\\n' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<|im_start|>assistant\\n' -}}
+{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}
+{%- endif -%}
+"""
+
+
+def load_audio(audio, sampling_rate=None):
+    """Return `(mono float32 waveform, sampling_rate)` for one audio input.
+
+    Accepts a file path, a `{"array", "sampling_rate"}` dict, a `{"bytes"|"path"}` dict (as `datasets.Audio(decode=False)`
+    gives), or a numpy/torch array together with `sampling_rate`. Multichannel audio is averaged to mono (for a 2-D
+    array the shorter axis is taken as channels); integer PCM is scaled to [-1, 1].
+    """
+    if isinstance(audio, dict):
+        if "array" in audio:
+            audio, sampling_rate = audio["array"], audio.get("sampling_rate", sampling_rate)
+        elif audio.get("bytes") is not None:
+            audio = io.BytesIO(audio["bytes"])
+        elif audio.get("path") is not None:
+            audio = audio["path"]
+        else:
+            raise ValueError(f"an audio dict needs 'array' and 'sampling_rate', or 'bytes' or 'path'; got keys {list(audio)}")
+    if isinstance(audio, (str, Path, io.BytesIO)):
+        name = "audio bytes" if isinstance(audio, io.BytesIO) else f"audio file {audio}"
+        if not isinstance(audio, io.BytesIO) and not Path(audio).is_file():
+            raise FileNotFoundError(f"{name} does not exist")
+        try:
+            waveform, sampling_rate = soundfile.read(audio, dtype="float32", always_2d=True)
+        except Exception as error:  # libsndfile names the format problem; keep its words
+            raise ValueError(f"cannot decode {name}: {error}") from error
+        return _check(waveform.mean(axis=1), sampling_rate)
+    if sampling_rate is None:
+        raise ValueError("a raw audio array needs its `sampling_rate`")
+    waveform = audio.detach().cpu().float().numpy() if hasattr(audio, "detach") else np.asarray(audio)
+    if np.issubdtype(waveform.dtype, np.integer):
+        info = np.iinfo(waveform.dtype)
+        waveform = (waveform.astype(np.float64) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
+    waveform = waveform.astype(np.float32)
+    if waveform.ndim == 2:
+        waveform = waveform.mean(axis=int(np.argmin(waveform.shape)))
+    elif waveform.ndim != 1:
+        raise ValueError(f"audio must be 1-D (samples) or 2-D (samples x channels), got shape {waveform.shape}")
+    return _check(waveform, sampling_rate)
+
+
+def _check(waveform, sampling_rate):
+    if not sampling_rate or sampling_rate <= 0:
+        raise ValueError(f"invalid sampling_rate {sampling_rate}")
+    if waveform.shape[0] < 2:
+        raise ValueError(f"audio has {waveform.shape[0]} samples; it needs at least 2")
+    if not np.isfinite(waveform).all():
+        raise ValueError("audio contains NaN or Inf samples")
+    return np.ascontiguousarray(waveform), int(sampling_rate)
+
+
+def resample(waveform, sampling_rate, target_rate):
+    if sampling_rate == target_rate:
+        return waveform
+    return soxr.resample(waveform, sampling_rate, target_rate).astype(np.float32)
+
+
+def split_windows(waveform, window_samples):
+    return [waveform[i : i + window_samples] for i in range(0, len(waveform), window_samples)]
+
+
+def spans_to_mask(offsets, spans):
+    """Mark the tokens whose character offsets start inside any of `spans` (pairs of character positions)."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    mask = np.zeros(len(offsets), dtype=bool)
+    for start, end in spans:
+        mask |= (starts >= start) & (starts < end) & (ends > starts)
+    return mask
+
+
+class TinyGiantProcessor(ProcessorMixin):
+    r"""
+    Processor for TinyGiant: a CLAP feature extractor (48 kHz, the primary one, so that `apply_chat_template` loads
+    audio files at 48 kHz), a Whisper feature extractor (16 kHz, 128 mel bins) and a Qwen3 tokenizer.
+
+    Args:
+        feature_extractor ([`ClapFeatureExtractor`]): log-mels for the HTS-AT and CLAP towers.
+        whisper_feature_extractor ([`WhisperFeatureExtractor`]): log-mels for the Whisper encoder.
+        tokenizer: the Qwen3 tokenizer with the `<audio>` token added.
+        chat_template (`str`, *optional*): defaults to TinyGiant's Qwen3-style template.
+        audio_token (`str`, *optional*, defaults to `"<audio>"`): the placeholder written once per audio.
+        num_audio_tokens (`int`, *optional*, defaults to 300): how many placeholder ids one audio becomes (N).
+        max_audio_seconds (`float`, *optional*, defaults to 600): longer audio is rejected with a `ValueError`.
+    """
+
+    def __init__(
+        self,
+        feature_extractor,
+        whisper_feature_extractor,
+        tokenizer,
+        chat_template=None,
+        audio_token="<audio>",
+        num_audio_tokens=300,
+        max_audio_seconds=600.0,
+    ):
+        self.audio_token = audio_token
+        self.num_audio_tokens = num_audio_tokens
+        self.max_audio_seconds = max_audio_seconds
+        super().__init__(
+            feature_extractor, whisper_feature_extractor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE
+        )
+
+    @property
+    def audio_token_id(self):
+        return self.tokenizer.convert_tokens_to_ids(self.audio_token)
+
+    @classmethod
+    def from_components(
+        cls, whisper="openai/whisper-large-v3-turbo", htsat="laion/clap-htsat-unfused", llm="Qwen/Qwen3-0.6B", **kwargs
+    ):
+        """Build the processor from the pretrained parts' own preprocessing files, adding the `<audio>` token."""
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        tokenizer.add_special_tokens({"additional_special_tokens": [kwargs.get("audio_token", "<audio>")]})
+        tokenizer.padding_side = "left"  # batched generation; training collators ask for right padding
+        return cls(
+            ClapFeatureExtractor.from_pretrained(htsat),
+            WhisperFeatureExtractor.from_pretrained(whisper),
+            tokenizer,
+            **kwargs,
+        )
+
+    def __call__(
+        self,
+        text=None,
+        audio=None,
+        sampling_rate=None,
+        return_labels=False,
+        padding=True,
+        padding_side=None,
+        return_tensors="pt",
+        images=None,
+        videos=None,
+        **kwargs,
+    ):
+        """Tokenize `text` (a string or a list) and extract features of `audio` (one item or a list).
+
+        Each `<audio>` in the text takes the next audio, in order; their counts must match. `sampling_rate` is the
+        rate of raw arrays (files and dicts carry their own). `return_labels=True` adds `labels` for training.
+        """
+        if text is None:
+            raise ValueError("TinyGiantProcessor needs `text`, with one `<audio>` marker per audio")
+        if images is not None or videos is not None:
+            raise ValueError("TinyGiant takes audio and text only")
+        texts = [text] if isinstance(text, str) else list(text)
+        audios = [] if audio is None else audio if isinstance(audio, (list, tuple)) else [audio]
+        n_markers = sum(t.count(self.audio_token) for t in texts)
+        if n_markers != len(audios):
+            raise ValueError(
+                f"the text has {n_markers} `{self.audio_token}` markers but {len(audios)} audios were given: "
+                "write one marker per audio"
+            )
+
+        data = self._extract_audio_features(audios, sampling_rate) if audios else {}
+        expanded = [t.replace(self.audio_token, self.audio_token * self.num_audio_tokens) for t in texts]
+        encoding = self.tokenizer(
+            expanded,
+            padding=padding,
+            padding_side=padding_side,
+            return_offsets_mapping=True,
+            return_tensors="np",
+            **kwargs,
+        )
+        offsets = encoding.pop("offset_mapping")
+        data.update(encoding)
+        data["instruction_mask"] = self._turn_mask(expanded, offsets, data, "user", fallback_to_all=True)
+        if return_labels:
+            labels = np.where(self._turn_mask(expanded, offsets, data, "assistant"), data["input_ids"], -100)
+            data["labels"] = labels
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _extract_audio_features(self, audios, sampling_rate):
+        whisper_windows, htsat_windows, whisper_lengths, htsat_lengths = [], [], [], []
+        for item in audios:
+            waveform, rate = load_audio(item, sampling_rate)
+            seconds = len(waveform) / rate
+            if seconds > self.max_audio_seconds:
+                raise ValueError(f"audio is {seconds:.1f} s long; the maximum is {self.max_audio_seconds} s")
+            # Resample the source once to each encoder's rate.
+            audio_16k = resample(waveform, rate, WHISPER_SAMPLING_RATE)
+            audio_48k = resample(waveform, rate, CLAP_SAMPLING_RATE)
+            whisper_windows += split_windows(audio_16k, WHISPER_WINDOW_SECONDS * WHISPER_SAMPLING_RATE)
+            htsat_windows += split_windows(audio_48k, HTSAT_WINDOW_SECONDS * CLAP_SAMPLING_RATE)
+            whisper_lengths.append(math.ceil(seconds * WHISPER_FRAMES_PER_WINDOW / WHISPER_WINDOW_SECONDS))
+            htsat_lengths.append(math.ceil(seconds * HTSAT_FRAMES_PER_WINDOW / HTSAT_WINDOW_SECONDS))
+        whisper = self.whisper_feature_extractor(
+            whisper_windows, sampling_rate=WHISPER_SAMPLING_RATE, padding="max_length", return_tensors="np"
+        )
+        clap = self.feature_extractor(
+            htsat_windows, sampling_rate=CLAP_SAMPLING_RATE, truncation="rand_trunc", padding="repeatpad",
+            return_tensors="np",
+        )
+        return {
+            "whisper_input_features": whisper["input_features"],
+            "clap_input_features": clap["input_features"],
+            "whisper_lengths": np.array(whisper_lengths),
+            "htsat_lengths": np.array(htsat_lengths),
+        }
+
+    def _turn_mask(self, texts, offsets, data, role, fallback_to_all=False):
+        """Mask of the tokens inside `role`'s turns (the content and, for the assistant, its `<|im_end|>`).
+
+        Audio placeholders and padding are never in it. With `fallback_to_all`, a text with no chat markup at all
+        (a raw prompt) counts as one user turn.
+        """
+        mask = np.zeros(data["input_ids"].shape, dtype=bool)
+        for row, text in enumerate(texts):
+            turns = list(TURN_PATTERN.finditer(text))
+            if turns:
+                end_group = 3 if role == "assistant" else 2
+                spans = [(m.start(2), m.end(end_group)) for m in turns if m.group(1) == role]
+            else:
+                spans = [(0, len(text))] if fallback_to_all else []
+            mask[row] = spans_to_mask(offsets[row], spans)
+        mask &= data["attention_mask"].astype(bool) & (data["input_ids"] != self.audio_token_id)
+        return mask.astype(np.int64)
+
+    @property
+    def model_input_names(self):
+        return [
+            "input_ids", "attention_mask", "instruction_mask", "whisper_input_features", "clap_input_features",
+            "whisper_lengths", "htsat_lengths",
+        ]
+
+
+TinyGiantProcessor.register_for_auto_class("AutoProcessor")
