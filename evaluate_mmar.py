@@ -1,0 +1,519 @@
+"""Score TinyGiant on MMAR and write a report next to the paper's published numbers.
+
+MMAR (arXiv 2505.13032) has 1,000 multiple-choice items over 7 modalities, 4 layers (`category`)
+and 16 sub-categories. A prediction is the text of the chosen option; it is judged with the
+official token-set rule (`string_match`, copied in behaviour from MMAR's `code/evaluation.py`).
+
+Our numbers differ from the official script in one deliberate way: an item with no prediction, or
+flagged with an `"error"` field (e.g. its audio was missing), counts as WRONG here, whereas the
+official script silently leaves items without `answer_prediction` out of the denominator. The
+report gives both numbers. Accuracies are percentages (0-100), with 95 % Wilson intervals.
+
+Usage:
+    python evaluate_mmar.py --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+
+Predictions are JSON lines in the challenge submission format:
+    {"id": ..., "thinking_prediction": ..., "answer_prediction": ...}
+"""
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+MODALITIES = [
+    "sound",
+    "music",
+    "speech",
+    "mix-sound-music",
+    "mix-sound-speech",
+    "mix-music-speech",
+    "mix-sound-music-speech",
+]
+# The paper's (and the MMAR leaderboard's) short column names for the modalities.
+MODALITY_SHORT = dict(zip(MODALITIES, ["S", "M", "Sp", "S-M", "S-Sp", "M-Sp", "All"]))
+
+LAYERS = {
+    "Signal Layer": ["Acoustic Quality Analysis", "Anomaly Detection", "Audio Difference Analysis"],
+    "Perception Layer": [
+        "Environmental Perception and Reasoning",
+        "Counting and Statistics",
+        "Music Theory",
+        "Correlation Analysis",
+        "Temporal Analysis",
+        "Spatial Analysis",
+    ],
+    "Semantic Layer": ["Content Analysis", "Emotion and Intention", "Speaker Analysis"],
+    "Cultural Layer": [
+        "Professional Knowledge and Reasoning",
+        "Culture of Speaker",
+        "Imagination",
+        "Aesthetic Evaluation",
+    ],
+}
+SUB_CATEGORIES = [s for subs in LAYERS.values() for s in subs]
+REQUIRED_KEYS = ["id", "audio_path", "question", "choices", "answer", "modality", "category", "sub-category"]
+
+
+def _by_modality(values):
+    return dict(zip(MODALITIES, values))
+
+
+def _by_sub_category(values):
+    # Table 4 row order, mapped to MMAR's names.
+    names = [
+        "Acoustic Quality Analysis",
+        "Audio Difference Analysis",
+        "Spatial Analysis",
+        "Temporal Analysis",
+        "Anomaly Detection",
+        "Counting and Statistics",  # "Counting"
+        "Environmental Perception and Reasoning",  # "Env. Perception"
+        "Speaker Analysis",
+        "Content Analysis",
+        "Correlation Analysis",
+        "Emotion and Intention",  # "Emotion & Intention"
+        "Professional Knowledge and Reasoning",  # "Professional Knowledge"
+        "Aesthetic Evaluation",
+        "Culture of Speaker",
+        "Imagination",
+        "Music Theory",
+    ]
+    return dict(zip(names, values))
+
+
+# Published numbers of TinyGiantALM (arXiv 2606.08425v2), accuracy in %. Table 1 gives the main
+# result by modality; Tables 3 and 4 give the ablations (Full = the Table 1 model, 2 decimals).
+# The paper's Table 4 groups sub-tasks into layers differently from MMAR (e.g. Spatial Analysis under
+# "Signal"); we only use its sub-task numbers and MMAR's own `category` for layers. Every number is
+# k/n of MMAR's item counts, but the paper's "w/o IQ" column does not add up to its 39.70 overall
+# (by modality 394 correct = 39.4 %, by sub-task 373 = 37.3 %); kept as published.
+_TABLE4_FULL = [33.33, 62.50, 33.33, 46.43, 41.18, 36.36, 43.62, 45.83, 51.97, 50.00, 51.67, 46.48, 62.50, 57.69, 30.00, 31.75]
+PAPER_MMAR = {
+    "source": "TinyGiantALM, arXiv:2606.08425v2",
+    "overall": 46.4,
+    "by_modality": _by_modality([47.3, 37.9, 46.9, 45.5, 49.1, 58.5, 41.7]),
+    "by_sub_category": _by_sub_category(_TABLE4_FULL),
+    "ablation": {
+        "Vanilla": {
+            "overall": 38.00,
+            "by_modality": _by_modality([33.94, 35.92, 39.80, 9.09, 38.99, 43.90, 45.83]),
+            "by_sub_category": _by_sub_category(
+                [27.78, 25.00, 40.00, 42.86, 41.18, 29.29, 31.54, 39.58, 45.07, 52.00, 40.00, 33.80, 37.50, 42.31, 30.00, 22.22]
+            ),
+        },
+        "w/o IQ": {
+            "overall": 39.70,
+            "by_modality": _by_modality([38.79, 33.50, 44.56, 18.18, 40.37, 36.59, 41.67]),
+            "by_sub_category": _by_sub_category(
+                [22.22, 25.00, 26.67, 42.86, 23.53, 26.26, 39.60, 41.67, 45.39, 30.00, 46.67, 38.03, 50.00, 32.69, 30.00, 15.87]
+            ),
+        },
+        "w/o CLAP": {
+            "overall": 42.70,
+            "by_modality": _by_modality([38.79, 35.44, 43.54, 36.36, 47.71, 50.00, 54.17]),
+            "by_sub_category": _by_sub_category(
+                [38.89, 50.00, 46.67, 35.71, 41.18, 40.40, 44.30, 41.67, 49.34, 38.00, 38.33, 42.25, 50.00, 44.23, 30.00, 22.22]
+            ),
+        },
+        "Full": {
+            "overall": 46.40,
+            "by_modality": _by_modality([47.27, 37.86, 46.94, 45.45, 49.08, 58.54, 41.67]),
+            "by_sub_category": _by_sub_category(_TABLE4_FULL),
+        },
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------------
+
+
+def _tokens(text):
+    return set(re.findall(r"\b\w+\b", text.lower()))
+
+
+def string_match(answer, prediction, choices):
+    """The official MMAR rule: is `prediction` a correct pick of `answer` among `choices`?
+
+    Texts are lower-cased and reduced to sets of `\\b\\w+\\b` tokens. An empty prediction is wrong.
+    The "incorrect tokens" are, for every choice whose token set differs from the answer's, that
+    choice's tokens minus the answer's tokens. Correct iff every answer token is in the prediction
+    and no incorrect token is. So a bare letter ("D") is wrong and "D. Parrot" is right.
+    A `None` prediction counts as empty (the official script would fail on it).
+    """
+    predicted = _tokens(prediction or "")
+    if not predicted:
+        return False
+    expected = _tokens(answer)
+    incorrect = set()
+    for choice in choices:
+        tokens = _tokens(choice)
+        if tokens != expected:
+            incorrect |= tokens - expected
+    return expected <= predicted and not (predicted & incorrect)
+
+
+def wilson_interval(correct, total, z=1.959963984540054):
+    """95 % Wilson score interval for `correct / total`, in %, or None when `total` is 0."""
+    if total == 0:
+        return None
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return [100 * max(0.0, centre - half), 100 * min(1.0, centre + half)]
+
+
+def _read_json_records(path):
+    """A JSON array, or JSON lines (blank lines skipped)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {number} is not valid JSON: {e}") from None
+    return records
+
+
+def load_meta(path):
+    """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
+
+    Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
+    for: a missing required key, an unknown modality, layer or sub-category (or a sub-category under
+    the wrong layer), fewer than 2 or more than 6 choices, an answer that is not one of the choices,
+    or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL.
+    """
+    items = _read_json_records(path)
+    problems, seen = [], set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append(f"item #{index}: not a JSON object")
+            continue
+        name = item.get("id", f"#{index}")
+        missing = [k for k in REQUIRED_KEYS if k not in item]
+        if missing:
+            problems.append(f"item {name}: missing keys {missing}")
+            continue
+        if name in seen:
+            problems.append(f"item {name}: duplicate id")
+        seen.add(name)
+        if item["modality"] not in MODALITIES:
+            problems.append(f"item {name}: unknown modality {item['modality']!r}")
+        if item["category"] not in LAYERS:
+            problems.append(f"item {name}: unknown layer (category) {item['category']!r}")
+        elif item["sub-category"] not in LAYERS[item["category"]]:
+            where = "unknown" if item["sub-category"] not in SUB_CATEGORIES else f"not in {item['category']}:"
+            problems.append(f"item {name}: sub-category {where} {item['sub-category']!r}")
+        choices = item["choices"]
+        if not isinstance(choices, list) or not 2 <= len(choices) <= 6:
+            problems.append(f"item {name}: needs 2 to 6 choices, got {choices!r}")
+        elif item["answer"] not in choices:
+            problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"{path}: {len(problems)} invalid MMAR item(s):\n  {shown}{more}")
+    return items
+
+
+def load_predictions(path, meta=None):
+    """Read predictions (JSON lines `{"id", "thinking_prediction", "answer_prediction"}`).
+
+    Returns `{id: record}`. A record may carry an `"error"` field instead of an answer (e.g. the
+    audio was missing); it is then scored wrong. Raises `ValueError` for a record without `id`,
+    a record with neither a string `answer_prediction` nor an `error`, repeated ids, or (when
+    `meta` is given) ids that are not in the meta.
+    """
+    predictions, duplicates = {}, []
+    for number, record in enumerate(_read_json_records(path), 1):
+        if not isinstance(record, dict) or "id" not in record:
+            raise ValueError(f"{path}: record {number} has no 'id'")
+        name = record["id"]
+        if "error" not in record and not isinstance(record.get("answer_prediction"), str):
+            raise ValueError(f"{path}: prediction {name} has no string 'answer_prediction' and no 'error'")
+        if name in predictions:
+            duplicates.append(name)
+        predictions[name] = record
+    if duplicates:
+        raise ValueError(f"{path}: duplicate prediction ids: {sorted(set(duplicates))}")
+    if meta is not None:
+        known = {item["id"] for item in meta}
+        unknown = sorted(set(predictions) - known)
+        if unknown:
+            raise ValueError(f"{path}: {len(unknown)} prediction id(s) not in the MMAR meta: {unknown[:20]}")
+    return predictions
+
+
+def _cell(correct, total):
+    return {
+        "correct": correct,
+        "total": total,
+        "accuracy": 100 * correct / total if total else None,
+        "ci95": wilson_interval(correct, total),
+    }
+
+
+def score(meta, predictions):
+    """Accuracy overall, by modality, layer and sub-category, plus what the official script would say.
+
+    `meta` is the list from `load_meta`; `predictions` is `{id: record}` from `load_predictions`
+    (a list of records is accepted too). Each cell is `{correct, total, accuracy (%), ci95 [lo, hi] (%)}`;
+    all 7 modalities, 4 layers and 16 sub-categories are present even when empty. Items without a
+    prediction, or whose record has an `"error"`, count as wrong. `"official"` is the accuracy
+    over the items that have an `answer_prediction` only, which is what MMAR's script prints.
+    `"items"` lists each item's outcome: correct, wrong, missing or error.
+    """
+    if isinstance(predictions, list):
+        predictions = {record["id"]: record for record in predictions}
+    groups = {
+        "by_modality": {m: [0, 0] for m in MODALITIES},
+        "by_layer": {layer: [0, 0] for layer in LAYERS},
+        "by_sub_category": {s: [0, 0] for s in SUB_CATEGORIES},
+    }
+    outcomes, official = [], [0, 0]
+    for item in meta:
+        record = predictions.get(item["id"])
+        if record is None:
+            status = "missing"
+        else:
+            answered = record.get("answer_prediction")
+            right = isinstance(answered, str) and string_match(item["answer"], answered, item["choices"])
+            if "answer_prediction" in record:  # the official script skips items lacking the key
+                official[0] += right
+                official[1] += 1
+            status = "error" if "error" in record else ("correct" if right else "wrong")
+        ok = status == "correct"
+        for group, key in (("by_modality", "modality"), ("by_layer", "category"), ("by_sub_category", "sub-category")):
+            groups[group][item[key]][0] += ok
+            groups[group][item[key]][1] += 1
+        outcomes.append(
+            {"id": item["id"], "status": status, **{k: item[k] for k in ("modality", "category", "sub-category")}}
+        )
+    count = {s: sum(o["status"] == s for o in outcomes) for s in ("correct", "wrong", "missing", "error")}
+    return {
+        "overall": _cell(count["correct"], len(meta)),
+        **{group: {k: _cell(*v) for k, v in cells.items()} for group, cells in groups.items()},
+        "n_items": len(meta),
+        "n_predicted": len(meta) - count["missing"],
+        "n_missing": count["missing"],
+        "n_errors": count["error"],
+        "official": _cell(*official),
+        "items": outcomes,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------
+
+
+def _pct(value, digits=1):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(cell):
+    return "–" if cell["ci95"] is None else f"{cell['ci95'][0]:.1f}–{cell['ci95'][1]:.1f}"
+
+
+def _row(name, cell, paper_value=None, with_paper=True, paper_digits=1):
+    cells = [name, _pct(cell["accuracy"]), f"{cell['correct']}/{cell['total']}", _ci(cell)]
+    if with_paper:
+        cells.append(_pct(paper_value, paper_digits))  # as published: Table 1 has 1 decimal, 3 and 4 have 2
+    return "| " + " | ".join(cells) + " |"
+
+
+def _plot_groups(path, labels, series, title):
+    """Grouped bars: `series` is a list of (name, values, errors or None, hatch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(labels))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(min(16, len(labels) * (0.6 + 0.25 * len(series))), 4.5))
+    for i, (name, values, errors, hatch) in enumerate(series):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=name, hatch=hatch, yerr=errors,
+               capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _error_bars(cells):
+    """Asymmetric error bars (2 x n) from the Wilson intervals; 0 where a cell is empty."""
+    low, high = [], []
+    for c in cells:
+        if c["ci95"] is None:
+            low.append(0)
+            high.append(0)
+        else:
+            # max(0, ...) because rounding can leave a -1e-15 that matplotlib rejects.
+            low.append(max(0.0, c["accuracy"] - c["ci95"][0]))
+            high.append(max(0.0, c["ci95"][1] - c["accuracy"]))
+    return [low, high]
+
+
+def write_report(scores, out_dir, paper=PAPER_MMAR):
+    """Write `scores.json`, `report.md` and `accuracy_by_modality.png` into `out_dir`; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    overall, official = scores["overall"], scores["official"]
+    header = "| {} | accuracy (%) | correct/n | 95 % CI | paper (%) |\n|---|---|---|---|---|"
+    lines = [
+        "# MMAR results",
+        "",
+        f"Paper numbers: {paper['source']}.",
+        "",
+        "## Overall",
+        "",
+        header.format("items"),
+        _row("all", overall, paper["overall"]),
+        "",
+        f"Items without a prediction: {scores['n_missing']}; items flagged with an error: {scores['n_errors']}. "
+        "Both count as wrong here. The official MMAR script instead drops items that have no "
+        "`answer_prediction`; over the items it would score it would print "
+        f"{_pct(official['accuracy'])} % ({official['correct']}/{official['total']}).",
+        "",
+        "## By modality",
+        "",
+        header.format("modality"),
+    ]
+    for m in MODALITIES:
+        lines.append(_row(f"{m} ({MODALITY_SHORT[m]})", scores["by_modality"][m], paper["by_modality"].get(m)))
+    lines += [
+        "",
+        "## By layer",
+        "",
+        "The paper gives no per-layer accuracy.",
+        "",
+        "| layer | accuracy (%) | correct/n | 95 % CI |\n|---|---|---|---|",
+    ]
+    lines += [_row(layer, scores["by_layer"][layer], with_paper=False) for layer in LAYERS]
+    lines += [
+        "",
+        "## By sub-category",
+        "",
+        "Paper column: Table 4, full model (its layer grouping differs from MMAR's; rows here follow MMAR).",
+        "",
+        "| layer / sub-category | accuracy (%) | correct/n | 95 % CI | paper (%) |\n|---|---|---|---|---|",
+    ]
+    for layer, subs in LAYERS.items():
+        for s in subs:
+            lines.append(_row(f"{layer} / {s}", scores["by_sub_category"][s], paper["by_sub_category"].get(s), paper_digits=2))
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    cells = [scores["by_modality"][m] for m in MODALITIES] + [overall]
+    _plot_groups(
+        out / "accuracy_by_modality.png",
+        [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"],
+        [
+            ("ours (95 % CI)", [c["accuracy"] for c in cells], _error_bars(cells), None),
+            ("paper", [paper["by_modality"].get(m) for m in MODALITIES] + [paper["overall"]], None, "//"),
+        ],
+        "MMAR accuracy by modality",
+    )
+    return {name: out / name for name in ("scores.json", "report.md", "accuracy_by_modality.png")}
+
+
+def write_ablation_report(results, out_dir, paper=PAPER_MMAR):
+    """Put several variants' `score()` results side by side with the paper's Table 3.
+
+    `results` maps a variant name to its scores. Writes `ablation.md` (accuracy [95 % CI] by modality
+    and overall, then the paper's four Table 3 columns) and `ablation_by_modality.png`; returns their paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ours, theirs = list(results), list(paper["ablation"])
+    rows = [(f"{m} ({MODALITY_SHORT[m]})", m) for m in MODALITIES] + [("overall", None)]
+
+    def cell_of(scores, key):
+        return scores["overall"] if key is None else scores["by_modality"][key]
+
+    def paper_of(variant, key):
+        table = paper["ablation"][variant]
+        return table["overall"] if key is None else table["by_modality"].get(key)
+
+    columns = ours + [f"paper: {v}" for v in theirs]
+    lines = [
+        "# MMAR ablation",
+        "",
+        f"Ours: accuracy % [95 % CI], n per row in the last column. Paper: Table 3 of {paper['source']}.",
+        "Items without a prediction count as wrong. The paper's w/o IQ cells do not add up to its "
+        "39.70 overall (by modality they give 394/1000 correct); shown as published.",
+        "",
+        "| modality | " + " | ".join(columns) + " | n |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for label, key in rows:
+        values = [f"{_pct(cell_of(results[v], key)['accuracy'])} [{_ci(cell_of(results[v], key))}]" for v in ours]
+        values += [_pct(paper_of(v, key), 2) for v in theirs]
+        totals = sorted({cell_of(results[v], key)["total"] for v in ours})
+        lines.append(f"| {label} | " + " | ".join(values) + f" | {'/'.join(map(str, totals))} |")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    series = []
+    for v in ours:
+        cells = [cell_of(results[v], key) for _, key in rows]
+        series.append((v, [c["accuracy"] for c in cells], _error_bars(cells), None))
+    for v in theirs:
+        series.append((f"paper: {v}", [paper_of(v, key) for _, key in rows], None, "//"))
+    _plot_groups(
+        out / "ablation_by_modality.png",
+        [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"],
+        series,
+        "MMAR ablation by modality",
+    )
+    return {name: out / name for name in ("ablation.md", "ablation_by_modality.png")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    """Score a predictions file against the MMAR meta and write the report (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--meta", required=True, help="MMAR-meta.jsonl (or the old MMAR-meta.json)")
+    parser.add_argument("--output-dir", default="mmar_eval", help="where scores.json, report.md and the plot go")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--score-only", metavar="PREDICTIONS", help="score an existing predictions JSONL")
+    # The generation mode (e.g. `--model REPO_OR_PATH`: run the model on every item, write
+    # predictions.jsonl into --output-dir, then score it as below) is added with the model pipeline.
+    args = parser.parse_args(argv)
+
+    meta = load_meta(args.meta)
+    predictions = load_predictions(args.score_only, meta)
+    scores = score(meta, predictions)
+    paths = write_report(scores, args.output_dir)
+
+    o, off = scores["overall"], scores["official"]
+    print(
+        f"MMAR accuracy: {_pct(o['accuracy'], 2)} % ({o['correct']}/{o['total']}, 95 % CI {_ci(o)}); "
+        f"missing {scores['n_missing']}, errors {scores['n_errors']} (counted wrong)"
+    )
+    print(f"official-script accuracy over predicted items: {_pct(off['accuracy'], 2)} % ({off['correct']}/{off['total']})")
+    print(f"report: {paths['report.md']}")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

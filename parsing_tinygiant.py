@@ -1,0 +1,192 @@
+"""How TinyGiant writes a question into its prompt and reads the answer back out of its output.
+
+Shared by the processor's users, the pipeline, training data and evaluation, so that the model is
+always asked and scored the same way. Standard library only: this file ships with the remote code.
+"""
+
+import re
+import string
+
+LETTERS = string.ascii_lowercase
+
+
+def format_question(question, choices=None):
+    """Return the user text for `question`, listing `choices` one per line as `(a) ...`, `(b) ...`.
+
+    Raises `ValueError` for an empty question, fewer than 2 or more than 6 choices, an empty choice, or
+    duplicate choices (compared case-insensitively, ignoring surrounding spaces).
+    """
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty")
+    question = question.strip()
+    if choices is None:
+        return question
+    choices = [str(c).strip() for c in choices]
+    if not 2 <= len(choices) <= 6:
+        raise ValueError(f"a multiple-choice question needs 2 to 6 choices, got {len(choices)}")
+    if any(not c for c in choices):
+        raise ValueError("a choice is empty")
+    lowered = [c.lower() for c in choices]
+    duplicates = sorted({c for c in choices if lowered.count(c.lower()) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate choices: {duplicates}")
+    lines = [f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)]
+    return question + "\n" + "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the model's output back
+# ---------------------------------------------------------------------------------------------------
+
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_RESPONSE_OPEN = re.compile(r"<response>", re.IGNORECASE)
+_RESPONSE_CLOSE = re.compile(r"</response>", re.IGNORECASE)
+# CoTA section tags and chat special tokens such as <|im_end|> that may survive decoding.
+_LEFTOVER_TAGS = re.compile(
+    r"</?\s*(?:think|planning|caption|reasoning|summary|response)\s*>|<\|[^|>]*\|>", re.IGNORECASE
+)
+
+# "The answer is C.", "Answer: (c)", "the correct option is B", "answer is option D because".
+# A letter without brackets only counts when punctuation or the end follows it, so that
+# "The answer is A man speaking" or "the answer is C minor" are not read as letters.
+_LETTER_AFTER_KEYWORD = re.compile(
+    r"\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?\s*[:=\-]?\s*"
+    r"(?:(?:option|choice)\s+)?"
+    r"(?:\(([a-z])\)|\b([a-z])\b(?=\s*$|[.,;:!?)\]]))",
+    re.IGNORECASE,
+)
+# "option C because ..." / "choice (b) fits": the keyword itself marks the letter.
+_LETTER_AFTER_OPTION = re.compile(r"\b(?:option|choice)\s+\(?([a-z])\)?(?!\w)", re.IGNORECASE)
+# The whole answer is a letter ("C", "(c)", "C.") or starts with one as a label ("C. Parrot", "(B) Owl").
+_LETTER_ALONE = re.compile(r"^\s*\(?([a-z])\)?\s*[.)]?\s*$", re.IGNORECASE)
+_LETTER_LABEL = re.compile(r"^\s*(?:\(([a-z])\)|([a-z])[.):])\s*\S", re.IGNORECASE)
+# "(c)" anywhere, not glued to a word as in "speaker(s)".
+_LETTER_IN_BRACKETS = re.compile(r"(?<!\w)\(([a-z])\)", re.IGNORECASE)
+# What may stand between "answer is" / "is" and the option text it names.
+_FILLER = r"\s*:?\s*(?:(?:the|a|an)\s+)?[\"'“‘(]*$"
+_AFTER_ANSWER_IS = re.compile(r"\banswer(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?" + _FILLER, re.I)
+_AFTER_IS = re.compile(r"\b(?:is|are|was|be)" + _FILLER, re.IGNORECASE)
+
+
+def _strip_tags(text):
+    return _LEFTOVER_TAGS.sub("", text).strip()
+
+
+def _split_response(rest):
+    """The content of <RESPONSE>...</RESPONSE> (closed or not) if present, else `rest`."""
+    opened = _RESPONSE_OPEN.search(rest)
+    if opened:
+        rest = rest[opened.end():]
+        closed = _RESPONSE_CLOSE.search(rest)
+        if closed:
+            rest = rest[:closed.start()]
+    return _strip_tags(rest) or None
+
+
+def parse_response(text, choices=None):
+    """Split a generated output into its reasoning and its final answer.
+
+    Returns `{"text": text, "thinking": str | None, "answer": str | None}`, plus `"choice"` when
+    `choices` is given.
+
+    * `thinking` is the content of the first `<think>...</think>` block (tag case ignored, so CoTA's
+      `<THINK>` works too), stripped, with the CoTA sections inside it kept as they are. An empty
+      block, as Qwen3 writes with thinking switched off (`<think>\\n\\n</think>\\n\\nanswer`), gives
+      `""`, so `""` means "a block, but empty" and `None` means "no block at all". A closing
+      `</think>` without an opening tag (the chat template already opened the block) takes
+      everything before it as the thinking. An opening tag that is never closed (generation hit
+      `max_new_tokens`) takes everything after it as the thinking and gives `answer = None`.
+    * `answer` is what follows the think block, or the whole output when there is none. If it holds
+      `<RESPONSE>` (closed or not), only that content is used. Leftover CoTA tags and chat special
+      tokens are removed; an empty result is `None`.
+    * `choice` is the option text the answer selects, or `None`. Nothing is guessed:
+
+      1. An explicit letter wins. Letters are a-f in the order of `choices`, as `format_question`
+         prints them, in either case and with or without brackets: "The answer is C.",
+         "Answer: (c)", "the correct option is B", "C", "(b)", "C. Parrot", "(B) Owl", or a lone
+         bracketed letter such as "so (c) fits best". The last letter stated after
+         "answer/option/choice" counts; otherwise a leading label and bracketed letters count only
+         if they all agree. After "is", a bare letter needs punctuation or the end after it, so
+         "the answer is A man speaking" is not letter a.
+         A letter with no such option ("E" with four choices) gives `None`. When options are
+         themselves letters (note names "B", "C", ...), "C" could be a label or a text: it counts
+         only if both readings give the same option or just one of them exists.
+      2. Otherwise the options whose text appears in the answer (whole words, any case). One found:
+         that one. Several: the last one named right after "answer is" / "answer:"; else the last
+         one named right after "is"; else, if all but one appear only inside the longer option
+         ("electric piano" contains "piano"), that longer option. Anything else is ambiguous: `None`.
+      3. Otherwise `None`.
+    """
+    text = "" if text is None else str(text)
+    thinking, answer = None, None
+    opened = _THINK_OPEN.search(text)
+    closed = _THINK_CLOSE.search(text, opened.end() if opened else 0)
+    if opened and not closed:
+        thinking = text[opened.end():].strip()
+    elif closed:
+        thinking = text[opened.end() if opened else 0:closed.start()].strip()
+        answer = _split_response(text[closed.end():])
+    else:
+        answer = _split_response(text)
+    result = {"text": text, "thinking": thinking, "answer": answer}
+    if choices is not None:
+        result["choice"] = _select_choice(answer, [str(c).strip() for c in choices])
+    return result
+
+
+def _letter(answer):
+    """The lower-case letter the answer states, or None if it states none or contradicts itself."""
+    # Both patterns can catch the same statement; the one that ends last is the conclusion.
+    stated = [(m.end(), m.group(1) or m.group(2)) for m in _LETTER_AFTER_KEYWORD.finditer(answer)]
+    stated += [(m.end(), m.group(1)) for m in _LETTER_AFTER_OPTION.finditer(answer)]
+    if stated:
+        return max(stated)[1].lower()
+    # A leading label and any bracketed letters must all agree: "(a) is wrong, (c) fits" states none.
+    letters = {x.lower() for x in _LETTER_IN_BRACKETS.findall(answer)}
+    label = _LETTER_ALONE.match(answer) or _LETTER_LABEL.match(answer)
+    if label:
+        letters.add(next(g for g in label.groups() if g).lower())
+    return letters.pop() if len(letters) == 1 else None
+
+
+def _select_choice(answer, choices):
+    if not answer or not choices:
+        return None
+    answer = answer.replace("*", "")  # markdown bold around a letter or an option
+    letter = _letter(answer)
+    if letter is not None:
+        index = LETTERS.index(letter)
+        # "C" may also be the text of an option (note names): keep it only if one reading is possible.
+        readings = {c for c in choices if c.lower() == letter}
+        if index < min(len(choices), 6):
+            readings.add(choices[index])
+        return readings.pop() if len(readings) == 1 else None
+    return _choice_by_text(answer, choices)
+
+
+def _choice_by_text(answer, choices):
+    spans = {}  # option -> [(start, end), ...] of its whole-word occurrences
+    for choice in choices:
+        words = choice.split()
+        if not words:  # an empty option would "match" everywhere
+            continue
+        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
+        found = [m.span() for m in re.finditer(pattern, answer, re.IGNORECASE)]
+        if found:
+            spans[choice] = found
+    if len(spans) <= 1:
+        return next(iter(spans), None)
+    for prefix in (_AFTER_ANSWER_IS, _AFTER_IS):
+        named = [(start, c) for c, found in spans.items() for start, _ in found if prefix.search(answer[:start])]
+        if named:
+            return max(named)[1]
+    # Drop options seen only inside another option's occurrence ("piano" in "electric piano").
+    def inside_other(choice):
+        return all(
+            any(o != choice and s2 <= s <= e <= e2 for o, found in spans.items() for s2, e2 in found)
+            for s, e in spans[choice]
+        )
+
+    left = [c for c in spans if not inside_other(c)]
+    return left[0] if len(left) == 1 else None
