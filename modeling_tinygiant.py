@@ -203,14 +203,24 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         audio_embeds = self.projector(whisper_frames.to(dtype), htsat_frames.to(dtype), intent_query, clap_vector)
         return BaseModelOutputWithPooling(pooler_output=audio_embeds)
 
-    def get_placeholder_mask(self, input_ids, inputs_embeds):
-        """(batch, seq) mask of the audio placeholder positions."""
+    def get_placeholder_mask(self, input_ids, inputs_embeds, num_audios):
+        """(batch, seq) mask of the audio placeholder positions; raises unless each audio has exactly N of them."""
         if input_ids is not None:
-            return input_ids == self.config.audio_token_id
-        audio_embedding = self.get_input_embeddings()(
-            torch.tensor(self.config.audio_token_id, device=inputs_embeds.device)
-        )
-        return (inputs_embeds == audio_embedding).all(-1)
+            mask = input_ids == self.config.audio_token_id
+        else:
+            audio_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.audio_token_id, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == audio_embedding).all(-1)
+        n = self.config.num_audio_tokens
+        per_row = mask.sum(1)
+        if int(per_row.sum()) != num_audios * n or bool((per_row % n).any()):
+            raise ValueError(
+                f"the prompt has {per_row.tolist()} audio placeholder tokens per sample but {num_audios} audios need "
+                f"{n} each; every `<audio>` must expand to {n} tokens (TinyGiantProcessor does this) and never be "
+                "truncated"
+            )
+        return mask
 
     def get_intent_query(self, inputs_embeds, instruction_mask, placeholder_mask):
         """q_intent per audio: the mean input embedding over its sample's instruction tokens (eq. 11)."""
@@ -251,20 +261,13 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         if whisper_input_features is not None:
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, num_audios=len(whisper_lengths))
             intent_query = None
             if self.config.use_intent_query:
                 intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask)
             audio_embeds = self.get_audio_features(
                 whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query
             ).pooler_output
-            n_placeholders, n_embeds = int(placeholder_mask.sum()), audio_embeds.shape[0] * audio_embeds.shape[1]
-            if n_placeholders != n_embeds:
-                raise ValueError(
-                    f"the prompt has {n_placeholders} audio placeholder tokens but {audio_embeds.shape[0]} audios give "
-                    f"{n_embeds} embeddings; each `<audio>` must expand to {self.config.num_audio_tokens} tokens "
-                    "(TinyGiantProcessor does this) and never be truncated"
-                )
             inputs_embeds = inputs_embeds.masked_scatter(
                 placeholder_mask[..., None].expand_as(inputs_embeds), audio_embeds.to(inputs_embeds.dtype)
             )
