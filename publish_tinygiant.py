@@ -1,0 +1,203 @@
+"""Write a TinyGiant checkpoint as a complete Hugging Face Hub repo folder, and push it.
+
+`save_hub_folder` writes everything `pipeline("audio-reasoning", model=repo, trust_remote_code=True)`,
+`AutoModel` and `AutoProcessor` need on a machine without this project: weights (safetensors), config with
+`auto_map` and `custom_pipelines`, generation config, processor and chat template, every remote-code file,
+and a model card. `push_to_hub` uploads that folder as it is.
+
+    tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
+"""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
+
+# The remote code: what `trust_remote_code=True` loads, in the order it is imported.
+CODE_FILES = (
+    "configuration_tinygiant.py",
+    "modeling_tinygiant.py",
+    "processing_tinygiant.py",
+    "parsing_tinygiant.py",
+    "pipeline_tinygiant.py",
+)
+REQUIRED_FILES = (
+    *CODE_FILES,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "README.md",
+)
+CUSTOM_PIPELINES = {
+    "audio-reasoning": {
+        "impl": "pipeline_tinygiant.TinyGiantAudioReasoningPipeline",
+        # Names of transformers Auto classes (`pipeline()` resolves them with getattr(transformers, name)).
+        "pt": ["AutoModelForCausalLM"],
+        "type": "multimodal",
+    }
+}
+BASE_MODELS = [
+    "openai/whisper-large-v3-turbo", "laion/clap-htsat-unfused", "laion/larger_clap_general", "Qwen/Qwen3-0.6B",
+]
+REPO_ID_PLACEHOLDER = "your-username/tinygiant"
+
+
+def save_hub_folder(model, processor, out_dir, training_summary=None, repo_id=None):
+    """Write `model` and `processor` as a complete Hub repo folder in `out_dir`; returns its `Path`.
+
+    Sets `model.config.custom_pipelines` so that `pipeline(model=repo, trust_remote_code=True)` finds the task.
+    `training_summary` (a dict, rendered as a table, or markdown text) becomes a "Training" section of the model
+    card; `repo_id` is used in the card's usage snippet.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.custom_pipelines = json.loads(json.dumps(CUSTOM_PIPELINES))
+    for name in CODE_FILES:  # never ship code left over from an earlier save into the same folder
+        (out / name).unlink(missing_ok=True)
+    # Registered classes copy their own code files (and `auto_map`) as they save.
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    if not (out / "generation_config.json").exists():
+        model.generation_config.save_pretrained(out)
+    # The pipeline and parsing files are not imported by the model or processor: copy them (and any other missing
+    # code file) from this installation.
+    for name in CODE_FILES:
+        if not (out / name).exists():
+            shutil.copyfile(_module_file(name), out / name)
+    model_card(model, repo_id=repo_id, training_summary=training_summary).save(out / "README.md")
+    missing = missing_files(out)
+    if missing:
+        raise RuntimeError(f"the Hub folder {out} is incomplete, missing: {missing}")
+    return out
+
+
+def missing_files(folder):
+    """The files a complete TinyGiant Hub folder must have that `folder` lacks."""
+    return [name for name in REQUIRED_FILES if not (Path(folder) / name).is_file()]
+
+
+def push_to_hub(out_dir, repo_id, token=None, private=None):
+    """Upload the folder written by `save_hub_folder` to the model repo `repo_id` (created if needed); returns its URL.
+
+    The folder is uploaded as it is and never modified (pass `repo_id` to `save_hub_folder` for the card's snippet).
+    Raises `RuntimeError` if the folder is incomplete, the Hub cannot be reached (offline, no network) or refuses.
+    """
+    out = Path(out_dir)
+    missing = missing_files(out)
+    if missing:
+        raise RuntimeError(
+            f"{out} is not a complete TinyGiant Hub folder (missing {missing}); run save_hub_folder first"
+        )
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=out, repo_type="model", commit_message="Upload TinyGiant")
+    except HfHubHTTPError as error:  # the Hub answered: bad token, no rights, invalid name...
+        raise RuntimeError(f"the Hugging Face Hub refused the push to {repo_id}: {error}") from error
+    except Exception as error:  # offline mode, DNS, connection refused, timeouts
+        raise RuntimeError(f"could not reach the Hugging Face Hub to push {repo_id}: {error}") from error
+    return str(url)
+
+
+def model_card(model, repo_id=None, training_summary=None):
+    """The model card: Hub metadata (YAML) and usage."""
+    repo_id = repo_id or REPO_ID_PLACEHOLDER
+    data = ModelCardData(
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="audio-text-to-text",
+        base_model=BASE_MODELS,
+        datasets=["zhifeixie/Audio-Reasoner-CoTA"],
+        language=["en"],
+        tags=["audio", "audio-reasoning", "audio-question-answering", "chain-of-thought", "custom_code", "tinygiant"],
+    )
+    config = model.config
+    parameters = f"{model.num_parameters() / 1e6:.1f} M"
+    text = f"""---
+{data.to_yaml()}
+---
+
+# TinyGiant
+
+TinyGiant is a compact audio-language model that answers questions about sounds, music and speech with a short
+chain of thought. A frozen Whisper encoder and two frozen HTS-AT (CLAP) towers listen; a query-guided projector
+turns what they hear into {config.num_audio_tokens} audio tokens, guided by the question; a Qwen3 language model
+reasons inside `<think>...</think>` (CoTA's PLANNING, CAPTION, REASONING and SUMMARY sections) and then answers.
+This checkpoint has {parameters} parameters.
+
+## Usage
+
+The model runs with remote code (`trust_remote_code=True`), with `transformers>=5`, `soundfile` and `soxr`.
+
+```python
+from transformers import pipeline
+
+pipe = pipeline("audio-reasoning", model="{repo_id}", trust_remote_code=True)
+out = pipe("clip.wav", question="Which instrument plays the melody?", choices=["piano", "violin", "flute"])
+print(out["thinking"])  # the chain of thought
+print(out["answer"], out["choice"])  # the final answer and the option it picks
+
+# Several clips in one batched generate call; per-item questions as dicts.
+pipe([{{"audio": "a.wav", "question": "How many beeps?"}}, {{"audio": "b.wav", "question": "Is there speech?"}}],
+     batch_size=2, max_new_tokens=512, do_sample=False)
+```
+
+Without the pipeline:
+
+```python
+from transformers import AutoModel, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
+
+messages = [{{"role": "user", "content": [{{"type": "audio"}}, {{"type": "text", "text": "What is the sound?"}}]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+inputs = processor(text=prompt, audio="clip.wav")
+output = model.generate(**inputs, max_new_tokens=512)
+print(processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+The pipeline's default system prompt is Audio-Reasoner's, with `<think>` markup
+(`pipeline_tinygiant.SYSTEM_PROMPT`); pass `system_prompt=` to change it.
+
+## Model
+
+| part | from | trained |
+|---|---|---|
+| speech/audio encoder | `openai/whisper-large-v3-turbo` (encoder) | frozen |
+| audio-event encoder | `laion/clap-htsat-unfused` (HTS-AT) | frozen |
+| global audio gate | `laion/larger_clap_general` (HTS-AT) | frozen |
+| projector | query-guided, new | trained |
+| language model | `Qwen/Qwen3-0.6B` | fine-tuned |
+
+## License
+
+Apache-2.0. The base models are Apache-2.0 (Qwen3, CLAP) and MIT (Whisper); keep their notices. Check the terms of
+the training data (Audio-Reasoner-CoTA) before commercial use.
+"""
+    if training_summary:
+        text += "\n## Training\n\n" + _render_summary(training_summary) + "\n"
+    return ModelCard(text)
+
+
+def _render_summary(summary):
+    if isinstance(summary, str):
+        return summary.strip()
+    rows = [f"| {key} | {json.dumps(value) if isinstance(value, (dict, list)) else value} |"
+            for key, value in summary.items()]
+    return "\n".join(["| | |", "|---|---|", *rows])
+
+
+def _module_file(file_name):
+    """The path of this installation's copy of a TinyGiant module."""
+    spec = importlib.util.find_spec(file_name.removesuffix(".py"))
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"cannot find {file_name} to ship with the checkpoint")
+    return spec.origin

@@ -1,0 +1,108 @@
+"""The `tinygiant` command: `ask` streams then answers, `--json` prints one object, and the other subcommands."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+from conftest import tone
+from test_pipeline import talkative
+
+import tinygiant_cli
+from modeling_tinygiant import TinyGiantForConditionalGeneration
+from publish_tinygiant import missing_files, save_hub_folder
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_dir, processor):
+    """A plain checkpoint (as training saves it, no pipeline code) and a published Hub folder of the same model."""
+    root = tmp_path_factory.mktemp("cli")
+    model = talkative(TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval())
+    model.save_pretrained(root / "plain")
+    processor.save_pretrained(root / "plain")
+    save_hub_folder(model, processor, root / "hub")
+    soundfile.write(root / "clip.wav", tone(1.0, 16000, 523.0), 16000)
+    return root
+
+
+def tinygiant(*args, cwd):
+    """Start `tinygiant ARGS` in a subprocess; `.communicate()` waits for it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, str(PROJECT / "tinygiant_cli.py"), *map(str, args)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ask_streams_then_answers_and_json_prints_one_object(checkpoints):
+    question = ["ask", checkpoints / "clip.wav", "Which note is it?", "--choices", "C", "E", "G",
+                "--max-new-tokens", "12", "--greedy"]
+    # The published folder (its own pipeline code) with --json, and the plain checkpoint (pipeline code from this
+    # project) streaming to the terminal; both at once, to save time.
+    as_json = tinygiant(*question, "--model", checkpoints / "hub", "--json", cwd=checkpoints)
+    streaming = tinygiant(*question, "--model", checkpoints / "plain", cwd=checkpoints)
+    (out, err), (streamed_out, streamed_err) = as_json.communicate(timeout=300), streaming.communicate(timeout=300)
+
+    assert as_json.returncode == 0, err[-3000:]
+    result = json.loads(out)  # exactly one JSON object: nothing else on stdout
+    assert set(result) == {"text", "thinking", "answer", "choice"} and result["text"]
+    assert "loaded in" in err and "generated in" in err
+
+    assert streaming.returncode == 0, streamed_err[-3000:]
+    streamed, _, summary = streamed_out.rpartition("\nAnswer: ")
+    assert streamed == result["text"]
+    assert summary.startswith("none (the output was cut at the token limit")  # an untrained model never finishes
+    assert summary.rstrip().endswith("Choice: none of the options")
+
+
+def test_ask_reports_bad_input_on_stderr(checkpoints, capsys):
+    code = tinygiant_cli.main(["ask", str(checkpoints / "missing.wav"), "What?", "--model", str(checkpoints / "hub")])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "error: audio file" in captured.err and "missing.wav does not exist" in captured.err
+    code = tinygiant_cli.main(["ask", str(checkpoints / "clip.wav"), "What?", "--choices", "one",
+                               "--model", str(checkpoints / "hub")])
+    assert code == 1 and "2 to 6 choices" in capsys.readouterr().err
+
+
+def test_publish_writes_the_folder_and_fails_cleanly_offline(checkpoints, tmp_path, capsys):
+    out = tmp_path / "repo"
+    code = tinygiant_cli.main(["publish", str(checkpoints / "plain"), str(out), "--repo-id", "someone/tg"])
+    captured = capsys.readouterr()
+    assert code == 1 and "could not reach the Hugging Face Hub to push someone/tg" in captured.err
+    assert f"wrote {out}" in captured.out and missing_files(out) == []
+    assert 'model="someone/tg"' in (out / "README.md").read_text()
+
+
+def test_default_model(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TINYGIANT_CACHE", str(tmp_path))
+    monkeypatch.setenv("TINYGIANT_MODEL", "someone/tinygiant")
+    assert tinygiant_cli.default_model() == "someone/tinygiant"
+    monkeypatch.delenv("TINYGIANT_MODEL")
+    # No trained model: a tiny random one is built once, with a loud warning.
+    built = []
+    monkeypatch.setattr("tiny_checkpoint.write_tiny_checkpoint",
+                        lambda d: built.append(d) or (Path(d).mkdir(parents=True), (Path(d) / "config.json").touch()))
+    assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random")
+    assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random") and len(built) == 1
+    assert "UNTRAINED" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # the demo's trained model, where `tinygiant demo` writes it by default
+    (tmp_path / "runs" / "demo" / "model").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "model" / "config.json").write_text("{}")
+    assert tinygiant_cli.default_model() == str(Path("runs", "demo", "model"))
+
+
+def test_other_subcommands_dispatch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tinygiant_cli.main(["eval", "--help"])
+    assert exit_info.value.code == 0 and "--score-only" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tinygiant_cli.main(["tiny-checkpoint", "--help"])
+    assert "out_dir" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tinygiant_cli.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in ("ask", "publish", "tiny-checkpoint", "demo", "eval", "TINYGIANT_MODEL"))

@@ -1,0 +1,161 @@
+"""The `tinygiant` command.
+
+    tinygiant ask AUDIO "question" [--choices A B C] [--model PATH_OR_REPO] [--json] [--max-new-tokens N]
+    tinygiant tiny-checkpoint OUT_DIR          # a tiny random checkpoint, for trying things offline
+    tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
+    tinygiant demo ...                         # see `tinygiant demo --help`
+    tinygiant eval ...                         # MMAR evaluation, see `tinygiant eval --help`
+
+`ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
+object and nothing else on stdout. Progress and timings go to stderr.
+
+The model for `ask` is, in order: `--model`; the `TINYGIANT_MODEL` environment variable; `runs/demo/model` (what
+`tinygiant demo` trains, by default) if it exists in the current directory; else a tiny random checkpoint built once in
+`$TINYGIANT_CACHE/tiny-random` (default `~/.cache/tinygiant/tiny-random`): untrained, it answers junk, with a warning.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Commands that hand their arguments to another module's `main(argv)`.
+DISPATCH = {
+    "tiny-checkpoint": ("tiny_checkpoint", "write a tiny random checkpoint (tiny_checkpoint.py)"),
+    "demo": ("demo_tinygiant", "the end-to-end demo (demo_tinygiant.py)"),
+    "eval": ("evaluate_mmar", "MMAR evaluation (evaluate_mmar.py)"),
+}
+
+
+def cache_dir():
+    return Path(os.environ.get("TINYGIANT_CACHE") or Path.home() / ".cache" / "tinygiant")
+
+
+def default_model():
+    """The model `ask` uses without `--model` (see the module docstring)."""
+    if os.environ.get("TINYGIANT_MODEL"):
+        return os.environ["TINYGIANT_MODEL"]
+    demo = Path("runs", "demo", "model")
+    if (demo / "config.json").is_file():
+        return str(demo)
+    tiny = cache_dir() / "tiny-random"
+    log(f"WARNING: no trained model found (set TINYGIANT_MODEL or pass --model); using an UNTRAINED tiny random "
+        f"checkpoint in {tiny}. Its answers are junk.")
+    if not (tiny / "config.json").is_file():
+        from tiny_checkpoint import write_tiny_checkpoint
+
+        write_tiny_checkpoint(tiny)
+    return str(tiny)
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_pipeline(model):
+    """`pipeline("audio-reasoning")` on `model`; works for folders saved without the pipeline code too."""
+    from transformers import AutoConfig, pipeline
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=True)
+    if "audio-reasoning" not in getattr(config, "custom_pipelines", {}):
+        import pipeline_tinygiant  # noqa: F401  (registers the task with this project's pipeline code)
+    return pipeline("audio-reasoning", model=model, config=config, trust_remote_code=True)
+
+
+def ask(args):
+    from transformers import TextStreamer
+
+    model = args.model or default_model()
+    start = time.perf_counter()
+    log(f"loading {model} ...")
+    pipe = load_pipeline(model)
+    log(f"loaded in {time.perf_counter() - start:.1f} s")
+
+    call_kwargs = {}
+    if args.max_new_tokens is not None:
+        call_kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.greedy:
+        call_kwargs["do_sample"] = False
+    if not args.json:  # stream the text to the terminal as it is generated
+        call_kwargs["streamer"] = TextStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    start = time.perf_counter()
+    if args.system_prompt is not None:  # else the checkpoint pipeline's own default
+        call_kwargs["system_prompt"] = args.system_prompt
+    result = pipe(args.audio, question=args.question, choices=args.choices, **call_kwargs)
+    log(f"generated in {time.perf_counter() - start:.1f} s")
+
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    # The streamer has printed the text and ended its line.
+    if result["answer"] is None:
+        print("Answer: none (the output was cut at the token limit before the answer; raise --max-new-tokens)")
+    else:
+        print(f"Answer: {result['answer']}")
+    if args.choices:
+        print(f"Choice: {result['choice'] if result['choice'] is not None else 'none of the options'}")
+
+
+def publish(args):
+    from modeling_tinygiant import TinyGiantForConditionalGeneration
+    from processing_tinygiant import TinyGiantProcessor
+    from publish_tinygiant import push_to_hub, save_hub_folder
+
+    model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint)
+    processor = TinyGiantProcessor.from_pretrained(args.checkpoint, trust_remote_code=True)
+    summary = json.loads(Path(args.training_summary).read_text()) if args.training_summary else None
+    folder = save_hub_folder(model, processor, args.out_dir, training_summary=summary, repo_id=args.repo_id)
+    print(f"wrote {folder}")
+    if args.repo_id:
+        print(f"pushed to {push_to_hub(folder, args.repo_id, private=args.private)}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tinygiant", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("ask", help="ask a question about an audio file")
+    p.add_argument("audio", help="an audio file (wav, flac, ogg, mp3, ...)")
+    p.add_argument("question")
+    p.add_argument("--choices", nargs="+", metavar="OPTION", help="2 to 6 answer options")
+    p.add_argument("--model", help="checkpoint folder or Hub repo id (default: see `tinygiant --help`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object {text, thinking, answer[, choice]}")
+    p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
+    p.add_argument("--system-prompt", help="default: Audio-Reasoner's prompt; '' for none")
+    p.set_defaults(run=ask)
+
+    p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")
+    p.add_argument("checkpoint", help="a TinyGiant checkpoint folder")
+    p.add_argument("out_dir")
+    p.add_argument("--repo-id", help="push the folder to this Hub model repo")
+    p.add_argument("--private", action="store_true", default=None)
+    p.add_argument("--training-summary", help="a JSON file whose contents go in the model card")
+    p.set_defaults(run=publish)
+
+    for name, (_, help_text) in DISPATCH.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    parser.epilog = __doc__.split("\n\n", 2)[2]
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DISPATCH:
+        module = importlib.import_module(DISPATCH[argv[0]][0])
+        return module.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
+        log(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
