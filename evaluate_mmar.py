@@ -10,7 +10,11 @@ official script silently leaves items without `answer_prediction` out of the den
 report gives both numbers. Accuracies are percentages (0-100), with 95 % Wilson intervals.
 
 Usage:
+    python evaluate_mmar.py --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
+    python evaluate_mmar.py --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
     python evaluate_mmar.py --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+(or `tinygiant eval mmar ...`). Generation is resumable: rerun the same command after an interruption and
+only the items missing from OUT/predictions.jsonl are answered.
 
 Predictions are JSON lines in the challenge submission format:
     {"id": ..., "thinking_prediction": ..., "answer_prediction": ...}
@@ -19,7 +23,9 @@ Predictions are JSON lines in the challenge submission format:
 import argparse
 import json
 import math
+import os
 import re
+import tarfile
 from pathlib import Path
 
 MODALITIES = [
@@ -182,21 +188,23 @@ def _read_json_records(path):
     return records
 
 
-def load_meta(path):
+def load_meta(path, skip_invalid=False):
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
     Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
     for: a missing required key, an unknown modality, layer or sub-category (or a sub-category under
     the wrong layer), fewer than 2 or more than 6 choices, an answer that is not one of the choices,
-    or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL.
+    or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
+    `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
     items = _read_json_records(path)
-    problems, seen = [], set()
+    problems, seen, invalid = [], set(), set()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             problems.append(f"item #{index}: not a JSON object")
             continue
         name = item.get("id", f"#{index}")
+        before = len(problems)
         missing = [k for k in REQUIRED_KEYS if k not in item]
         if missing:
             problems.append(f"item {name}: missing keys {missing}")
@@ -216,6 +224,11 @@ def load_meta(path):
             problems.append(f"item {name}: needs 2 to 6 choices, got {choices!r}")
         elif item["answer"] not in choices:
             problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
+        if len(problems) > before:
+            invalid.add(index)
+    if problems and skip_invalid and len(invalid) == len(problems):
+        print(f"warning: {path}: leaving out {len(problems)} invalid item(s):\n  " + "\n  ".join(problems))
+        return [item for index, item in enumerate(items) if index not in invalid]
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -307,6 +320,119 @@ def score(meta, predictions):
         "official": _cell(*official),
         "items": outcomes,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation: answer every item with the model, resumably
+# ---------------------------------------------------------------------------------------------------
+
+MMAR_REPO = "BoJack/MMAR"
+MAX_THINKING_CHARS = 10_000  # the challenge rejects longer `thinking_prediction`s
+
+
+def fetch_mmar(cache_dir):
+    """Download MMAR from the Hub (`BoJack/MMAR`): its meta JSON and its audio, extracted once under `cache_dir`.
+
+    Returns `(meta_path, audio_dir)`. The Hub holds the old meta (6 answers outside their choices, left out
+    with a warning); the GitHub `MMAR-meta.jsonl` is the corrected one, pass it with `--meta` if you have it.
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        meta = hf_hub_download(MMAR_REPO, "MMAR-meta.json", repo_type="dataset")
+        archive = hf_hub_download(MMAR_REPO, "mmar-audio.tar.gz", repo_type="dataset")
+    except Exception as error:
+        raise RuntimeError(
+            f"could not download {MMAR_REPO} from the Hugging Face Hub ({type(error).__name__}: {error}); "
+            "pass --meta MMAR-meta.jsonl and --audio-dir (the folder its ./audio/ paths are relative to)"
+        ) from error
+    audio_dir = Path(cache_dir) / "mmar"
+    if not (audio_dir / ".extracted").is_file():
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(audio_dir, filter="data")
+        (audio_dir / ".extracted").touch()
+    return meta, audio_dir
+
+
+def finished_ids(predictions_path):
+    """Ids already answered in `predictions_path`. A last line cut short by a crash is removed from the file."""
+    path = Path(predictions_path)
+    if not path.is_file():
+        return set()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    good = []
+    for line in lines:
+        try:
+            good.append((json.loads(line)["id"], line))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # only the last write can be partial: everything after it is dropped
+    if len(good) < len(lines) or (lines and not lines[-1].endswith("\n")):
+        path.write_text("".join(line if line.endswith("\n") else line + "\n" for _, line in good), encoding="utf-8")
+    return {name for name, _ in good}
+
+
+def prediction_record(item, output):
+    """The challenge submission record for one pipeline output: the chosen option's text as the answer (a bare
+    letter would score wrong), else the free answer, else "" (a cut-off output)."""
+    answer = output.get("choice") or output.get("answer") or ""
+    return {"id": item["id"], "thinking_prediction": (output.get("thinking") or "")[:MAX_THINKING_CHARS],
+            "answer_prediction": answer}
+
+
+def predict_batch(pipe, items, audio_dir, generate_kwargs):
+    """Records for `items`: one batched generation; a missing or unreadable audio gives an `error` record."""
+    records, ready = {}, []
+    for item in items:
+        path = Path(audio_dir) / item["audio_path"]
+        if path.is_file():
+            ready.append((item, {"audio": str(path), "question": item["question"], "choices": item["choices"]}))
+        else:
+            records[item["id"]] = {"id": item["id"], "error": f"missing audio file {path}"}
+    try:
+        outputs = pipe([x for _, x in ready], batch_size=max(1, len(ready)), **generate_kwargs) if ready else []
+        pairs = list(zip(ready, outputs))
+    except (OSError, ValueError):  # one bad item spoils the batch: redo it item by item to find it
+        pairs = []
+        for item, x in ready:
+            try:
+                pairs.append(((item, x), pipe(x, **generate_kwargs)))
+            except (OSError, ValueError) as error:
+                records[item["id"]] = {"id": item["id"], "error": f"{type(error).__name__}: {error}"}
+    for (item, _), output in pairs:
+        records[item["id"]] = prediction_record(item, output)
+    return [records[item["id"]] for item in items]
+
+
+def predict(meta, audio_dir, model, predictions_path, batch_size=4, limit=None, generate_kwargs=None):
+    """Answer the items of `meta` not yet in `predictions_path`, appending one JSON line each as batches finish.
+
+    `model` is a Hub repo id, a folder, or a ready `pipeline("audio-reasoning")`. `limit` caps the total number of
+    items answered (for a quick look). Decoding is greedy with up to 1024 new tokens unless `generate_kwargs` says
+    otherwise. Lines are flushed and synced per batch, so an interrupted run loses at most the batch in flight.
+    """
+    from tqdm.auto import tqdm
+
+    generate_kwargs = {"do_sample": False, "max_new_tokens": 1024, **(generate_kwargs or {})}
+    done = finished_ids(predictions_path)
+    todo = [item for item in meta if item["id"] not in done]
+    if limit is not None:
+        todo = todo[: max(0, limit - len(done & {item["id"] for item in meta}))]
+    if not todo:
+        return
+    if isinstance(model, (str, Path)):
+        from tinygiant_cli import load_pipeline
+
+        model = load_pipeline(str(model))
+    Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(predictions_path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="MMAR", unit="item") as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            for record in predict_batch(model, batch, audio_dir, generate_kwargs):
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(batch))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -490,20 +616,36 @@ def write_ablation_report(results, out_dir, paper=PAPER_MMAR):
 
 
 def main(argv=None):
-    """Score a predictions file against the MMAR meta and write the report (see the module docstring)."""
+    """Answer MMAR with a model (or take an existing predictions file), score it and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--meta", required=True, help="MMAR-meta.jsonl (or the old MMAR-meta.json)")
-    parser.add_argument("--output-dir", default="mmar_eval", help="where scores.json, report.md and the plot go")
+    parser.add_argument("--meta", help="MMAR-meta.jsonl (or the old MMAR-meta.json); default with --model: the Hub copy")
+    parser.add_argument("--audio-dir", help="the folder the meta's ./audio/... paths are relative to "
+                                            "(default: the meta file's folder)")
+    parser.add_argument("--output-dir", default="mmar_eval", help="where predictions, scores, report and plot go")
     mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--model", help="a TinyGiant Hub repo id or folder to answer every item with")
     mode.add_argument("--score-only", metavar="PREDICTIONS", help="score an existing predictions JSONL")
-    # The generation mode (e.g. `--model REPO_OR_PATH`: run the model on every item, write
-    # predictions.jsonl into --output-dir, then score it as below) is added with the model pipeline.
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--limit", type=int, help="answer at most this many items")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
     args = parser.parse_args(argv)
 
-    meta = load_meta(args.meta)
-    predictions = load_predictions(args.score_only, meta)
+    output_dir = Path(args.output_dir)
+    meta_path, audio_dir = args.meta, args.audio_dir
+    if meta_path is None:
+        if args.score_only:
+            parser.error("--score-only needs --meta")
+        meta_path, audio_dir = fetch_mmar(output_dir / "data")
+    meta = load_meta(meta_path, skip_invalid=args.meta is None)
+    if args.model:
+        predictions_path = output_dir / "predictions.jsonl"
+        predict(meta, audio_dir or Path(meta_path).parent, args.model, predictions_path, args.batch_size, args.limit,
+                {"max_new_tokens": args.max_new_tokens})
+    else:
+        predictions_path = args.score_only
+    predictions = load_predictions(predictions_path, meta)
     scores = score(meta, predictions)
-    paths = write_report(scores, args.output_dir)
+    paths = write_report(scores, output_dir)
 
     o, off = scores["overall"], scores["official"]
     print(
