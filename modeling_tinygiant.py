@@ -18,6 +18,7 @@ from transformers import (
     Qwen3Model,
     WhisperModel,
 )
+from transformers.generation import CompileConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
@@ -31,6 +32,9 @@ except ImportError:
 
 # Inputs that exist once per audio window or per audio, consumed at prefill only.
 AUDIO_INPUTS = ("whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")
+# The frozen encoders' pooled outputs (`TinyGiantModel.encode_audio`), which can be passed instead of the mels above
+# (e.g. from `feature_cache_tinygiant.AudioFeatureCache`): one row per audio.
+ENCODED_AUDIO_INPUTS = ("whisper_frames", "htsat_frames", "clap_vector")
 
 
 class EBranchformerBlock(nn.Module):
@@ -188,16 +192,33 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         return pool_per_audio(whisper_frames, whisper_lengths, n), pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
 
     def get_audio_features(
-        self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query=None
+        self,
+        whisper_input_features=None,
+        clap_input_features=None,
+        whisper_lengths=None,
+        htsat_lengths=None,
+        intent_query=None,
+        whisper_frames=None,
+        htsat_frames=None,
+        clap_vector=None,
     ):
-        """Encoders + projector: `pooler_output` holds the (audios, N, d_model) embeddings that replace placeholders."""
+        """Encoders + projector: `pooler_output` holds the (audios, N, d_model) embeddings that replace placeholders.
+
+        Pass either the mels (and lengths) or the encoders' precomputed pooled outputs `whisper_frames` (audios, N,
+        1280), `htsat_frames` (audios, N, 768) and `clap_vector` (audios, 1024; only with the gate), as returned by
+        `encode_audio`: the frozen encoders are then skipped.
+        """
         dtype = self.projector.input_proj.weight.dtype
-        whisper_frames, htsat_frames, clap_vector = self.encode_audio(
-            whisper_input_features.to(self.whisper_encoder.dtype),
-            clap_input_features.to(self.htsat_encoder.dtype),
-            whisper_lengths,
-            htsat_lengths,
-        )
+        if whisper_frames is None:
+            whisper_frames, htsat_frames, clap_vector = self.encode_audio(
+                whisper_input_features.to(self.whisper_encoder.dtype),
+                clap_input_features.to(self.htsat_encoder.dtype),
+                whisper_lengths,
+                htsat_lengths,
+            )
+        elif htsat_frames is None or (self.clap_encoder is not None and clap_vector is None):
+            raise ValueError("precomputed audio features need `whisper_frames`, `htsat_frames` and (with the CLAP "
+                             "gate) `clap_vector`")
         if clap_vector is not None:
             clap_vector = clap_vector.to(dtype)
         audio_embeds = self.projector(whisper_frames.to(dtype), htsat_frames.to(dtype), intent_query, clap_vector)
@@ -247,6 +268,9 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         htsat_lengths=None,
         instruction_mask=None,
         use_cache=None,
+        whisper_frames=None,
+        htsat_frames=None,
+        clap_vector=None,
         **kwargs,
     ):
         r"""
@@ -254,19 +278,23 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         clap_input_features (`torch.FloatTensor` of shape `(windows, 1, 1001, 64)`): 10 s log-mel windows at 48 kHz.
         whisper_lengths, htsat_lengths (`torch.LongTensor` of shape `(audios,)`): real encoder frames per audio.
         instruction_mask (`torch.LongTensor` of shape `(batch, seq)`): the user's instruction tokens (Stage B).
+        whisper_frames, htsat_frames, clap_vector (*optional*): the frozen encoders' precomputed pooled outputs per
+            audio (see `get_audio_features`), instead of the mels: the encoders are skipped.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        if whisper_input_features is not None:
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, num_audios=len(whisper_lengths))
+        if whisper_input_features is not None or whisper_frames is not None:
+            num_audios = len(whisper_frames) if whisper_frames is not None else len(whisper_lengths)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, num_audios=num_audios)
             intent_query = None
             if self.config.use_intent_query:
                 intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask)
             audio_embeds = self.get_audio_features(
-                whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query
+                whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query,
+                whisper_frames=whisper_frames, htsat_frames=htsat_frames, clap_vector=clap_vector,
             ).pooler_output
             inputs_embeds = inputs_embeds.masked_scatter(
                 placeholder_mask[..., None].expand_as(inputs_embeds), audio_embeds.to(inputs_embeds.dtype)
@@ -329,6 +357,9 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         labels=None,
         use_cache=None,
         logits_to_keep=0,
+        whisper_frames=None,
+        htsat_frames=None,
+        clap_vector=None,
         **kwargs,
     ):
         r"""
@@ -347,6 +378,9 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             htsat_lengths=htsat_lengths,
             instruction_mask=instruction_mask,
             use_cache=use_cache,
+            whisper_frames=whisper_frames,
+            htsat_frames=htsat_frames,
+            clap_vector=clap_vector,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -367,25 +401,52 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         # The audio is merged once, at prefill; later steps read it from the KV cache.
-        audio_inputs = {k: kwargs.pop(k, None) for k in (*AUDIO_INPUTS, "instruction_mask")}
+        audio_inputs = {k: kwargs.pop(k, None) for k in (*AUDIO_INPUTS, *ENCODED_AUDIO_INPUTS, "instruction_mask")}
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
         if kwargs.get("is_first_iteration") or not kwargs.get("use_cache", True):
             model_inputs.update(audio_inputs)
         return model_inputs
+
+    def generate_fast(self, *args, compile=False, **kwargs):
+        """`generate` with a pre-allocated static KV cache and, with `compile=True`, a `torch.compile`d decoding step.
+
+        Gives the same tokens as `generate`. The static cache avoids growing the cache each step; compiling fuses the
+        decoding step (its first call compiles, which takes a while, then each new batch size or length recompiles).
+        transformers compiles automatically only on CUDA, so `compile=True` also opts CPUs in. Other `generate`
+        arguments pass through.
+        """
+        kwargs.setdefault("cache_implementation", "static")
+        if compile:
+            config = kwargs.pop("compile_config", None) or CompileConfig(fullgraph=False, dynamic=False, mode="default")
+            config._compile_all_devices = True
+            kwargs["compile_config"] = config
+        else:
+            kwargs.setdefault("disable_compile", True)
+        return self.generate(*args, **kwargs)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """Repeat each sample's audios with the sample (beam search, `num_return_sequences`).
 
         The generic expansion repeats every tensor along dim 0, which is wrong for per-window and per-audio tensors.
         """
-        if expand_size == 1 or model_kwargs.get("whisper_input_features") is None:
-            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
-        audio = {k: model_kwargs.pop(k) for k in AUDIO_INPUTS}
+        encoded = {k: model_kwargs.pop(k) for k in ENCODED_AUDIO_INPUTS if model_kwargs.get(k) is not None}
+        if expand_size == 1 or (model_kwargs.get("whisper_input_features") is None and not encoded):
+            input_ids, model_kwargs = super()._expand_inputs_for_generation(
+                expand_size, is_encoder_decoder, input_ids, **model_kwargs
+            )
+            return input_ids, {**model_kwargs, **encoded}
         audios_per_sample = (input_ids == self.config.audio_token_id).sum(1) // self.config.num_audio_tokens
         first_audio = torch.cumsum(audios_per_sample, 0) - audios_per_sample
         order = torch.cat(
             [torch.arange(f, f + n).repeat(expand_size) for f, n in zip(first_audio.tolist(), audios_per_sample.tolist())]
         )
+        audio = {k: v[order] for k, v in encoded.items()}  # precomputed features are per audio
+        if model_kwargs.get("whisper_input_features") is None:
+            input_ids, model_kwargs = super()._expand_inputs_for_generation(
+                expand_size, is_encoder_decoder, input_ids, **model_kwargs
+            )
+            return input_ids, {**model_kwargs, **audio}
+        audio.update({k: model_kwargs.pop(k) for k in AUDIO_INPUTS})
         for features, lengths, frames_per_window in (
             ("whisper_input_features", "whisper_lengths", WHISPER_FRAMES_PER_WINDOW),
             ("clap_input_features", "htsat_lengths", HTSAT_FRAMES_PER_WINDOW),
@@ -415,7 +476,9 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         processor (adding the `<audio>` token) and initialises the projector. `config_kwargs` set projector fields
         and the ablation switches.
         """
-        processor = TinyGiantProcessor.from_components(whisper=whisper, htsat=htsat, llm=llm)
+        processor = TinyGiantProcessor.from_components(
+            whisper=whisper, htsat=htsat, llm=llm, num_audio_tokens=config_kwargs.pop("num_audio_tokens", 300)
+        )
         whisper_model = load_part(WhisperModel, whisper, dtype)
         # CLAP checkpoints hold a whole ClapModel; this class reads just its audio tower (and projection).
         htsat_model = load_part(ClapAudioModelWithProjection, htsat, dtype).audio_model
@@ -462,6 +525,108 @@ def load_part(model_class, name_or_path, dtype):
         raise ValueError(f"{name_or_path} has no weights for {len(missing)} parameters of {model_class.__name__}, "
                          f"e.g. {missing[:3]}")
     return model
+
+
+# ----------------------------------------------------------------------------- int8 weights for CPU inference
+
+# Up to this many rows the packed int8 kernel wins (decoding is memory-bound: half the bytes of bf16); above it the
+# weight is dequantised and the bf16 matmul (AMX on recent x86) is faster than the int8 kernel.
+INT8_KERNEL_MAX_ROWS = 16
+
+
+def _quantize_rows(weight):
+    """Symmetric per-row (output channel) int8: returns `(int8 weight, scales in the weight's dtype)`."""
+    w = weight.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+    return torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8), scales.to(weight.dtype)
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 `nn.Linear` for inference: int8 weights with per-output-channel scales, activations unchanged.
+
+    Few rows (decoding) use PyTorch's CPU kernel `torch._weight_int8pack_mm`; many rows (encoders, prefill) and other
+    devices dequantise the weight and use the ordinary matmul.
+    """
+
+    def __init__(self, qweight, scales, bias=None):
+        super().__init__()
+        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", None if bias is None else bias.detach())
+
+    @classmethod
+    def from_linear(cls, linear):
+        return cls(*_quantize_rows(linear.weight), linear.bias)
+
+    def dequantize(self, dtype):
+        return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
+
+    @property
+    def weight(self):  # the float weight, for code that reads `linear.weight` (e.g. its dtype)
+        return self.dequantize(self.scales.dtype)
+
+    def forward(self, x):
+        rows = x.numel() // self.in_features
+        # The kernel gives wrong results unless in_features is a multiple of 16 (true of every full-size layer).
+        if x.device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS and self.in_features % 16 == 0:
+            out = torch._weight_int8pack_mm(x.reshape(rows, self.in_features).contiguous(), self.qweight,
+                                            self.scales.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias.to(x.dtype)
+        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class Int8Embedding(nn.Module):
+    """Int8 embedding table sharing its int8 rows and scales with an `Int8Linear` LM head (Qwen3-0.6B ties them)."""
+
+    def __init__(self, head, dtype, padding_idx=None):
+        super().__init__()
+        self.head, self.dtype, self.padding_idx = head, dtype, padding_idx
+
+    @property
+    def weight(self):  # for code that reads the embedding table (e.g. the placeholder mask without input_ids)
+        return self.head.dequantize(self.dtype)
+
+    def forward(self, input_ids):
+        return self.head.qweight[input_ids].to(self.dtype) * self.head.scales[input_ids, None].to(self.dtype)
+
+
+@torch.no_grad()
+def quantize_int8(model, modules=None):
+    """Replace the `nn.Linear` layers of `model` (a `TinyGiantForConditionalGeneration`) with `Int8Linear`, in place.
+
+    Covers the three encoders, the projector and the LLM; the tied embedding / LM head become one int8 table.
+    Convolutions, norms and `nn.MultiheadAttention`'s fused projections stay in their dtype. `modules` optionally
+    limits it to some submodules (e.g. `[model.model.language_model]`). For inference only (no training, no saving);
+    returns the model.
+    """
+    dtype = model.dtype
+    targets = modules if modules is not None else [model]
+    for target in targets:
+        for parent in list(target.modules()):
+            if isinstance(parent, nn.MultiheadAttention):  # it reads out_proj.weight directly
+                continue
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear and child is not getattr(model, "lm_head", None):
+                    setattr(parent, name, Int8Linear.from_linear(child))
+    if modules is None and isinstance(getattr(model, "lm_head", None), nn.Linear):
+        embeddings = model.get_input_embeddings()
+        tied = model.lm_head.weight is embeddings.weight
+        model.lm_head = Int8Linear.from_linear(model.lm_head)
+        if tied:
+            model.model.language_model.embed_tokens = Int8Embedding(model.lm_head, dtype, embeddings.padding_idx)
+    _release_freed_memory()
+    return model
+
+
+def _release_freed_memory():
+    """Hand the freed float weights back to the OS: glibc keeps freed heap blocks, so RSS would not drop otherwise."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        pass
 
 
 TinyGiantForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
