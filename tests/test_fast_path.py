@@ -1,0 +1,64 @@
+"""The fast inference path (`generate_fast`: static KV cache) and int8 weights (`quantize_int8`) on the tiny model."""
+
+import copy
+
+import torch
+from conftest import chat, tone
+
+from modeling_tinygiant import Int8Embedding, Int8Linear, quantize_int8
+
+GREEDY = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+QUESTIONS = ["How many beeps are there?", "Is it a chord?", "What came first, the tone or the noise?",
+             "Which tone is higher?", "Is there speech in the clip?", "What is the sound?"]
+
+
+def batch(processor, questions, audios):
+    texts = [processor.apply_chat_template(chat(q), add_generation_prompt=True, tokenize=False) for q in questions]
+    return processor(text=texts, audio=[{"array": a, "sampling_rate": 16000} for a in audios], padding_side="left")
+
+
+def test_generate_fast_gives_the_plain_greedy_tokens(model, processor):
+    inputs = batch(processor, QUESTIONS[:3], [tone(1.0, freq=300), tone(31.0, freq=1200), tone(3.0, freq=2000)])
+    assert len(set(inputs["attention_mask"].sum(1).tolist())) == 3  # left padding really in play
+    plain = model.generate(**inputs, **GREEDY)
+    fast = model.generate_fast(**inputs, **GREEDY)
+    assert torch.equal(plain, fast)
+    single = batch(processor, QUESTIONS[3:4], [tone(2.0, freq=700)])
+    assert torch.equal(model.generate(**single, **GREEDY), model.generate_fast(**single, **GREEDY))
+
+
+def test_int8_linear_matches_the_float_layer():
+    torch.manual_seed(0)
+    for in_features, out_features in ((32, 48), (24, 40)):  # kernel path (multiple of 16) and dequantising fallback
+        linear = torch.nn.Linear(in_features, out_features).to(torch.bfloat16)
+        q = Int8Linear.from_linear(linear)
+        assert q.qweight.dtype == torch.int8 and q.weight.dtype == torch.bfloat16
+        for rows in (1, 5, 40):  # decoding-sized and prefill-sized inputs take different kernels
+            x = torch.randn(rows, in_features, dtype=torch.bfloat16)
+            ref, out = linear(x).float(), q(x).float()
+            assert out.shape == ref.shape
+            assert (out - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_quantize_int8_replaces_linears_and_mostly_agrees_with_float(model, processor):
+    quantized = quantize_int8(copy.deepcopy(model))
+    inner = quantized.model
+    assert not any(type(m) is torch.nn.Linear for e in inner.audio_encoders() for m in e.modules())
+    assert not any(type(m) is torch.nn.Linear for m in inner.language_model.modules())
+    assert isinstance(quantized.lm_head, Int8Linear) and isinstance(inner.language_model.embed_tokens, Int8Embedding)
+    assert inner.language_model.embed_tokens.head is quantized.lm_head  # still one (tied) table
+    int8_bytes = sum(b.numel() for m in quantized.modules() if isinstance(m, Int8Linear) for b in (m.qweight,))
+    assert int8_bytes > 0.8 * sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    assert type(model.lm_head) is torch.nn.Linear  # the original is untouched
+
+    audios = [tone(2.0, freq=f) for f in (300, 600, 900, 1500, 2500, 4000)]
+    inputs = batch(processor, QUESTIONS, audios)
+    with torch.no_grad():
+        ref_logits, q_logits = model(**inputs).logits[:, -1], quantized(**inputs).logits[:, -1]
+    r = torch.corrcoef(torch.stack([ref_logits.flatten(), q_logits.flatten()]))[0, 1]
+    assert r > 0.99, r
+    prompt = inputs["input_ids"].shape[1]
+    ref, out = model.generate(**inputs, **GREEDY)[:, prompt:], quantized.generate(**inputs, **GREEDY)[:, prompt:]
+    assert (ref[:, 0] == out[:, 0]).float().mean() >= 5 / 6  # first answer token of 6 prompts
+    agreement = (ref == out).float().mean()  # after a first difference the two continue from different text
+    assert agreement >= 0.75, agreement

@@ -1,0 +1,96 @@
+"""The training feature cache: cached encoder outputs give the same results as live encoders; hits and misses."""
+
+import pytest
+import torch
+from conftest import chat, tone
+
+from feature_cache_tinygiant import AudioFeatureCache, audio_key, encoder_fingerprint
+from modeling_tinygiant import TinyGiantForConditionalGeneration
+
+
+def batch_for(processor, audios, answer="Three."):
+    texts = [processor.apply_chat_template(chat("How many beeps?", answer=answer), tokenize=False) for _ in audios]
+    return processor(text=texts, audio=[{"array": a, "sampling_rate": 16000} for a in audios], return_labels=True,
+                     padding_side="right")
+
+
+def test_cached_features_give_the_same_loss_logits_and_generation(model, processor, tmp_path):
+    audios = [tone(2.0, freq=300), tone(12.0, freq=2000)]
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    keys = cache.encode([{"array": a, "sampling_rate": 16000} for a in audios])
+    batch = batch_for(processor, audios)
+    text_only = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "instruction_mask", "labels")}
+    calls = []
+    hooks = [e.register_forward_hook(lambda *_: calls.append(1)) for e in model.model.audio_encoders()]
+    try:
+        with torch.no_grad():
+            cached = model(**text_only, **cache.fetch(keys))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []  # the encoders were skipped
+    with torch.no_grad():
+        live = model(**batch)
+    assert torch.equal(cached.logits, live.logits) and torch.equal(cached.loss, live.loss)
+
+    prompt = processor(text=processor.apply_chat_template(chat("How many beeps?"), add_generation_prompt=True,
+                                                          tokenize=False), audio=audios[0], sampling_rate=16000)
+    greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    live_tokens = model.generate(**prompt, **greedy)
+    text_prompt = {k: prompt[k] for k in ("input_ids", "attention_mask", "instruction_mask")}
+    assert torch.equal(model.generate(**text_prompt, **cache.fetch(keys[:1]), **greedy), live_tokens)
+
+
+def test_cached_features_train_the_same_gradients(tiny_dir, processor, tmp_path):
+    model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir)
+    model.config.projector_dropout = 0.0
+    model.eval()  # no dropout, so two passes are comparable
+    audio = tone(3.0, freq=800)
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    key, = cache.encode([{"array": audio, "sampling_rate": 16000}])
+    batch = batch_for(processor, [audio])
+    model(**batch).loss.backward()
+    live = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    text_only = {k: batch[k] for k in ("input_ids", "attention_mask", "instruction_mask", "labels")}
+    model(**text_only, **cache.fetch([key])).loss.backward()
+    cached = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert live.keys() == cached.keys() and any(n.startswith("model.projector.") for n in live)
+    assert all(torch.equal(live[n], cached[n]) for n in live)
+
+
+def test_hits_misses_keys_and_fingerprint(model, processor, tmp_path):
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    a, b = {"array": tone(1.0, freq=300), "sampling_rate": 16000}, {"array": tone(1.0, freq=600), "sampling_rate": 16000}
+    assert cache.get(audio_key(a)) is None and (cache.hits, cache.misses) == (0, 1)
+    with pytest.raises(KeyError, match="not in the feature cache"):
+        cache.fetch([audio_key(a)])
+    keys = cache.encode([a, b, a])  # a duplicate in one call is computed once
+    assert keys[0] == keys[2] != keys[1] and (cache.hits, cache.misses) == (1, 4)
+    cache.encode([b])
+    assert cache.hits == 2 and cache.misses == 4  # already on disk: not recomputed
+    features = cache.fetch(keys)
+    n, cfg = model.config.num_audio_tokens, model.config
+    assert features["whisper_frames"].shape == (3, n, cfg.whisper_config.d_model)
+    assert features["htsat_frames"].shape == (3, n, cfg.htsat_config.hidden_size)
+    assert features["clap_vector"].shape == (3, cfg.clap_config.hidden_size)
+    # The key is the audio, however it arrives: the same samples at the same rate, as an array or as WAV bytes.
+    import io
+
+    import soundfile
+
+    wav = io.BytesIO()
+    soundfile.write(wav, a["array"], 16000, format="WAV", subtype="FLOAT")
+    assert audio_key({"bytes": wav.getvalue()}) == keys[0]
+    assert audio_key(a["array"][::2], 8000) != keys[0]
+    # Other encoder weights get another fingerprint, so a cache never serves features of different encoders.
+    reopened = AudioFeatureCache(tmp_path, fingerprint=cache.fingerprint)
+    assert keys[1] in reopened and torch.equal(reopened.fetch(keys[1:2])["clap_vector"], features["clap_vector"][1:2])
+    with torch.no_grad():
+        clone = {k: v.clone() for k, v in model.state_dict().items()}
+        model.model.htsat_encoder.audio_encoder.norm.weight.add_(1.0)
+        try:
+            assert encoder_fingerprint(model, processor) != cache.fingerprint
+        finally:
+            model.load_state_dict(clone)
+    assert encoder_fingerprint(model, processor) == cache.fingerprint
