@@ -72,6 +72,8 @@ def ask(args):
     start = time.perf_counter()
     log(f"loading {model} ...")
     pipe = load_pipeline(model)
+    if args.int8:  # the checkpoint's own modeling code carries `quantize_int8`
+        sys.modules[type(pipe.model).__module__].quantize_int8(pipe.model)
     log(f"loaded in {time.perf_counter() - start:.1f} s")
 
     call_kwargs = {}
@@ -127,6 +129,7 @@ def build_parser():
     p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
     p.add_argument("--system-prompt", help="default: Audio-Reasoner's prompt; '' for none")
+    p.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (`quantize_int8`)")
     p.set_defaults(run=ask)
 
     p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")

@@ -106,3 +106,15 @@ def test_other_subcommands_dispatch(capsys):
         tinygiant_cli.main(["--help"])
     help_text = capsys.readouterr().out
     assert all(name in help_text for name in ("ask", "publish", "tiny-checkpoint", "demo", "eval", "TINYGIANT_MODEL"))
+
+
+def test_ask_with_int8_weights_answers_like_the_full_precision_model(checkpoints, capsys):
+    question = ["ask", str(checkpoints / "clip.wav"), "Which note is it?", "--model", str(checkpoints / "hub"),
+                "--json", "--greedy", "--max-new-tokens", "6"]
+    assert tinygiant_cli.main(question) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert tinygiant_cli.main([*question, "--int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert set(int8) == set(full) and int8["text"]
+    # Same first tokens: int8 weight rounding barely moves a small model's logits.
+    assert int8["text"][:2] == full["text"][:2]
