@@ -26,17 +26,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 # The demo's training preset: a tiny model needs far larger learning rates than the paper's 1e-4 / 5e-5.
 PRESET = dict(
-    n_train=400, n_heldout=100, num_audio_tokens=32, epochs=20, batch_size=8, llm_lr=3e-3, projector_lr=3e-3,
+    n_train=1600, n_heldout=100, num_audio_tokens=32, align_epochs=1, epochs=2, batch_size=8, llm_lr=1e-3,
+    projector_lr=1e-3,
 )
 
 
-def train(run_dir, model_dir, data_dir, preset, zero_audio=False, seed=0):
+def write_alignment_rows(data_dir):
+    """The training rows with the answer alone as the target (`<RESPONSE>option</RESPONSE>`, no reasoning).
+
+    Stage 1 trains on these. With the whole chain of thought as the target, a tiny model learns the template and
+    the answer priors first and, in a few epochs, never starts reading the audio; a short target whose every token
+    depends on the clip makes the projector learn to carry it. Stage 2 then trains on the full CoTA rows.
+    """
+    path = data_dir / "train_answers.jsonl"  # read by `train_run`
+    with open(data_dir / "train.jsonl") as rows, open(path, "w") as out:
+        for line in rows:
+            row = json.loads(line)
+            out.write(json.dumps({**row, "assistant": f"<RESPONSE>{row['answer']}</RESPONSE>"}) + "\n")
+    return path
+
+
+def train(run_dir, model_dir, data_file, preset, epochs, zero_audio=False, seed=0):
     """One `train_sft.py` run in a subprocess (one torch thread: faster than two for a model this small)."""
     cmd = [
         sys.executable, str(ROOT / "train_sft.py"),
-        "--model_name_or_path", str(model_dir), "--dataset_files", str(data_dir / "train.jsonl"),
+        "--model_name_or_path", str(model_dir), "--dataset_files", str(data_file),
         "--output_dir", str(run_dir), "--use_cpu", "--bf16", "false", "--gradient_checkpointing", "false",
-        "--num_train_epochs", str(preset["epochs"]), "--per_device_train_batch_size", str(preset["batch_size"]),
+        "--num_train_epochs", str(epochs), "--per_device_train_batch_size", str(preset["batch_size"]),
         "--effective_batch_size", str(preset["batch_size"]), "--learning_rate", str(preset["llm_lr"]),
         "--projector_learning_rate", str(preset["projector_lr"]), "--lr_scheduler_type", "cosine",
         "--warmup_steps", "10", "--weight_decay", "0.0", "--logging_steps", "5", "--save_strategy", "no",
@@ -132,11 +148,60 @@ def ask_pipeline(model_dir, seed):
     return {"question": clip.question, "choices": clip.choices, "true_answer": clip.answer, **out}
 
 
+def train_run(out, name, tiny_dir, data_dir, preset, zero_audio, seed):
+    """Stage 1 (answers only) then stage 2 (full CoTA rows) from `tiny_dir`; returns the run folder and its losses."""
+    run_dir = out / name
+    stage1 = train(out / f"{name}-stage1", tiny_dir, data_dir / "train_answers.jsonl", preset, preset["align_epochs"],
+                   zero_audio, seed)
+    stage2 = train(run_dir, out / f"{name}-stage1", data_dir / "train.jsonl", preset, preset["epochs"], zero_audio, seed)
+    return run_dir, stage1 + [{**h, "step": h["step"] + stage1[-1]["step"]} for h in stage2]
+
+
+# The paper's Table 3 variants.
+ABLATIONS = {
+    "Vanilla": dict(use_intent_query=False, use_clap_gate=False),
+    "w/o IQ": dict(use_intent_query=False),
+    "w/o CLAP": dict(use_clap_gate=False),
+    "Full": {},
+}
+
+
+def run_ablation(out, data_dir, preset, seed):
+    """Train the four Table 3 variants with the preset and score each through the MMAR harness on the held-out
+    multiple-choice rows (`mmar-meta.jsonl`); writes `ablation/ablation.md` and its chart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evaluate_mmar import load_meta, load_predictions, predict, score, write_ablation_report, write_report
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    slugs = {name: name.lower().replace("/", "").replace(" ", "-") for name in ABLATIONS}
+    for name, switches in ABLATIONS.items():  # one at a time: model loading is not thread-safe
+        write_tiny_checkpoint(out / f"tiny-{slugs[name]}", seed=seed, num_audio_tokens=preset["num_audio_tokens"],
+                              **switches)
+
+    def variant(name):
+        return train_run(out, slugs[name], out / f"tiny-{slugs[name]}", data_dir, preset, False, seed)[0]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two 1-thread trainings at a time: one per core
+        run_dirs = dict(zip(ABLATIONS, pool.map(variant, ABLATIONS)))
+    meta, results = load_meta(data_dir / "mmar-meta.jsonl"), {}
+    for name, run_dir in run_dirs.items():
+        predictions = out / "ablation" / slugs[name] / "predictions.jsonl"
+        predict(meta, data_dir, str(run_dir), predictions, batch_size=25,
+                generate_kwargs={"max_new_tokens": 256, "system_prompt": None})  # trained without a system turn
+        results[name] = score(meta, load_predictions(predictions, meta))
+        write_report(results[name], predictions.parent)
+        print(f"{name}: {results[name]['overall']['accuracy']:.1f} % on {results[name]['overall']['total']} items")
+    return write_ablation_report(results, out / "ablation")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-control", action="store_true", help="skip the zeroed-audio control run")
+    parser.add_argument("--ablation", action="store_true",
+                        help="instead: train the paper's four Table 3 variants and compare them through the MMAR harness")
     for key, value in PRESET.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
@@ -146,6 +211,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
+    from concurrent.futures import ThreadPoolExecutor
+
     from synthetic_tinygiant import make_synthetic_dataset
     from tiny_checkpoint import write_tiny_checkpoint
 
@@ -153,22 +220,24 @@ def main(argv=None):
     out = Path(args.output_dir).resolve()
     data_dir, tiny_dir = out / "data", out / "tiny"
     summary = make_synthetic_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"], seed=args.seed)
-    write_tiny_checkpoint(tiny_dir, seed=args.seed)
-    for name in ("config.json", "processor_config.json"):  # fewer audio tokens per clip: a faster demo
-        config = json.loads((tiny_dir / name).read_text())
-        config["num_audio_tokens"] = preset["num_audio_tokens"]
-        (tiny_dir / name).write_text(json.dumps(config, indent=2))
+    write_alignment_rows(data_dir)
+    if args.ablation:
+        paths = run_ablation(out, data_dir, preset, args.seed)
+        print(f"wrote {', '.join(map(str, paths.values()))} in {time.time() - t0:.0f} s")
+        return paths
+    # Fewer audio tokens per clip than the paper's 300: a faster demo.
+    write_tiny_checkpoint(tiny_dir, seed=args.seed, num_audio_tokens=preset["num_audio_tokens"])
     print(f"data and tiny model ready ({time.time() - t0:.0f} s); training on {preset['n_train']} rows ...")
 
-    runs = {"audio": False} if args.no_control else {"audio": False, "control (silence)": True}
+    runs = {"model": False} if args.no_control else {"model": False, "control": True}
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the control trains on the other core meanwhile
+        trained = dict(zip(runs, pool.map(
+            lambda item: train_run(out, item[0], tiny_dir, data_dir, preset, item[1], args.seed), runs.items())))
     metrics, histories = {"preset": preset, "chance": summary["heldout_chance_accuracy"]}, {}
     for name, zero_audio in runs.items():
-        run_dir = out / ("model" if not zero_audio else "control")
-        t = time.time()
-        histories[name] = train(run_dir, tiny_dir, data_dir, preset, zero_audio=zero_audio, seed=args.seed)
-        train_s = time.time() - t
+        run_dir, histories[name] = trained[name]
         results = answer_heldout(run_dir, data_dir, zero_audio=zero_audio)
-        metrics[name] = {**accuracy(results, summary["heldout_chance_accuracy"]), "train_seconds": round(train_s, 1),
+        metrics[name] = {**accuracy(results, summary["heldout_chance_accuracy"]),
                          "final_loss": [h["loss"] for h in histories[name] if "loss" in h][-1],
                          "example": {k: results[0][k] for k in ("text", "answer", "choice")}}
         with open(run_dir / "heldout_predictions.jsonl", "w") as f:
@@ -176,8 +245,8 @@ def main(argv=None):
                 f.write(json.dumps({"id": r["row"]["id"], "answer": r["answer"], "choice": r["choice"],
                                     "gold": r["row"]["answer"], "text": r["text"]}) + "\n")
         m = metrics[name]["overall"]
-        print(f"{name}: held-out accuracy {m['accuracy']:.1%} (chance {m['chance']:.1%}, n={m['n']}), "
-              f"trained in {train_s:.0f} s")
+        label = "trained on audio" if not zero_audio else "control, trained and asked on silence"
+        print(f"{name} ({label}): held-out accuracy {m['accuracy']:.1%} (chance {m['chance']:.1%}, n={m['n']})")
         for task, cell in metrics[name]["per_task"].items():
             print(f"    {task:18s} {cell['accuracy']:6.1%}   chance {cell['chance']:.1%}   n={cell['n']}")
     plot_losses(histories, out / "loss_curve.png")
