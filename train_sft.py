@@ -47,18 +47,10 @@ from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
+from pipeline_tinygiant import SYSTEM_PROMPT  # the pipeline's prompt, so that training and inference match
 from processing_tinygiant import HTSAT_FRAMES_PER_WINDOW, WHISPER_FRAMES_PER_WINDOW, TinyGiantProcessor, load_audio
 
 logger = logging.getLogger("train_sft")
-
-try:  # the prompt the audio-reasoning pipeline asks with, so that training and inference match
-    from pipeline_tinygiant import SYSTEM_PROMPT
-except ImportError:
-    SYSTEM_PROMPT = (
-        "You are an audio deep-thinking model. Upon receiving a question, please respond in two parts: <think> and "
-        "<RESPONSE>. The <think> section should be further divided into four parts: <PLANNING>, <CAPTION>, "
-        "<REASONING>, and <SUMMARY>."
-    )
 
 COTA_REPO = "zhifeixie/Audio-Reasoner-CoTA"
 # The LLM's attention and MLP projections, and nothing in the encoders or the projector.
