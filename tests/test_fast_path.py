@@ -1,11 +1,12 @@
 """The fast inference path (`generate_fast`: static KV cache) and int8 weights (`quantize_int8`) on the tiny model."""
 
 import copy
+import weakref
 
 import torch
 from conftest import chat, tone
 
-from modeling_tinygiant import Int8Embedding, Int8Linear, quantize_int8
+from modeling_tinygiant import Int8Embedding, Int8Linear, TinyGiantForConditionalGeneration, quantize_int8
 
 GREEDY = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
 QUESTIONS = ["How many beeps are there?", "Is it a chord?", "What came first, the tone or the noise?",
@@ -62,3 +63,23 @@ def test_quantize_int8_replaces_linears_and_mostly_agrees_with_float(model, proc
     assert (ref[:, 0] == out[:, 0]).float().mean() >= 5 / 6  # first answer token of 6 prompts
     agreement = (ref == out).float().mean()  # after a first difference the two continue from different text
     assert agreement >= 0.75, agreement
+
+
+def test_quantize_int8_drops_each_float_weight_as_it_goes(tiny_dir, monkeypatch):
+    model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    float_weights = [weakref.ref(m.weight) for m in model.modules() if type(m) is torch.nn.Linear]
+    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    live_when_quantising = []
+    from_linear = Int8Linear.from_linear
+
+    def counting_from_linear(linear):
+        live_when_quantising.append(sum(w() is not None for w in float_weights))
+        return from_linear(linear)
+
+    monkeypatch.setattr(Int8Linear, "from_linear", counting_from_linear)
+    quantize_int8(model)
+    # While the i-th layer is quantised, the float weights of the layers before it are already gone.
+    assert live_when_quantising == list(range(len(float_weights), 0, -1))
+    assert all(w() is None for w in float_weights)  # the tied embedding / LM head table included
+    assert not any(p.dim() == 2 for p in model.model.language_model.parameters())
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) < 0.2 * float_bytes  # convs, norms, MHA
