@@ -6,11 +6,13 @@ from transformers import pipeline
 pipe = pipeline("audio-reasoning", model="<repo or folder>", trust_remote_code=True)
 pipe("dog.wav", question="What animal is this?", choices=["dog", "cat", "bird"])
 # {"text": "<think>...</think>\\n<RESPONSE>...", "thinking": "...", "answer": "... (a) dog.", "choice": "dog"}
+
+pipe = pipeline("audio-reasoning", model="<repo or folder>", trust_remote_code=True, int8=True)  # int8 on CPU
 ```
 
-This file ships with the checkpoint (remote code): it imports only `transformers`, `torch` and its sibling
-`parsing_tinygiant.py`. Importing it registers the task, so `Pipeline.save_pretrained` can write the
-`custom_pipelines` entry of `config.json`.
+This file ships with the checkpoint (remote code): it imports only `transformers`, `torch` and its siblings
+`parsing_tinygiant.py` and `modeling_tinygiant.py`. Importing it registers the task, so `Pipeline.save_pretrained`
+can write the `custom_pipelines` entry of `config.json`.
 """
 
 import io
@@ -25,8 +27,10 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
 try:
+    from .modeling_tinygiant import quantize_int8
     from .parsing_tinygiant import format_question, parse_response
 except ImportError:
+    from modeling_tinygiant import quantize_int8
     from parsing_tinygiant import format_question, parse_response
 
 logger = logging.get_logger(__name__)
@@ -55,6 +59,10 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         - a dict `{"array": ..., "sampling_rate": ...}` (a decoded `datasets.Audio` value) or `{"path"|"bytes": ...}`;
         - a dict `{"audio": <any of the above>, "question": ..., "choices": [...]}` for a per-item question.
 
+    Creation parameter (`pipeline("audio-reasoning", ..., int8=True)`):
+        int8 (`bool`, *optional*): replace the model's linear layers with int8 weights (`quantize_int8`), once, in
+            place: about half the memory of bf16 and faster decoding on CPU. Such a pipeline cannot be saved.
+
     Call parameters:
         question (`str`): the question, unless every item carries its own.
         choices (`list[str]`, *optional*): 2 to 6 options, listed in the prompt as `(a) ...`, `(b) ...`.
@@ -77,9 +85,18 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
     _load_image_processor = False
     _load_video_processor = False
 
+    def __init__(self, *args, int8=False, **kwargs):
+        super().__init__(*args, **kwargs)  # places the model on its device first
+        self.int8 = int8
+        if int8:
+            quantize_int8(self.model)
+
     def save_pretrained(self, save_directory, **kwargs):
         """Save a loadable folder: `Pipeline.save_pretrained` writes the model, this file and the tokenizer, but not
         the processor (feature extractors, chat template, `processing_tinygiant.py`)."""
+        if self.int8:
+            raise ValueError("an int8 pipeline cannot be saved (int8 weights are for inference only): save the "
+                             "pipeline of the float model")
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
 

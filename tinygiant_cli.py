@@ -55,14 +55,14 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def load_pipeline(model):
+def load_pipeline(model, int8=False):
     """`pipeline("audio-reasoning")` on `model`; works for folders saved without the pipeline code too."""
     from transformers import AutoConfig, pipeline
 
     config = AutoConfig.from_pretrained(model, trust_remote_code=True)
     if "audio-reasoning" not in getattr(config, "custom_pipelines", {}):
         import pipeline_tinygiant  # noqa: F401  (registers the task with this project's pipeline code)
-    return pipeline("audio-reasoning", model=model, config=config, trust_remote_code=True)
+    return pipeline("audio-reasoning", model=model, config=config, trust_remote_code=True, int8=int8)
 
 
 def ask(args):
@@ -71,9 +71,7 @@ def ask(args):
     model = args.model or default_model()
     start = time.perf_counter()
     log(f"loading {model} ...")
-    pipe = load_pipeline(model)
-    if args.int8:  # the checkpoint's own modeling code carries `quantize_int8`
-        sys.modules[type(pipe.model).__module__].quantize_int8(pipe.model)
+    pipe = load_pipeline(model, int8=args.int8)
     log(f"loaded in {time.perf_counter() - start:.1f} s")
 
     call_kwargs = {}
@@ -129,7 +127,7 @@ def build_parser():
     p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
     p.add_argument("--system-prompt", help="default: Audio-Reasoner's prompt; '' for none")
-    p.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (`quantize_int8`)")
+    p.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (the pipeline's `int8=True`)")
     p.set_defaults(run=ask)
 
     p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")

@@ -12,12 +12,13 @@ import pytest
 import soundfile
 import torch
 from conftest import tone
-from transformers import TextIteratorStreamer
+from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import parse_response
 from pipeline_tinygiant import SYSTEM_PROMPT, TinyGiantAudioReasoningPipeline
 from publish_tinygiant import save_hub_folder
+from synthetic_tinygiant import generate_clip
 
 GREEDY = {"max_new_tokens": 16, "do_sample": False}
 PROJECT_MODULES = ["configuration_tinygiant", "modeling_tinygiant", "processing_tinygiant", "parsing_tinygiant",
@@ -220,3 +221,31 @@ def test_bad_inputs_raise_clear_errors(pipe, tmp_path, call, error, message):
     (tmp_path / "notes.txt").write_text("not audio at all\n")
     with pytest.raises(error, match=re.escape(message)):
         call(pipe, tmp_path)
+
+
+def test_int8_pipeline_answers_and_is_compared_with_float(hub_dir, capsys):
+    int8_pipe = pipeline("audio-reasoning", model=str(hub_dir), trust_remote_code=True, int8=True)
+    float_pipe = pipeline("audio-reasoning", model=str(hub_dir), trust_remote_code=True)
+    # The checkpoint's own (remote) code, so its classes are not this project's: compare by name.
+    llm_linears = [type(m).__name__ for m in int8_pipe.model.model.language_model.modules()
+                   if isinstance(m, torch.nn.Linear) or hasattr(m, "qweight")]
+    assert llm_linears and set(llm_linears) == {"Int8Linear"}
+    assert type(int8_pipe.model.lm_head).__name__ == "Int8Linear"
+    assert type(float_pipe.model.lm_head) is torch.nn.Linear
+
+    tasks = ["count_beeps", "higher_tone", "what_came_first", "chord_or_note"]
+    clips = [generate_clip(task, seed=i) for i, task in enumerate(tasks)]
+    items = [{"audio": {"array": c.waveform, "sampling_rate": c.sampling_rate}, "question": c.question,
+              "choices": c.choices} for c in clips]
+    int8_out, float_out = (p(items, batch_size=len(items), **GREEDY) for p in (int8_pipe, float_pipe))
+    assert all(set(o) == {"text", "thinking", "answer", "choice"} and o["text"] for o in int8_out)
+    identical = sum(a["text"] == b["text"] for a, b in zip(int8_out, float_out))
+    with capsys.disabled():
+        print(f"\nint8 vs float pipeline: {identical} of {len(items)} greedy outputs identical")
+
+    # A generation that ends before the token limit is parsed into an answer: end it at its 6th token.
+    new_tokens = int8_pipe.forward(int8_pipe._collate([int8_pipe.preprocess(items[0])]), **GREEDY)["new_tokens"][0]
+    answered = int8_pipe(items[0], eos_token_id=int(new_tokens[5]), **GREEDY)
+    assert answered["answer"] is not None
+    with pytest.raises(ValueError, match="cannot be saved"):
+        int8_pipe.save_pretrained(str(hub_dir.parent / "int8"))
