@@ -10,6 +10,8 @@ The projector and the LLM still run (and train) on every step.
     cache.encode(dataset["audio"])                       # once: fills the cache (hits are skipped)
     batch.update(cache.fetch([cache.key(a) for a in audios]))   # in the collator: no encoder, no model needed
     model(**batch)                                       # input_ids, attention_mask, instruction_mask, labels + features
+
+`train_sft.py --feature_cache_dir DIR` fills and reads such a cache as it trains (see its `TinyGiantCollator`).
 """
 
 import hashlib
@@ -105,7 +107,6 @@ class AudioFeatureCache:
                            "run AudioFeatureCache.encode on them first")
         return {name: torch.stack([row[name] for row in rows]).to(device) for name in FEATURE_NAMES if name in rows[0]}
 
-    @torch.no_grad()
     def encode(self, audios, sampling_rate=None, batch_size=8):
         """Compute and store the features of the `audios` not yet cached (files, dicts or arrays with
         `sampling_rate`); returns their keys. Runs only the frozen encoders, `batch_size` clips at a time."""
@@ -122,20 +123,31 @@ class AudioFeatureCache:
         items = list(todo.items())
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            features = self.processor._extract_audio_features([a for _, a in chunk], sampling_rate)
-            inner, device = self.model, self.model.whisper_encoder.device
-            outputs = inner.encode_audio(
-                torch.as_tensor(features["whisper_input_features"], device=device, dtype=inner.whisper_encoder.dtype),
-                torch.as_tensor(features["clap_input_features"], device=device, dtype=inner.htsat_encoder.dtype),
-                torch.as_tensor(features["whisper_lengths"], device=device),
-                torch.as_tensor(features["htsat_lengths"], device=device),
-            )
-            for row, (key, _) in enumerate(chunk):
-                tensors = {name: out[row].contiguous().cpu() for name, out in zip(FEATURE_NAMES, outputs)
-                           if out is not None}
-                path = self.path(key)
-                path.parent.mkdir(exist_ok=True)
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                save_file(tensors, partial)
-                os.replace(partial, path)  # atomic: concurrent writers or a crash never leave half a file
+            self.encode_features([k for k, _ in chunk],
+                                 **self.processor._extract_audio_features([a for _, a in chunk], sampling_rate))
         return keys
+
+    @torch.no_grad()
+    def encode_features(self, keys, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+        """Run the frozen encoders on the processor's audio outputs for `keys` (one audio each, in order), store each
+        clip's features and return them as `{key: features}`. For callers that have the mels already, such as
+        train_sft's collator."""
+        if self.model is None:
+            raise ValueError("computing features needs the model")
+        inner, device = self.model, self.model.whisper_encoder.device
+        outputs = inner.encode_audio(
+            torch.as_tensor(whisper_input_features, device=device, dtype=inner.whisper_encoder.dtype),
+            torch.as_tensor(clap_input_features, device=device, dtype=inner.htsat_encoder.dtype),
+            torch.as_tensor(whisper_lengths, device=device),
+            torch.as_tensor(htsat_lengths, device=device),
+        )
+        features = {}
+        for row, key in enumerate(keys):
+            features[key] = {name: out[row].contiguous().cpu() for name, out in zip(FEATURE_NAMES, outputs)
+                             if out is not None}
+            path = self.path(key)
+            path.parent.mkdir(exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            save_file(features[key], partial)
+            os.replace(partial, path)  # atomic: concurrent writers (DDP ranks) or a crash never leave half a file
+        return features

@@ -28,9 +28,10 @@ Kept from TRL: `bf16=True` and `gradient_checkpointing=True` (even on CPU; pass 
 Forced, because the collator does the work: `max_length=None`, `remove_unused_columns=False`,
 `dataset_kwargs={"skip_prepare_dataset": True}` (TRL would otherwise tokenise a `text` column and drop `audio`).
 `--push_to_hub` does not push checkpoints during training: the complete, merged, loadable repo is pushed at the end.
+`--feature_cache_dir DIR` keeps the frozen encoders' outputs per clip on disk (`feature_cache_tinygiant`): a clip's
+encoders run once, in whichever run first sees it, and never again while the cache is there.
 """
 
-import hashlib
 import itertools
 import json
 import logging
@@ -46,9 +47,10 @@ from datasets import Audio, IterableDataset, Value, concatenate_datasets, load_d
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
-from modeling_tinygiant import TinyGiantForConditionalGeneration
+from feature_cache_tinygiant import AudioFeatureCache
+from modeling_tinygiant import AUDIO_INPUTS, TinyGiantForConditionalGeneration
 from pipeline_tinygiant import SYSTEM_PROMPT  # the pipeline's prompt, so that training and inference match
-from processing_tinygiant import HTSAT_FRAMES_PER_WINDOW, WHISPER_FRAMES_PER_WINDOW, TinyGiantProcessor, load_audio
+from processing_tinygiant import TinyGiantProcessor, load_audio
 
 logger = logging.getLogger("train_sft")
 
@@ -94,10 +96,11 @@ class ScriptArguments:
     system_prompt: str = field(
         default=SYSTEM_PROMPT, metadata={"help": "System turn of every row (the pipeline's by default; '' for none)."}
     )
-    cache_audio_features: bool = field(
-        default=False,
-        metadata={"help": "Keep every clip's processed features and frozen-encoder outputs in RAM (exact; ~2 MB per "
-                  "clip): later epochs skip decoding and the encoders. For small map-style datasets."},
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the frozen encoders' outputs per clip, read and filled as training goes (exact; "
+                  "2.4 MB per clip at full size in float32): a cached clip never runs the encoders again, in this run "
+                  "or later ones. Unset: the encoders run on every step."},
     )
 
 
@@ -149,12 +152,16 @@ class TinyGiantCollator:
     ranks still run the audio path); before any good row has been seen, it searches `fallback_rows` (the training
     set) for one, and only if none of the first `fallback_search` rows is usable does it raise a clear error.
 
-    `cache=True` keeps each row's processed tensors (keyed by audio path or bytes and text; ~2 MB per row): the
-    processor is deterministic, so later epochs skip decoding and feature extraction.
+    With a `feature_cache` (an `AudioFeatureCache`), batches carry the encoders' outputs (`whisper_frames`,
+    `htsat_frames`, `clap_vector`) instead of the mels, so the model skips its encoders. Clips not in the cache yet are
+    encoded here, from the mels the processor made, and stored; the batch counts both (`num_feature_cache_hits`,
+    `num_feature_cache_misses`). Encoding here needs the encoders usable outside the training step: not sharded
+    (FSDP, ZeRO-3) and, on GPUs, no dataloader worker processes; otherwise fill the cache first with
+    `AudioFeatureCache.encode`. The processor still makes every row's mels: it has no text-only mode.
     """
 
     def __init__(self, processor, max_text_length=2048, zero_audio=False, system_prompt=None, fallback_rows=None,
-                 fallback_search=1000, cache=False):
+                 fallback_search=1000, feature_cache=None):
         self.processor = processor
         self.max_text_length = max_text_length
         self.zero_audio = zero_audio
@@ -163,7 +170,7 @@ class TinyGiantCollator:
         self.fallback_search = fallback_search
         self.num_skipped = 0
         self.last_good = None
-        self.cache = {} if cache else None
+        self.feature_cache = feature_cache
 
     def __call__(self, rows):
         encoded, skipped = [], 0
@@ -183,24 +190,13 @@ class TinyGiantCollator:
         return batch
 
     def encode_row(self, row):
-        """One row through the processor (cached by audio and text when `cache`), truncated to the text limit."""
-        key = self.cache_key(row)
-        if key is not None and key in self.cache:
-            return self.cache[key]
+        """One row through the processor, truncated to the text limit; with a feature cache, its clip's key too."""
         text, (waveform, rate) = self.prepare(row)
-        encoded = self.truncate(self.processor(
-            text=text, audio={"array": waveform, "sampling_rate": rate}, return_labels=True
-        ))
-        if key is not None:
-            self.cache[key] = encoded
+        audio = {"array": waveform, "sampling_rate": rate}
+        encoded = self.truncate(self.processor(text=text, audio=audio, return_labels=True))
+        if self.feature_cache is not None:
+            encoded["audio_key"] = self.feature_cache.key(audio)
         return encoded
-
-    def cache_key(self, row):
-        audio = row.get("audio")
-        if self.cache is None or not isinstance(audio, dict):
-            return None
-        source = audio.get("path") if audio.get("bytes") is None else hashlib.sha1(audio["bytes"]).hexdigest()
-        return None if source is None else (source, row.get("user"), row.get("assistant"))
 
     def prepare(self, row):
         """`(rendered text, (waveform, rate))` for one row, or raise `BadRow`."""
@@ -246,9 +242,24 @@ class TinyGiantCollator:
                 "labels": -100}
         batch = {key: pad_sequence([e[key][0] for e in encoded], batch_first=True, padding_value=value)
                  for key, value in pads.items()}
-        for key in ("whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths"):
-            batch[key] = torch.cat([e[key] for e in encoded])
+        if self.feature_cache is None:
+            batch.update({key: torch.cat([e[key] for e in encoded]) for key in AUDIO_INPUTS})
+        else:
+            features, misses = self.cached_features(encoded)
+            batch.update(features, num_feature_cache_hits=torch.tensor(len(encoded) - misses),
+                         num_feature_cache_misses=torch.tensor(misses))
         return batch
+
+    def cached_features(self, encoded):
+        """`(features, misses)`: the rows' encoder features from the feature cache, and how many clips were not in it
+        (those are encoded first, from the mels the processor made, and stored)."""
+        keys = [e["audio_key"] for e in encoded]
+        features = {key: self.feature_cache.get(key) for key in dict.fromkeys(keys)}
+        missing = {e["audio_key"]: e for e in encoded if features[e["audio_key"]] is None}
+        if missing:
+            mels = {name: torch.cat([e[name] for e in missing.values()]) for name in AUDIO_INPUTS}
+            features.update(self.feature_cache.encode_features(list(missing), **mels))
+        return {name: torch.stack([features[key][name] for key in keys]) for name in features[keys[0]]}, len(missing)
 
     def replacement(self):
         """A batch of one good row, for a batch in which every row was bad."""
@@ -267,31 +278,6 @@ class TinyGiantCollator:
             )
         logger.warning("every row of this batch was bad; training on a replacement row instead")
         return self.last_good
-
-
-class EncoderCache:
-    """Memoises `TinyGiantModel.encode_audio` per clip: the encoders are frozen, in eval mode and run without grad, so
-    their output for the same input features never changes. Exact, and it saves their cost after the first epoch."""
-
-    def __init__(self, encode_audio):
-        self.encode_audio, self.store = encode_audio, {}
-
-    def __call__(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
-        whisper = whisper_input_features.split(self._windows(whisper_lengths, WHISPER_FRAMES_PER_WINDOW))
-        clap = clap_input_features.split(self._windows(htsat_lengths, HTSAT_FRAMES_PER_WINDOW))
-        keys = [hashlib.sha1(w.cpu().numpy().tobytes() + c.cpu().numpy().tobytes()).hexdigest() for w, c in zip(whisper, clap)]
-        missing = [i for i, k in enumerate(keys) if k not in self.store]
-        if missing:
-            out = self.encode_audio(torch.cat([whisper[i] for i in missing]), torch.cat([clap[i] for i in missing]),
-                                    whisper_lengths[missing], htsat_lengths[missing])
-            for j, i in enumerate(missing):
-                self.store[keys[i]] = tuple(None if o is None else o[j] for o in out)
-        rows = [self.store[k] for k in keys]
-        return tuple(None if rows[0][n] is None else torch.stack([r[n] for r in rows]) for n in range(3))
-
-    @staticmethod
-    def _windows(lengths, frames_per_window):
-        return ((lengths + frames_per_window - 1) // frames_per_window).tolist()
 
 
 # ----------------------------------------------------------------------------- data
@@ -362,12 +348,18 @@ def load_training_data(args, seed=42):
 # ----------------------------------------------------------------------------- trainer
 
 
+# Counts the collator sends along in each batch (it may run in a dataloader worker), and their names in the logs.
+COLLATOR_COUNTS = {"num_skipped_rows": "skipped_rows", "num_feature_cache_hits": "feature_cache_hits",
+                   "num_feature_cache_misses": "feature_cache_misses"}
+
+
 class TinyGiantSFTTrainer(SFTTrainer):
-    """SFTTrainer with the projector's own learning rate and a count of the skipped rows in every log."""
+    """SFTTrainer with the projector's own learning rate and the collator's counts (skipped rows, feature cache hits
+    and misses) in every log."""
 
     def __init__(self, *args, projector_learning_rate=1e-4, **kwargs):
         self.projector_learning_rate = projector_learning_rate
-        self.skipped_rows = torch.zeros((), dtype=torch.long)
+        self.counts = {name: torch.zeros((), dtype=torch.long) for name in COLLATOR_COUNTS.values()}
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model=None):
@@ -389,20 +381,25 @@ class TinyGiantSFTTrainer(SFTTrainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        # The collator (possibly in a worker process) reports its skipped rows through the batch.
-        skipped = inputs.pop("num_skipped_rows", None)
-        if skipped is not None and model.training:
-            self.skipped_rows += int(skipped)
+        for key, name in COLLATOR_COUNTS.items():
+            count = inputs.pop(key, None)
+            if count is not None and model.training:
+                self.counts[name] += int(count)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, *args, **kwargs):
-        inputs.pop("num_skipped_rows", None)
+        for key in COLLATOR_COUNTS:
+            inputs.pop(key, None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
+    def total_counts(self):
+        """The collator's counts summed over all processes; every rank must call this at the same point."""
+        device = self.accelerator.device
+        return {name: int(self.accelerator.reduce(count.to(device), reduction="sum"))
+                for name, count in self.counts.items()}
+
     def log(self, logs, *args, **kwargs):
-        # Every rank calls log() at the same points, so the sum over processes is safe here.
-        total = self.accelerator.reduce(self.skipped_rows.to(self.accelerator.device), reduction="sum")
-        logs["skipped_rows"] = int(total)
+        logs.update(self.total_counts())  # every rank calls log() at the same points
         super().log(logs, *args, **kwargs)
 
 
@@ -510,12 +507,15 @@ def main(script_args, training_args, model_args, callbacks=None):
     if isinstance(train_dataset, IterableDataset) and training_args.max_steps <= 0:
         raise ValueError("a streamed dataset has no length: pass --max_steps")
     model, processor = load_model(script_args, model_args)
+    # Under DDP every rank reads and writes the same cache; writes are atomic, so a clip two ranks encode at once is
+    # merely encoded twice.
+    feature_cache = None
+    if script_args.feature_cache_dir:
+        feature_cache = AudioFeatureCache(script_args.feature_cache_dir, model, processor)
     collator = TinyGiantCollator(
         processor, max_text_length=script_args.max_text_length, zero_audio=script_args.zero_audio,
-        system_prompt=script_args.system_prompt, fallback_rows=train_dataset, cache=script_args.cache_audio_features,
+        system_prompt=script_args.system_prompt, fallback_rows=train_dataset, feature_cache=feature_cache,
     )
-    if script_args.cache_audio_features:
-        model.model.encode_audio = EncoderCache(model.model.encode_audio)
     trainer = TinyGiantSFTTrainer(
         model=model,
         args=training_args,
@@ -533,8 +533,7 @@ def main(script_args, training_args, model_args, callbacks=None):
     logger.info("training with world_size=%d, gradient_accumulation_steps=%d", training_args.world_size,
                 training_args.gradient_accumulation_steps)
     result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {**result.metrics, "skipped_rows": int(trainer.accelerator.reduce(
-        trainer.skipped_rows.to(trainer.accelerator.device), reduction="sum"))}
+    metrics = {**result.metrics, **trainer.total_counts()}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
 

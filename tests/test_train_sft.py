@@ -1,4 +1,5 @@
-"""train_sft.py: collator masks and truncation, bad rows, SFTTrainer steps, LoRA, 2-process DDP, kill-and-resume."""
+"""train_sft.py: collator masks and truncation, bad rows, SFTTrainer steps, the feature cache, LoRA, 2-process DDP,
+kill-and-resume."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import train_sft
-from modeling_tinygiant import TinyGiantForConditionalGeneration
+from modeling_tinygiant import TinyGiantForConditionalGeneration, TinyGiantModel
 from processing_tinygiant import TinyGiantProcessor
 from synthetic_tinygiant import make_synthetic_dataset
 
@@ -207,6 +208,36 @@ def test_sft_steps_train_projector_and_llm_only(tiny32, data, tmp_path):
     assert abs(losses[0] - losses[1]) > 1e-4
 
 
+def test_feature_cache_dir_gives_the_same_losses_and_a_filled_cache_skips_the_encoders(tiny32, data, tmp_path,
+                                                                                      monkeypatch):
+    encoder_calls = []
+    encode_audio = TinyGiantModel.encode_audio
+
+    def counting_encode_audio(self, *args, **kwargs):
+        encoder_calls.append(len(args[2]))  # audios encoded in this call
+        return encode_audio(self, *args, **kwargs)
+
+    monkeypatch.setattr(TinyGiantModel, "encode_audio", counting_encode_audio)
+    common = ["--model_name_or_path", str(tiny32), "--dataset_files", str(data / "train.jsonl"), "--seed", "5",
+              "--per_device_train_batch_size", "2", "--effective_batch_size", "2", "--max_steps", "3",
+              "--save_strategy", "no"]
+    cache = ["--feature_cache_dir", str(tmp_path / "features")]
+    runs = {}
+    for name, extra in (("live", []), ("filling", cache), ("cached", cache)):
+        encoder_calls.clear()
+        trainer, metrics = run([*common, "--output_dir", str(tmp_path / name), *extra])
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        runs[name] = (losses, metrics["feature_cache_hits"], metrics["feature_cache_misses"], sum(encoder_calls))
+    assert len(runs["live"][0]) == 3
+    assert runs["live"][1:] == (0, 0, 6)  # no cache: the encoders run on every row of every step
+    assert runs["filling"][1:3] == (0, 6)
+    # Each clip encoded once, by the collator, and stored (accelerate collates one batch ahead: it is stored too).
+    assert runs["filling"][3] == len(list((tmp_path / "features").rglob("*.safetensors"))) >= 6
+    assert runs["cached"][1:] == (6, 0, 0)  # all read from disk: the encoders never ran
+    # The same features reach the projector either way, so the losses are exactly the same.
+    assert runs["live"][0] == runs["filling"][0] == runs["cached"][0]
+
+
 def test_two_learning_rates_are_separate_param_groups(tiny32, data, tmp_path):
     trainer, _ = run(["--model_name_or_path", str(tiny32), "--dataset_files", str(data / "train.jsonl"),
                       "--output_dir", str(tmp_path / "run"), "--per_device_train_batch_size", "4",
@@ -252,10 +283,13 @@ def test_ddp_two_processes_on_cpu_and_remote_code_reload(tiny32, data, tmp_path)
            str(ROOT / "train_sft.py"), *FAST, "--model_name_or_path", str(tiny32),
            "--dataset_files", str(data / "train.jsonl"), "--output_dir", str(out),
            "--per_device_train_batch_size", "2", "--effective_batch_size", "4", "--max_steps", "2",
-           "--save_strategy", "no"]
+           "--save_strategy", "no", "--feature_cache_dir", str(tmp_path / "features")]
     proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size=2" in proc.stderr + proc.stdout
+    # Both ranks filled one shared feature cache; every write was atomic, so no partial file is left.
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) >= 4
+    assert not list((tmp_path / "features").rglob("*.tmp"))
     load = (
         "import torch; from transformers import AutoModelForCausalLM, AutoProcessor\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
