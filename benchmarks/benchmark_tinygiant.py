@@ -1,6 +1,6 @@
 """Full-size TinyGiant benchmarks with random weights: parameters, memory, per-stage latency, decoding speed, training.
 
-    python benchmarks/benchmark_tinygiant.py                 # CPU, bf16 + int8, ~5-8 min on 2 cores
+    python benchmarks/benchmark_tinygiant.py                 # CPU: 10 s and 30 s clips, batch 1 and 4, bf16 and int8
     python benchmarks/benchmark_tinygiant.py --quick         # smoke run: 10 s clip, batch 1, few tokens
     python benchmarks/benchmark_tinygiant.py --device cuda   # on a GPU (int8 there uses the dequantising fallback)
 
@@ -8,6 +8,11 @@ The model is built on the meta device and materialised with random weights (noth
 are about speed and memory only. No tokenizer is needed: prompts are random token ids around 300 `<audio>`
 placeholders, shaped like the real chat prompt (a ~100-token question). Each precision runs in its own process so that
 its peak memory is its own. Writes `results/<name>.json` and `results/<name>.md` next to this file.
+
+Each stage runs once per configuration: one pass through the encoders (timed one by one inside it), then generation
+from their outputs. The training step (batch 1, bf16) compares live encoders with the feature cache as
+`train_sft.py --feature_cache_dir` uses it. From the stage timings of the recorded quick run, the default run should
+take 10 to 15 minutes on 2 cores (an estimate: bf16 at batch 4 dominates).
 """
 
 import argparse
@@ -28,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configuration_tinygiant import TinyGiantConfig  # noqa: E402
-from modeling_tinygiant import TinyGiantForConditionalGeneration, quantize_int8  # noqa: E402
+from modeling_tinygiant import ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration, quantize_int8  # noqa: E402
 
 QWEN3_IM_START, QWEN3_IM_END, QWEN3_PAD = 151644, 151645, 151643
 
@@ -201,6 +206,35 @@ def to_device(batch, device, dtype=None):
             for k, v in batch.items()}
 
 
+def time_encoders(inner, mels, device, run):
+    """One `encode_audio` pass over the mels, as generation makes it; hooks time each encoder inside it.
+
+    Adds `whisper_encoder_s`, `htsat_tiny_s`, `htsat_base_clap_s` and `encoders_s` (all three and the pooling) to
+    `run`; returns the pooled features (`whisper_frames`, `htsat_frames`, `clap_vector`).
+    """
+    starts, hooks = {}, []
+    for name, encoder in (("whisper_encoder_s", inner.whisper_encoder), ("htsat_tiny_s", inner.htsat_encoder),
+                          ("htsat_base_clap_s", inner.clap_encoder)):
+        def start(module, args, name=name):
+            sync(device)
+            starts[name] = time.perf_counter()
+
+        def stop(module, args, output, name=name):
+            sync(device)
+            run[name] = time.perf_counter() - starts[name]
+
+        hooks += [encoder.register_forward_pre_hook(start), encoder.register_forward_hook(stop)]
+    try:
+        encoded, run["encoders_s"] = timed(lambda: inner.encode_audio(
+            mels["whisper_input_features"].to(inner.whisper_encoder.dtype),
+            mels["clap_input_features"].to(inner.htsat_encoder.dtype), mels["whisper_lengths"], mels["htsat_lengths"],
+        ), device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return encoded
+
+
 # ----------------------------------------------------------------------------- workers (one process each)
 
 
@@ -220,6 +254,7 @@ def worker_inference(args, precision):
         ref_tokens, _, _ = timed_generate(model, probe, args.agreement_tokens, device)
         _, result["quantize_s"] = timed(lambda: quantize_int8(model), device)
         gc.collect()
+        result["rss_after_quantize_mb"] = memory_mb()[0]
         with torch.no_grad():
             logits = model(**probe).logits[0, -101:].float()
         tokens, _, _ = timed_generate(model, probe, args.agreement_tokens, device)
@@ -239,36 +274,30 @@ def worker_inference(args, precision):
     warm = {**processor._extract_audio_features([make_audio(10, seed=1)], 16000), **make_prompt(config, 1)}
     timed_generate(model, to_device({k: torch.as_tensor(v) for k, v in warm.items()}, device), 3, device)
 
-    runs = []
+    runs, llm_timings = [], {}
     for batch in args.batches:
         for seconds in args.seconds:
-            if batch > 1 and seconds not in args.batch_seconds:
-                continue
             run = {"batch": batch, "clip_s": seconds, "question_tokens": args.question_tokens}
             audios = [make_audio(seconds, seed=i) for i in range(batch)]
-            features, run["feature_extraction_s"] = timed(lambda: processor._extract_audio_features(audios, 16000), "cpu")
-            inputs = {**{k: torch.as_tensor(v) for k, v in features.items()},
-                      **make_prompt(config, batch, args.question_tokens)}
-            inputs = to_device(inputs, device)
-            run["prompt_tokens"] = inputs["input_ids"].shape[1]
-            inner = model.model
+            mels, run["feature_extraction_s"] = timed(lambda: processor._extract_audio_features(audios, 16000), "cpu")
+            mels = to_device({k: torch.as_tensor(v) for k, v in mels.items()}, device)
+            text = to_device(make_prompt(config, batch, args.question_tokens), device)
+            run["prompt_tokens"] = text["input_ids"].shape[1]
+            encoded = time_encoders(model.model, mels, device, run)
+            query = torch.zeros(batch, config.text_config.hidden_size, dtype=model.dtype, device=device)
             with torch.no_grad():
-                wf = inputs["whisper_input_features"].to(model.dtype)
-                cf = inputs["clap_input_features"].to(model.dtype)
-                _, run["whisper_encoder_s"] = timed(lambda: inner.whisper_encoder(wf), device)
-                _, run["htsat_tiny_s"] = timed(lambda: inner.htsat_encoder(cf), device)
-                _, run["htsat_base_clap_s"] = timed(lambda: inner.clap_encoder(cf), device)
-                frames, _ = timed(lambda: inner.encode_audio(wf, cf, inputs["whisper_lengths"], inputs["htsat_lengths"]),
-                                  device)
-                query = torch.zeros(batch, config.text_config.hidden_size, dtype=model.dtype, device=device)
-                _, run["projector_s"] = timed(lambda: inner.projector(*frames[:2], query, frames[2]), device)
-            _, ttft, decode = timed_generate(model, inputs, args.new_tokens, device)
-            run["ttft_from_features_s"] = round(ttft, 3)
-            run["ttft_from_waveform_s"] = round(ttft + run["feature_extraction_s"], 3)
-            run["decode_tokens_per_s_per_sequence"] = round(decode, 2)
-            run["decode_tokens_per_s_total"] = round(decode * batch, 2)
-            if args.fast and batch == 1:
-                run.update(measure_fast_path(model, inputs, args, device))
+                _, run["projector_s"] = timed(lambda: model.model.projector(*encoded[:2], query, encoded[2]), device)
+            # The LLM's prompt is the same whatever the clip length (N placeholders), so prefill and decoding are
+            # measured once per batch size, on the first clip length, and reused for the others.
+            if batch not in llm_timings:
+                inputs = {**text, **dict(zip(ENCODED_AUDIO_INPUTS, encoded))}
+                _, prefill, decode = timed_generate(model, inputs, args.new_tokens, device)
+                llm_timings[batch] = {"prefill_s": prefill, "decode_tokens_per_s_per_sequence": round(decode, 2),
+                                      "decode_tokens_per_s_total": round(decode * batch, 2)}
+                if args.fast and batch == 1:
+                    llm_timings[batch].update(measure_fast_path(model, inputs, args, device))
+            run.update(llm_timings[batch])
+            run["ttft_from_waveform_s"] = run["feature_extraction_s"] + run["encoders_s"] + run["prefill_s"]
             run = {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}
             runs.append(run)
             print(json.dumps(run), flush=True)
@@ -288,50 +317,48 @@ def measure_fast_path(model, inputs, args, device):
     fast, _, _ = timed_generate(model, inputs, args.new_tokens, device, fast=True, compile=args.compile)
     out["fast_first_call_s"] = round(time.perf_counter() - start, 2)
     _, ttft, decode = timed_generate(model, inputs, args.new_tokens, device, fast=True, compile=args.compile)
-    out["fast_ttft_from_features_s"] = round(ttft, 3)
+    out["fast_prefill_s"] = round(ttft, 3)
     out["fast_decode_tokens_per_s"] = round(decode, 2)
     out["fast_tokens_equal_plain"] = bool(torch.equal(plain, fast))
     return out
 
 
 def worker_training(args):
-    """Seconds per training step (forward, backward, AdamW) at batch 1: live encoders vs the feature cache."""
+    """Seconds per training step (forward, backward, AdamW) at batch 1: live encoders vs the feature cache, the latter
+    through train_sft's collator, as `train_sft.py --feature_cache_dir` runs it."""
     from feature_cache_tinygiant import AudioFeatureCache
+    from train_sft import TinyGiantCollator
 
     device, result = args.device, {"load_start": load_snapshot(), "clip_s": args.train_seconds}
     model = build_random_model(TinyGiantConfig(), torch.bfloat16, device)
     processor, config = make_processor(), model.config
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    audio = make_audio(args.train_seconds, seed=5)
+    audio = {"array": make_audio(args.train_seconds, seed=5), "sampling_rate": 16000}
+    mels = {k: torch.as_tensor(v) for k, v in processor._extract_audio_features([audio], None).items()}
     text = make_prompt(config, 1, args.question_tokens, answer_tokens=args.answer_tokens)
-    live = to_device({**{k: torch.as_tensor(v) for k, v in processor._extract_audio_features([audio], 16000).items()},
-                      **text}, device)
+    live = to_device({**mels, **text}, device)
     result["sequence_tokens"] = text["input_ids"].shape[1]
 
     with tempfile.TemporaryDirectory() as cache_dir:
-        cache = AudioFeatureCache(cache_dir, model, processor)
-        _, result["cache_fill_s_per_clip"] = timed(lambda: cache.encode([{"array": audio, "sampling_rate": 16000}]),
-                                                   device)
+        collator = TinyGiantCollator(processor, feature_cache=AudioFeatureCache(cache_dir, model, processor))
+        row = {"audio_key": collator.feature_cache.key(audio), **mels}  # what the collator holds for a processed row
+        # The first look-up misses: the collator runs the encoders on the row's mels and stores the features.
+        _, result["cache_fill_s_per_clip"] = timed(lambda: collator.cached_features([row]), device)
 
         def step(cached):
-            if cached:  # what a collator does: look the clip up by key, hand the features to the model
-                batch = {**text, **cache.fetch([cache.key({"array": audio, "sampling_rate": 16000})])}
-                batch = to_device(batch, device)
-            else:
-                batch = live
+            batch = to_device({**text, **collator.cached_features([row])[0]}, device) if cached else live
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        for cached in (False, True):  # warm-up
-            step(cached)
+        step(cached=False)  # warm-up: builds every kernel both kinds of step use, and AdamW's state
         times = {False: [], True: []}
         for _ in range(args.train_steps):
             for cached in (False, True):  # interleaved, so that load changes hit both alike
                 times[cached].append(timed(lambda: step(cached), device)[1])
-        result["cache_hits"], result["cache_misses"] = cache.hits, cache.misses
+        result["cache_hits"], result["cache_misses"] = collator.feature_cache.hits, collator.feature_cache.misses
     result["step_s_live_encoders"] = round(float(np.median(times[False])), 3)
     result["step_s_feature_cache"] = round(float(np.median(times[True])), 3)
     result["speedup"] = round(result["step_s_live_encoders"] / result["step_s_feature_cache"], 2)
@@ -355,19 +382,24 @@ def markdown(report):
     lines += [f"| {k} | {v / 1e6:.1f} M |" for k, v in first["parameters"].items()] + [""]
     lines += ["## Inference", "",
               "| precision | batch | clip | prompt tok | feat. extr. s | Whisper s | HTS-AT tiny s | HTS-AT base s | "
-              "projector s | TTFT s (from waveform) | decode tok/s (per seq) | fast decode tok/s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "projector s | prefill s | TTFT s (from waveform) | decode tok/s (per seq) | fast decode tok/s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for precision, res in report["inference"].items():
         for r in res["runs"]:
             lines.append(
                 f"| {precision} | {r['batch']} | {r['clip_s']} s | {r['prompt_tokens']} | {r['feature_extraction_s']:.2f} | "
                 f"{r['whisper_encoder_s']:.2f} | {r['htsat_tiny_s']:.2f} | {r['htsat_base_clap_s']:.2f} | "
-                f"{r['projector_s']:.2f} | {r['ttft_from_waveform_s']:.2f} | {r['decode_tokens_per_s_per_sequence']:.1f} | "
-                f"{r.get('fast_decode_tokens_per_s', '-')} |")
-    lines += ["", "| precision | build s | quantize s | RSS ready MB | peak RSS during inference MB | "
-              "peak RSS whole process MB | load avg start / end |", "|---|---:|---:|---:|---:|---:|---|"]
+                f"{r['projector_s']:.2f} | {r['prefill_s']:.2f} | {r['ttft_from_waveform_s']:.2f} | "
+                f"{r['decode_tokens_per_s_per_sequence']:.1f} | {r.get('fast_decode_tokens_per_s', '-')} |")
+    lines += ["", "Prefill: from the encoders' outputs to the first token (projector and the LLM's prompt pass). It and "
+              "decoding do not depend on the clip length (the prompt always holds the same placeholders), so they are "
+              "measured at the first clip length of each batch size. TTFT from waveform = feature extraction + encoders "
+              "(with pooling) + prefill.", ""]
+    lines += ["| precision | build s | quantize s | RSS after quantize MB | RSS ready MB | peak RSS during inference MB | "
+              "peak RSS whole process MB | load avg start / end |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for precision, res in report["inference"].items():
-        lines.append(f"| {precision} | {res['build_s']:.1f} | {res.get('quantize_s', 0):.1f} | {res['rss_ready_mb']:.0f} | "
+        lines.append(f"| {precision} | {res['build_s']:.1f} | {res.get('quantize_s', 0):.1f} | "
+                     f"{res.get('rss_after_quantize_mb', 0):.0f} | {res['rss_ready_mb']:.0f} | "
                      f"{res['peak_memory_inference_mb']} | {res['peak_memory_process_mb']} | "
                      f"{res['load_start']['loadavg_1m']} / {res['load_end']['loadavg_1m']} |")
     agreement = report["inference"].get("int8", {}).get("agreement_with_bf16")
@@ -376,7 +408,8 @@ def markdown(report):
     train = report.get("training")
     if train:
         lines += ["", "## Training step (batch 1, bf16, forward + backward + AdamW)", "",
-                  "| clip | tokens | live encoders s/step | feature cache s/step | speed-up | cache fill s/clip | load avg |",
+                  "| clip | tokens | live encoders s/step | feature cache s/step | speed-up | cache fill s/clip "
+                  "(encoders + write) | load avg |",
                   "|---:|---:|---:|---:|---:|---:|---|",
                   f"| {train['clip_s']} s | {train['sequence_tokens']} | {train['step_s_live_encoders']} | "
                   f"{train['step_s_feature_cache']} | {train['speedup']}x | {train['cache_fill_s_per_clip']:.2f} | "
@@ -401,22 +434,20 @@ def run_worker(args, kind, precision=None):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10 s clip, batch 1, 8 tokens, 1 train step")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10 s clip, batch 1, 8 tokens")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precisions", nargs="+", default=["bf16", "int8"], choices=["bf16", "int8"])
     parser.add_argument("--seconds", nargs="+", type=float, default=None, help="clip lengths (default 10 30)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 4)")
-    parser.add_argument("--batch-seconds", nargs="+", type=float, default=[10],
-                        help="clip lengths also run at batch > 1 (the budget allows 10 s only by default)")
     parser.add_argument("--question-tokens", type=int, default=100)
-    parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens per generation (default 32)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens per generation (default 16)")
     parser.add_argument("--agreement-tokens", type=int, default=16)
     parser.add_argument("--fast", action="store_true", help="also time `generate_fast` (static KV cache) at batch 1")
     parser.add_argument("--compile", action="store_true", help="with --fast: torch.compile the decoding step too")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
     parser.add_argument("--train-seconds", type=float, default=10)
-    parser.add_argument("--train-steps", type=int, default=None, help="measured steps each way (default 2)")
+    parser.add_argument("--train-steps", type=int, default=1, help="measured steps each way, after a warm-up step")
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--name", default=None, help="results file name (default cpu / cpu-quick / cuda)")
     parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
@@ -425,8 +456,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.seconds = args.seconds or ([10] if args.quick else [10, 30])
     args.batches = args.batches or ([1] if args.quick else [1, 4])
-    args.new_tokens = args.new_tokens or (8 if args.quick else 32)
-    args.train_steps = args.train_steps or (1 if args.quick else 2)
+    args.new_tokens = args.new_tokens or (8 if args.quick else 16)
     args.name = args.name or (args.device + ("-quick" if args.quick else ""))
     return args
 
