@@ -193,6 +193,7 @@ class TinyGiantProcessor(ProcessorMixin):
         audio=None,
         sampling_rate=None,
         return_labels=False,
+        extract_audio_features=True,
         padding=True,
         padding_side=None,
         return_tensors="pt",
@@ -204,6 +205,8 @@ class TinyGiantProcessor(ProcessorMixin):
 
         Each `<audio>` in the text takes the next audio, in order; their counts must match. `sampling_rate` is the
         rate of raw arrays (files and dicts carry their own). `return_labels=True` adds `labels` for training.
+        `extract_audio_features=False` skips the mels (the audios then only have to match the markers): for callers
+        that feed the frozen encoders' cached outputs (`whisper_frames`, ...) instead, such as a training feature cache.
         """
         if text is None:
             raise ValueError("TinyGiantProcessor needs `text`, with one `<audio>` marker per audio")
@@ -218,7 +221,7 @@ class TinyGiantProcessor(ProcessorMixin):
                 "write one marker per audio"
             )
 
-        data = self._extract_audio_features(audios, sampling_rate) if audios else {}
+        data = self._extract_audio_features(audios, sampling_rate) if audios and extract_audio_features else {}
         expanded = [t.replace(self.audio_token, self.audio_token * self.num_audio_tokens) for t in texts]
         encoding = self.tokenizer(
             expanded,

@@ -154,10 +154,10 @@ class TinyGiantCollator:
 
     With a `feature_cache` (an `AudioFeatureCache`), batches carry the encoders' outputs (`whisper_frames`,
     `htsat_frames`, `clap_vector`) instead of the mels, so the model skips its encoders. Clips not in the cache yet are
-    encoded here, from the mels the processor made, and stored; the batch counts both (`num_feature_cache_hits`,
-    `num_feature_cache_misses`). Encoding here needs the encoders usable outside the training step: not sharded
-    (FSDP, ZeRO-3) and, on GPUs, no dataloader worker processes; otherwise fill the cache first with
-    `AudioFeatureCache.encode`. The processor still makes every row's mels: it has no text-only mode.
+    encoded here, from the mels the processor made, and stored (clips already cached get no mels at all); the batch
+    counts both (`num_feature_cache_hits`, `num_feature_cache_misses`). Encoding here needs the encoders usable
+    outside the training step: not sharded (FSDP, ZeRO-3) and, on GPUs, no dataloader worker processes; otherwise
+    fill the cache first with `AudioFeatureCache.encode`.
     """
 
     def __init__(self, processor, max_text_length=2048, zero_audio=False, system_prompt=None, fallback_rows=None,
@@ -193,9 +193,12 @@ class TinyGiantCollator:
         """One row through the processor, truncated to the text limit; with a feature cache, its clip's key too."""
         text, (waveform, rate) = self.prepare(row)
         audio = {"array": waveform, "sampling_rate": rate}
-        encoded = self.truncate(self.processor(text=text, audio=audio, return_labels=True))
-        if self.feature_cache is not None:
-            encoded["audio_key"] = self.feature_cache.key(audio)
+        key = None if self.feature_cache is None else self.feature_cache.key(audio)
+        cached = key is not None and key in self.feature_cache  # then no mels: the model will not run its encoders
+        encoded = self.truncate(self.processor(text=text, audio=audio, return_labels=True,
+                                               extract_audio_features=not cached))
+        if key is not None:
+            encoded["audio_key"] = key
         return encoded
 
     def prepare(self, row):

@@ -27,6 +27,18 @@ def test_placeholder_expansion_and_feature_shapes(processor):
     assert batch["whisper_lengths"].tolist() == [250] and batch["htsat_lengths"].tolist() == [16]
 
 
+def test_text_only_mode_for_cached_features_gives_the_same_text_tensors(processor):
+    text = render(processor, chat("How many beeps?", answer="Two."))
+    full = processor(text=text, audio=tone(2.0), sampling_rate=16000, return_labels=True)
+    text_only = processor(text=text, audio=tone(2.0), sampling_rate=16000, return_labels=True,
+                          extract_audio_features=False)
+    assert set(text_only) == {"input_ids", "attention_mask", "instruction_mask", "labels"}
+    for key in text_only:
+        assert torch.equal(text_only[key], full[key]), key
+    with pytest.raises(ValueError, match="markers"):  # the audios must still match the markers
+        processor(text=text, audio=[], extract_audio_features=False)
+
+
 @pytest.mark.parametrize("seconds, whisper_windows, htsat_windows", [(5, 1, 1), (29, 1, 3), (31, 2, 4), (65, 3, 7)])
 def test_long_audio_is_cut_into_deterministic_windows(processor, seconds, whisper_windows, htsat_windows):
     noise = np.random.default_rng(0).standard_normal(seconds * 8000).astype(np.float32) * 0.1
