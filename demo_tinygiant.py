@@ -40,7 +40,8 @@ def train(run_dir, model_dir, data_file, preset, zero_audio=False, seed=0):
         "--num_train_epochs", str(preset["epochs"]), "--per_device_train_batch_size", str(preset["batch_size"]),
         "--effective_batch_size", str(preset["batch_size"]), "--learning_rate", str(preset["llm_lr"]),
         "--projector_learning_rate", str(preset["projector_lr"]), "--lr_scheduler_type", "cosine",
-        "--warmup_steps", "10", "--weight_decay", "0.0", "--logging_steps", "5", "--save_strategy", "no",
+        "--warmup_steps", "10", "--weight_decay", "0.0", "--logging_steps", "5", "--logging_first_step", "true",
+        "--save_strategy", "no",
         "--disable_tqdm", "true", "--seed", str(seed), "--zero_audio", str(zero_audio),
         "--feature_cache_dir", str(run_dir.parent / "feature_cache"),
         "--system_prompt", "",  # no system turn: shorter sequences, and the pipeline is asked the same way

@@ -449,7 +449,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-seconds", type=float, default=10)
     parser.add_argument("--train-steps", type=int, default=1, help="measured steps each way, after a warm-up step")
     parser.add_argument("--answer-tokens", type=int, default=64)
-    parser.add_argument("--name", default=None, help="results file name (default cpu / cpu-quick / cuda)")
+    parser.add_argument("--name", default=None, help="results file name (default cpu, cpu-quick or cuda)")
     parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)

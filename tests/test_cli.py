@@ -78,6 +78,7 @@ def test_publish_writes_the_folder_and_fails_cleanly_offline(checkpoints, tmp_pa
 
 
 def test_default_model(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # no trained demo model here (`runs/demo/model` is looked up in the working dir)
     monkeypatch.setenv("TINYGIANT_CACHE", str(tmp_path))
     monkeypatch.setenv("TINYGIANT_MODEL", "someone/tinygiant")
     assert tinygiant_cli.default_model() == "someone/tinygiant"
@@ -89,7 +90,7 @@ def test_default_model(monkeypatch, tmp_path, capsys):
     assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random")
     assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random") and len(built) == 1
     assert "UNTRAINED" in capsys.readouterr().err
-    monkeypatch.chdir(tmp_path)  # the demo's trained model, where `tinygiant demo` writes it by default
+    # the demo's trained model, where `tinygiant demo` writes it by default
     (tmp_path / "runs" / "demo" / "model").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "model" / "config.json").write_text("{}")
     assert tinygiant_cli.default_model() == str(Path("runs", "demo", "model"))
