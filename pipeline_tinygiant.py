@@ -61,7 +61,7 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
 
     Creation parameter (`pipeline("audio-reasoning", ..., int8=True)`):
         int8 (`bool`, *optional*): replace the model's linear layers with int8 weights (`quantize_int8`), once, in
-            place: about half the memory of bf16 and faster decoding on CPU. Such a pipeline cannot be saved.
+            place: about two thirds of bf16's memory and faster decoding on CPU. Such a pipeline cannot be saved.
 
     Call parameters:
         question (`str`): the question, unless every item carries its own.

@@ -23,11 +23,9 @@ from evaluate_mmar import load_meta, load_predictions, predict, score  # noqa: E
 
 def answer_all(model_dir, data_dir, meta, out_dir, int8):
     """`(predictions by id, scores, seconds)` of the pipeline with float or int8 weights."""
-    from transformers import pipeline
+    from tinygiant_cli import load_pipeline
 
-    import pipeline_tinygiant  # noqa: F401  (registers the task)
-
-    pipe = pipeline("audio-reasoning", model=str(model_dir), trust_remote_code=True, int8=int8)
+    pipe = load_pipeline(str(model_dir), int8=int8)
     path = Path(out_dir) / f"{'int8' if int8 else 'float'}.jsonl"
     start = time.perf_counter()
     predict(meta, data_dir, pipe, path, batch_size=25, generate_kwargs={"max_new_tokens": 256, "system_prompt": None})
