@@ -5,7 +5,26 @@ encoder, HTS-AT tiny (the `laion/clap-htsat-unfused` audio tower), HTS-AT base (
 `laion/larger_clap_general` audio tower) and Qwen3-0.6B.
 """
 
+from dataclasses import dataclass
+
 from transformers import ClapAudioConfig, PretrainedConfig, Qwen3Config, WhisperConfig
+
+
+@dataclass(frozen=True)
+class AudioLayout:
+    """The audio layout the encoders impose: Whisper reads 30 s windows at 16 kHz and gives 1500 frames (20 ms) per
+    window; HTS-AT reads 10 s windows at 48 kHz and gives 32 time steps per window (after averaging its frequency
+    axis). The processor cuts audio into these windows and the model pools their frames: both read them from here."""
+
+    whisper_sampling_rate: int = 16000
+    whisper_window_seconds: int = 30
+    whisper_frames_per_window: int = 1500
+    clap_sampling_rate: int = 48000
+    htsat_window_seconds: int = 10
+    htsat_frames_per_window: int = 32
+
+
+AUDIO_LAYOUT = AudioLayout()
 
 
 def whisper_large_v3_turbo_config():
@@ -73,6 +92,11 @@ class TinyGiantConfig(PretrainedConfig):
             Stage C (eq. 14-15). Off for "Vanilla" and "w/o CLAP"; the CLAP tower is then not built at all.
         audio_token_id (`int`, *optional*, defaults to 151669):
             Id of the `<audio>` placeholder token (the first id after Qwen3's tokenizer vocabulary).
+        whisper_window_seconds (`int`, *optional*, defaults to 30), whisper_frames_per_window (`int`, *optional*,
+        defaults to 1500), htsat_window_seconds (`int`, *optional*, defaults to 10), htsat_frames_per_window (`int`,
+        *optional*, defaults to 32):
+            The audio layout: how long one encoder window is and how many frames it gives. Fixed by the encoders
+            (Whisper's 3000 mel frames, HTS-AT's 1001); the processor and the model both follow these fields.
     """
 
     model_type = "tinygiant"
@@ -99,6 +123,10 @@ class TinyGiantConfig(PretrainedConfig):
         use_intent_query=True,
         use_clap_gate=True,
         audio_token_id=151669,
+        whisper_window_seconds=AUDIO_LAYOUT.whisper_window_seconds,
+        whisper_frames_per_window=AUDIO_LAYOUT.whisper_frames_per_window,
+        htsat_window_seconds=AUDIO_LAYOUT.htsat_window_seconds,
+        htsat_frames_per_window=AUDIO_LAYOUT.htsat_frames_per_window,
         **kwargs,
     ):
         self.whisper_config = _as_config(whisper_config, WhisperConfig, whisper_large_v3_turbo_config)
@@ -115,6 +143,10 @@ class TinyGiantConfig(PretrainedConfig):
         self.use_intent_query = use_intent_query
         self.use_clap_gate = use_clap_gate
         self.audio_token_id = audio_token_id
+        self.whisper_window_seconds = whisper_window_seconds
+        self.whisper_frames_per_window = whisper_frames_per_window
+        self.htsat_window_seconds = htsat_window_seconds
+        self.htsat_frames_per_window = htsat_frames_per_window
         # transformers ties lm_head to the input embeddings by reading the top-level config (Qwen3-0.6B ties them).
         kwargs["tie_word_embeddings"] = self.text_config.tie_word_embeddings
         # Users call `AutoModel.from_pretrained(...).generate(...)`, so AutoModel loads the generating class too.

@@ -9,26 +9,17 @@ Equation numbers in comments are the paper's. Layout follows transformers' Audio
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    ClapAudioModel,
-    ClapAudioModelWithProjection,
-    GenerationMixin,
-    PreTrainedModel,
-    Qwen3Model,
-    WhisperModel,
-)
+from transformers import ClapAudioModel, GenerationMixin, PreTrainedModel, Qwen3Model
 from transformers.generation import CompileConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import logging
 
 try:
     from .configuration_tinygiant import TinyGiantConfig
-    from .processing_tinygiant import HTSAT_FRAMES_PER_WINDOW, WHISPER_FRAMES_PER_WINDOW, TinyGiantProcessor
 except ImportError:
-    from configuration_tinygiant import TinyGiantConfig
-    from processing_tinygiant import HTSAT_FRAMES_PER_WINDOW, WHISPER_FRAMES_PER_WINDOW, TinyGiantProcessor
+    if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
+        raise
+    from configuration_tinygiant import TinyGiantConfig  # this repository, imported as top-level modules
 
 # Inputs that exist once per audio window or per audio, consumed at prefill only.
 AUDIO_INPUTS = ("whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")
@@ -102,12 +93,17 @@ class QueryGuidedProjector(nn.Module):
         return h
 
 
+def windows_per_audio(lengths, frames_per_window):
+    """How many encoder windows each audio of `lengths` real frames spans (the last one may be partly padding)."""
+    return (lengths + frames_per_window - 1) // frames_per_window
+
+
 def pool_per_audio(frames, lengths, num_tokens):
     """Concatenate each audio's windows in time, keep its `length` real frames and pool them to `num_tokens`.
 
     `frames` is (windows, frames_per_window, dim); consecutive windows belong to consecutive audios.
     """
-    windows = (lengths + frames.shape[1] - 1) // frames.shape[1]
+    windows = windows_per_audio(lengths, frames.shape[1])
     if int(windows.sum()) != frames.shape[0]:
         raise ValueError(
             f"the audio lengths {lengths.tolist()} need {int(windows.sum())} windows but {frames.shape[0]} were given"
@@ -125,7 +121,6 @@ class TinyGiantPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen3DecoderLayer", "WhisperEncoderLayer", "ClapAudioStage", "EBranchformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -185,7 +180,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         htsat_frames = htsat_map.mean(dim=2).transpose(1, 2)  # (2)
         clap_vector = None
         if self.clap_encoder is not None:
-            windows = (htsat_lengths + htsat_frames.shape[1] - 1) // htsat_frames.shape[1]
+            windows = windows_per_audio(htsat_lengths, htsat_frames.shape[1])
             window_vectors = self.clap_encoder(clap_input_features).pooler_output
             # A long audio's global vector is the mean of its 10 s windows' vectors.
             clap_vector = torch.stack([v.mean(0) for v in window_vectors.split(windows.tolist())])  # (3)
@@ -260,7 +255,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         whisper_input_features=None,
         clap_input_features=None,
@@ -304,13 +299,13 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
         return BaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -347,7 +342,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         whisper_input_features=None,
         clap_input_features=None,
@@ -370,7 +365,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             whisper_input_features=whisper_input_features,
             clap_input_features=clap_input_features,
@@ -394,7 +389,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -448,209 +443,16 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             return input_ids, {**model_kwargs, **audio}
         audio.update({k: model_kwargs.pop(k) for k in AUDIO_INPUTS})
         for features, lengths, frames_per_window in (
-            ("whisper_input_features", "whisper_lengths", WHISPER_FRAMES_PER_WINDOW),
-            ("clap_input_features", "htsat_lengths", HTSAT_FRAMES_PER_WINDOW),
+            ("whisper_input_features", "whisper_lengths", self.config.whisper_frames_per_window),
+            ("clap_input_features", "htsat_lengths", self.config.htsat_frames_per_window),
         ):
-            windows = (audio[lengths] + frames_per_window - 1) // frames_per_window
-            per_audio = audio[features].split(windows.tolist())
+            per_audio = audio[features].split(windows_per_audio(audio[lengths], frames_per_window).tolist())
             audio[features] = torch.cat([per_audio[i] for i in order.tolist()])
             audio[lengths] = audio[lengths][order]
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size, is_encoder_decoder, input_ids, **model_kwargs
         )
         return input_ids, {**model_kwargs, **audio}
-
-    @classmethod
-    def from_components(
-        cls,
-        whisper="openai/whisper-large-v3-turbo",
-        htsat="laion/clap-htsat-unfused",
-        clap="laion/larger_clap_general",
-        llm="Qwen/Qwen3-0.6B",
-        dtype=None,
-        **config_kwargs,
-    ):
-        """Assemble TinyGiant from pretrained parts (Hub ids or local dirs); returns `(model, processor)`.
-
-        Loads the Whisper encoder, both HTS-AT audio towers and the LLM with their weights, builds the matching
-        processor (adding the `<audio>` token) and initialises the projector. `config_kwargs` set projector fields
-        and the ablation switches.
-        """
-        processor = TinyGiantProcessor.from_components(
-            whisper=whisper, htsat=htsat, llm=llm, num_audio_tokens=config_kwargs.pop("num_audio_tokens", 300)
-        )
-        whisper_model = load_part(WhisperModel, whisper, dtype)
-        # CLAP checkpoints hold a whole ClapModel; this class reads just its audio tower (and projection).
-        htsat_model = load_part(ClapAudioModelWithProjection, htsat, dtype).audio_model
-        llm_model = load_part(AutoModelForCausalLM, llm, dtype)
-        use_clap_gate = config_kwargs.get("use_clap_gate", True)
-        clap_model = load_part(ClapAudioModelWithProjection, clap, dtype).audio_model if use_clap_gate else None
-        config = TinyGiantConfig(
-            whisper_config=whisper_model.config,
-            htsat_config=htsat_model.config,
-            clap_config=clap_model.config if use_clap_gate else None,
-            text_config=llm_model.config,
-            audio_token_id=processor.audio_token_id,
-            num_audio_tokens=processor.num_audio_tokens,
-            **config_kwargs,
-        )
-        if processor.audio_token_id >= config.text_config.vocab_size:
-            llm_model.resize_token_embeddings(len(processor.tokenizer))
-        # Build the skeleton without allocating or initialising weights, then put the loaded parts in place.
-        with torch.device("meta"):
-            model = cls(config)
-        model.model.whisper_encoder = whisper_model.encoder
-        model.model.htsat_encoder = htsat_model
-        model.model.clap_encoder = clap_model
-        model.model.language_model = llm_model.model
-        model.lm_head = llm_model.lm_head
-        model.model.projector = QueryGuidedProjector(config).to(dtype=llm_model.dtype)
-        model.model.projector.apply(model._init_weights)
-        model.model.freeze_audio_encoders()
-        model.generation_config = llm_model.generation_config
-        return model, processor
-
-
-def load_part(model_class, name_or_path, dtype):
-    """Load one pretrained part; every weight it needs must be in the checkpoint (others, such as CLAP's text
-    tower, are skipped quietly)."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        model, info = model_class.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
-    finally:
-        logging.set_verbosity(verbosity)
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise ValueError(f"{name_or_path} has no weights for {len(missing)} parameters of {model_class.__name__}, "
-                         f"e.g. {missing[:3]}")
-    return model
-
-
-# ----------------------------------------------------------------------------- int8 weights for CPU inference
-
-# Up to this many rows the packed int8 kernel wins (decoding is memory-bound: half the bytes of bf16); above it the
-# weight is dequantised and the bf16 matmul (AMX on recent x86) is faster than the int8 kernel.
-INT8_KERNEL_MAX_ROWS = 16
-
-
-def _quantize_rows(weight):
-    """Symmetric per-row (output channel) int8: returns `(int8 weight, scales in the weight's dtype)`.
-
-    Rounds in float32, a few rows at a time: a float32 copy of a whole matrix would be the largest allocation of
-    the quantisation (600 MB for Qwen3's embedding table).
-    """
-    low, high = torch.aminmax(weight.detach(), dim=1)  # not `weight.abs()`: that would copy the whole matrix
-    scales = torch.maximum(high, -low).float().clamp(min=1e-8) / 127
-    qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    rows_per_chunk = max(1, 2**22 // weight.shape[1])  # 16 MB of float32
-    for start in range(0, weight.shape[0], rows_per_chunk):
-        rows = slice(start, start + rows_per_chunk)
-        qweight[rows] = (weight[rows].detach().float() / scales[rows, None]).round_().clamp_(-127, 127)
-    return qweight, scales.to(weight.dtype)
-
-
-class Int8Linear(nn.Module):
-    """Weight-only int8 `nn.Linear` for inference: int8 weights with per-output-channel scales, activations unchanged.
-
-    Few rows (decoding) use PyTorch's CPU kernel `torch._weight_int8pack_mm`; many rows (encoders, prefill) and other
-    devices dequantise the weight and use the ordinary matmul.
-    """
-
-    def __init__(self, qweight, scales, bias=None):
-        super().__init__()
-        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scales", scales)
-        self.register_buffer("bias", None if bias is None else bias.detach())
-
-    @classmethod
-    def from_linear(cls, linear):
-        return cls(*_quantize_rows(linear.weight), linear.bias)
-
-    def dequantize(self, dtype):
-        return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
-
-    @property
-    def weight(self):  # the float weight, for code that reads `linear.weight` (e.g. its dtype)
-        return self.dequantize(self.scales.dtype)
-
-    def forward(self, x):
-        rows = x.numel() // self.in_features
-        # The kernel gives wrong results unless in_features is a multiple of 16 (true of every full-size layer).
-        if x.device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS and self.in_features % 16 == 0:
-            out = torch._weight_int8pack_mm(x.reshape(rows, self.in_features).contiguous(), self.qweight,
-                                            self.scales.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
-            return out if self.bias is None else out + self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-
-class Int8Embedding(nn.Module):
-    """Int8 embedding table sharing its int8 rows and scales with an `Int8Linear` LM head (Qwen3-0.6B ties them)."""
-
-    def __init__(self, head, dtype, padding_idx=None):
-        super().__init__()
-        self.head, self.dtype, self.padding_idx = head, dtype, padding_idx
-
-    @property
-    def weight(self):  # for code that reads the embedding table (e.g. the placeholder mask without input_ids)
-        return self.head.dequantize(self.dtype)
-
-    def forward(self, input_ids):
-        return self.head.qweight[input_ids].to(self.dtype) * self.head.scales[input_ids, None].to(self.dtype)
-
-
-@torch.no_grad()
-def quantize_int8(model, modules=None):
-    """Replace the `nn.Linear` layers of `model` (a `TinyGiantForConditionalGeneration`) with `Int8Linear`, in place.
-
-    Covers the three encoders, the projector and the LLM; the tied embedding / LM head become one int8 table.
-    Convolutions, norms and `nn.MultiheadAttention`'s fused projections stay in their dtype. `modules` optionally
-    limits it to some submodules (e.g. `[model.model.language_model]`). For inference only (no training, no saving);
-    returns the model. Quantising a model a second time changes nothing.
-
-    Memory: the model is loaded in float first, then quantised one layer at a time, each float weight dropped as
-    soon as its int8 copy exists, so the process ends up holding about the int8 size instead of float + int8 (full
-    size: 3.0 GB of RSS in bf16, 1.7 GB after). The peak stays about the float model's; avoiding that too would take
-    a loader that quantises while reading the checkpoint, which is not worth its complexity here.
-    """
-    dtype = model.dtype
-    lm_head = getattr(model, "lm_head", None)
-    for target in modules if modules is not None else [model]:
-        # Exactly `nn.Linear`: `nn.MultiheadAttention`'s out_proj is a subclass, and attention reads its weight
-        # directly. Names, not modules: a list holding the layers would keep every float weight alive to the end.
-        names = [name for name, module in target.named_modules() if type(module) is nn.Linear and module is not lm_head]
-        freed_bytes = 0
-        for name in names:
-            parent_name, _, child_name = name.rpartition(".")
-            parent = target.get_submodule(parent_name)
-            linear = getattr(parent, child_name)
-            setattr(parent, child_name, Int8Linear.from_linear(linear))
-            freed_bytes += linear.weight.nbytes
-            del linear  # its float weight is freed here
-            # Without a trim now and then the heap fragments and grows; trimming after every layer costs seconds.
-            if freed_bytes > 2**28:
-                _release_freed_memory()
-                freed_bytes = 0
-    if modules is None and type(lm_head) is nn.Linear:
-        embeddings = model.get_input_embeddings()
-        tied = lm_head.weight is embeddings.weight
-        model.lm_head = Int8Linear.from_linear(lm_head)
-        if tied:
-            model.model.language_model.embed_tokens = Int8Embedding(model.lm_head, dtype, embeddings.padding_idx)
-        del lm_head, embeddings  # the float table goes now, not when this function returns
-    _release_freed_memory()
-    return model
-
-
-def _release_freed_memory():
-    """Hand the freed float weights back to the OS: glibc keeps freed heap blocks, so RSS would not drop otherwise."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-        pass
 
 
 TinyGiantForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")

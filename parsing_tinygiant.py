@@ -1,13 +1,22 @@
-"""How TinyGiant writes a question into its prompt and reads the answer back out of its output.
+"""TinyGiant's prompt and answer format: how a question becomes chat messages, how a CoTA row becomes a training
+conversation, and how an output is read back into its reasoning, its answer and the option it picks.
 
-Shared by the processor's users, the pipeline, training data and evaluation, so that the model is
-always asked and scored the same way. Standard library only: this file ships with the remote code.
+Shared by the pipeline, training data and evaluation, so that the model is always asked, taught and scored the same
+way. Standard library only: this file ships with the remote code.
 """
 
 import re
 import string
 
 LETTERS = string.ascii_lowercase
+
+# Audio-Reasoner's system prompt (CoTA), with the think block written `<think>` as Qwen3 tokenizes it (one token);
+# the four sections and <RESPONSE> keep CoTA's upper-case tags. `parse_response` reads either case.
+SYSTEM_PROMPT = (
+    "You are an audio deep-thinking model. Upon receiving a question, please respond in two parts: <think> and "
+    "<RESPONSE>. The <think> section should be further divided into four parts: <PLANNING>, <CAPTION>, "
+    "<REASONING>, and <SUMMARY>."
+)
 
 
 def format_question(question, choices=None):
@@ -32,6 +41,34 @@ def format_question(question, choices=None):
         raise ValueError(f"duplicate choices: {duplicates}")
     lines = [f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)]
     return question + "\n" + "\n".join(lines)
+
+
+def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT):
+    """The chat messages for one audio and `user_text` (the audio first, as in CoTA), optionally with the assistant's
+    turn (`answer`, and `reasoning` for its think block). `system_prompt=None` or `""` sends no system turn."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": user_text}]})
+    if answer is not None or reasoning is not None:
+        messages.append({"role": "assistant", "content": answer or "", "reasoning_content": reasoning or None})
+    return messages
+
+
+def question_messages(question, choices=None, system_prompt=SYSTEM_PROMPT):
+    """The prompt for a question about one audio (`format_question` checks it), ready for a generation prompt."""
+    return conversation(format_question(question, choices), system_prompt=system_prompt)
+
+
+def cota_to_messages(user, assistant, system_prompt=None):
+    """One CoTA row (`user` with an `<audio>` marker, `assistant` with CoTA markup) as a training conversation.
+
+    The assistant text is split as the model's output is read back (`parse_response`): `<THINK>...</THINK>` becomes
+    `reasoning_content` (its PLANNING/CAPTION/REASONING/SUMMARY sections kept verbatim), `<RESPONSE>...</RESPONSE>`
+    (or what follows the think block) the content. The `<audio>` marker becomes the audio item before the text.
+    """
+    parsed = parse_response(assistant or "")
+    question = re.sub(r"\s*<audio>\s*", " ", user or "").strip()
+    return conversation(question, answer=parsed["answer"] or "", reasoning=parsed["thinking"] or None,
+                        system_prompt=system_prompt)
 
 
 # ---------------------------------------------------------------------------------------------------

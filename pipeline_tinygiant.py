@@ -11,7 +11,7 @@ pipe = pipeline("audio-reasoning", model="<repo or folder>", trust_remote_code=T
 ```
 
 This file ships with the checkpoint (remote code): it imports only `transformers`, `torch` and its siblings
-`parsing_tinygiant.py` and `modeling_tinygiant.py`. Importing it registers the task, so `Pipeline.save_pretrained`
+`parsing_tinygiant.py` and `int8_tinygiant.py`. Importing it registers the task, so `Pipeline.save_pretrained`
 can write the `custom_pipelines` entry of `config.json`.
 """
 
@@ -27,27 +27,19 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
 try:
-    from .modeling_tinygiant import quantize_int8
-    from .parsing_tinygiant import format_question, parse_response
+    from .int8_tinygiant import quantize_int8
+    from .parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
 except ImportError:
-    from modeling_tinygiant import quantize_int8
-    from parsing_tinygiant import format_question, parse_response
+    if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
+        raise
+    from int8_tinygiant import quantize_int8  # this repository, imported as top-level modules
+    from parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
 
 logger = logging.get_logger(__name__)
 
-# Audio-Reasoner's system prompt (CoTA), with the think block written `<think>` as Qwen3 tokenizes it (one token);
-# the four sections and <RESPONSE> keep CoTA's upper-case tags. `parse_response` reads either case.
-SYSTEM_PROMPT = (
-    "You are an audio deep-thinking model. Upon receiving a question, please respond in two parts: <think> and "
-    "<RESPONSE>. The <think> section should be further divided into four parts: <PLANNING>, <CAPTION>, "
-    "<REASONING>, and <SUMMARY>."
-)
+TASK = "audio-reasoning"
 DEFAULT_MAX_NEW_TOKENS = 1024  # CoTA answers run to a few hundred tokens; Audio-Reasoner allowed 2048
 
-# Call parameters that are not generation parameters; everything else goes to `model.generate`.
-_PREPROCESS_PARAMS = ("question", "choices", "system_prompt", "sampling_rate")
-# Tensors that carry tokens (padded on the left in a batch) and tensors that carry audio (concatenated).
-_TOKEN_INPUTS = ("input_ids", "attention_mask", "instruction_mask")
 
 
 class TinyGiantAudioReasoningPipeline(Pipeline):
@@ -117,30 +109,18 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             inputs = inputs["audio"]
         if question is None:
             raise ValueError("no question: pass `question=` or give each input as {'audio': ..., 'question': ...}")
-        user_text = format_question(question, choices)  # raises on an empty question or bad choices
-
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": user_text}]})
+        messages = question_messages(question, choices, system_prompt)  # raises on an empty question or bad choices
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         model_inputs = self.processor(text=prompt, audio=_as_audio(inputs), sampling_rate=sampling_rate)
         return {**model_inputs, "choices": None if choices is None else list(choices)}
 
     def _collate(self, items):
-        """One generation batch from preprocessed items: token tensors left-padded, audio windows concatenated.
+        """One generation batch from preprocessed items (the processor's left-padded layout), with their choices.
 
         The audio tensors hold one row per 30 s / 10 s window, not per item, so HF's default collator cannot pad them.
         """
-        batch = {"choices": [item.pop("choices") for item in items]}
-        width = max(item["input_ids"].shape[1] for item in items)
-        pad_id = self.tokenizer.pad_token_id
-        for key in items[0]:
-            tensors = [item[key] for item in items]
-            if key in _TOKEN_INPUTS:
-                value = pad_id if key == "input_ids" else 0
-                # Left padding: generation continues every row from its last real token.
-                tensors = [torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in tensors]
-            batch[key] = torch.cat(tensors)
-        return batch
+        choices = [item.pop("choices") for item in items]
+        return {**self.processor.pad(items, padding_side="left"), "choices": choices}
 
     def _forward(self, model_inputs, **generate_kwargs):
         choices = model_inputs.pop("choices")
@@ -210,8 +190,23 @@ def _as_audio(audio):
     )
 
 
+def load_pipeline(model, int8=False, **kwargs):
+    """`pipeline("audio-reasoning")` on a TinyGiant folder or Hub repo (`model`), with `trust_remote_code=True`.
+
+    A folder or repo that ships this file runs its own copy. A folder saved by hand with `model.save_pretrained` has
+    none (its config may still declare the task, copied from the checkpoint it was loaded from): it runs this file,
+    which importing it registered. `int8=True` quantises the weights.
+    """
+    from transformers import AutoConfig, pipeline
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=True)
+    if Path(model).is_dir() and not (Path(model) / "pipeline_tinygiant.py").is_file():
+        config.custom_pipelines = {}
+    return pipeline(TASK, model=model, config=config, trust_remote_code=True, int8=int8, **kwargs)
+
+
 PIPELINE_REGISTRY.register_pipeline(
-    "audio-reasoning",
+    TASK,
     pipeline_class=TinyGiantAudioReasoningPipeline,
     pt_model=AutoModelForCausalLM,
     type="multimodal",

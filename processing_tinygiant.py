@@ -21,16 +21,20 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
-from transformers import AutoTokenizer, ClapFeatureExtractor, WhisperFeatureExtractor
+import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-WHISPER_SAMPLING_RATE = 16000
-CLAP_SAMPLING_RATE = 48000
-WHISPER_WINDOW_SECONDS = 30
-WHISPER_FRAMES_PER_WINDOW = 1500  # the encoder's 20 ms frames in 30 s
-HTSAT_WINDOW_SECONDS = 10
-HTSAT_FRAMES_PER_WINDOW = 32  # HTS-AT's time steps in 10 s (after averaging its frequency axis)
+try:
+    from .configuration_tinygiant import AUDIO_LAYOUT
+except ImportError:
+    if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
+        raise
+    from configuration_tinygiant import AUDIO_LAYOUT  # this repository, imported as top-level modules
+
+# Tensors with one row per prompt, padded to a common length in a batch, and the value they are padded with (None:
+# the tokenizer's pad id). Every other tensor has one row per audio window or per audio and is concatenated.
+TOKEN_PADDING = {"input_ids": None, "attention_mask": 0, "instruction_mask": 0, "labels": -100}
 
 # Qwen3's chat markup: `<|im_start|>role\n ... <|im_end|>`.
 TURN_PATTERN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(<\|im_end\|>|$)", re.DOTALL)
@@ -172,21 +176,6 @@ class TinyGiantProcessor(ProcessorMixin):
     def audio_token_id(self):
         return self.tokenizer.convert_tokens_to_ids(self.audio_token)
 
-    @classmethod
-    def from_components(
-        cls, whisper="openai/whisper-large-v3-turbo", htsat="laion/clap-htsat-unfused", llm="Qwen/Qwen3-0.6B", **kwargs
-    ):
-        """Build the processor from the pretrained parts' own preprocessing files, adding the `<audio>` token."""
-        tokenizer = AutoTokenizer.from_pretrained(llm)
-        tokenizer.add_special_tokens({"additional_special_tokens": [kwargs.get("audio_token", "<audio>")]})
-        tokenizer.padding_side = "left"  # batched generation; training collators ask for right padding
-        return cls(
-            ClapFeatureExtractor.from_pretrained(htsat),
-            WhisperFeatureExtractor.from_pretrained(whisper),
-            tokenizer,
-            **kwargs,
-        )
-
     def __call__(
         self,
         text=None,
@@ -221,7 +210,7 @@ class TinyGiantProcessor(ProcessorMixin):
                 "write one marker per audio"
             )
 
-        data = self._extract_audio_features(audios, sampling_rate) if audios and extract_audio_features else {}
+        data = self.extract_audio_features(audios, sampling_rate) if audios and extract_audio_features else {}
         expanded = [t.replace(self.audio_token, self.audio_token * self.num_audio_tokens) for t in texts]
         encoding = self.tokenizer(
             expanded,
@@ -239,7 +228,13 @@ class TinyGiantProcessor(ProcessorMixin):
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _extract_audio_features(self, audios, sampling_rate):
+    def extract_audio_features(self, audios, sampling_rate=None):
+        """The encoders' inputs for a list of audios (any input `load_audio` takes; `sampling_rate` for raw arrays).
+
+        Returns numpy arrays: `whisper_input_features` (windows, 128, 3000), `clap_input_features` (windows, 1, 1001,
+        64), and per audio `whisper_lengths` / `htsat_lengths`, the encoder frames that cover real audio.
+        """
+        layout = AUDIO_LAYOUT
         whisper_windows, htsat_windows, whisper_lengths, htsat_lengths = [], [], [], []
         for item in audios:
             waveform, rate = load_audio(item, sampling_rate)
@@ -247,17 +242,17 @@ class TinyGiantProcessor(ProcessorMixin):
             if seconds > self.max_audio_seconds:
                 raise ValueError(f"audio is {seconds:.1f} s long; the maximum is {self.max_audio_seconds} s")
             # Resample the source once to each encoder's rate.
-            audio_16k = resample(waveform, rate, WHISPER_SAMPLING_RATE)
-            audio_48k = resample(waveform, rate, CLAP_SAMPLING_RATE)
-            whisper_windows += split_windows(audio_16k, WHISPER_WINDOW_SECONDS * WHISPER_SAMPLING_RATE)
-            htsat_windows += split_windows(audio_48k, HTSAT_WINDOW_SECONDS * CLAP_SAMPLING_RATE)
-            whisper_lengths.append(math.ceil(seconds * WHISPER_FRAMES_PER_WINDOW / WHISPER_WINDOW_SECONDS))
-            htsat_lengths.append(math.ceil(seconds * HTSAT_FRAMES_PER_WINDOW / HTSAT_WINDOW_SECONDS))
+            audio_16k = resample(waveform, rate, layout.whisper_sampling_rate)
+            audio_48k = resample(waveform, rate, layout.clap_sampling_rate)
+            whisper_windows += split_windows(audio_16k, layout.whisper_window_seconds * layout.whisper_sampling_rate)
+            htsat_windows += split_windows(audio_48k, layout.htsat_window_seconds * layout.clap_sampling_rate)
+            whisper_lengths.append(math.ceil(seconds * layout.whisper_frames_per_window / layout.whisper_window_seconds))
+            htsat_lengths.append(math.ceil(seconds * layout.htsat_frames_per_window / layout.htsat_window_seconds))
         whisper = self.whisper_feature_extractor(
-            whisper_windows, sampling_rate=WHISPER_SAMPLING_RATE, padding="max_length", return_tensors="np"
+            whisper_windows, sampling_rate=layout.whisper_sampling_rate, padding="max_length", return_tensors="np"
         )
         clap = self.feature_extractor(
-            htsat_windows, sampling_rate=CLAP_SAMPLING_RATE, truncation="rand_trunc", padding="repeatpad",
+            htsat_windows, sampling_rate=layout.clap_sampling_rate, truncation="rand_trunc", padding="repeatpad",
             return_tensors="np",
         )
         return {
@@ -266,6 +261,26 @@ class TinyGiantProcessor(ProcessorMixin):
             "whisper_lengths": np.array(whisper_lengths),
             "htsat_lengths": np.array(htsat_lengths),
         }
+
+    def pad(self, items, padding_side="left"):
+        """One batch from items the processor made one at a time (each a batch of one prompt).
+
+        Token tensors (`input_ids`, `attention_mask`, `instruction_mask`, `labels`) are padded to the longest, on the
+        left for generation (every row continues from its last real token) or on the right for training; the audio
+        tensors hold one row per window or per audio, so they are concatenated in order.
+        """
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        width = max(item["input_ids"].shape[1] for item in items)
+        batch = {}
+        for key in items[0]:
+            tensors = [torch.as_tensor(item[key]) for item in items]
+            if key in TOKEN_PADDING:
+                value = self.tokenizer.pad_token_id if TOKEN_PADDING[key] is None else TOKEN_PADDING[key]
+                sides = lambda t: (width - t.shape[1], 0) if padding_side == "left" else (0, width - t.shape[1])
+                tensors = [torch.nn.functional.pad(t, sides(t), value=value) for t in tensors]
+            batch[key] = torch.cat(tensors)
+        return BatchFeature(data=batch)
 
     def _turn_mask(self, texts, offsets, data, role, fallback_to_all=False):
         """Mask of the tokens inside `role`'s turns (the content and, for the assistant, its `<|im_end|>`).

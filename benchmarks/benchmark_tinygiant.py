@@ -29,11 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from configuration_tinygiant import TinyGiantConfig  # noqa: E402
-from modeling_tinygiant import ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration, quantize_int8  # noqa: E402
+from configuration_tinygiant import TinyGiantConfig
+from int8_tinygiant import quantize_int8
+from modeling_tinygiant import ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
 
 QWEN3_IM_START, QWEN3_IM_END, QWEN3_PAD = 151644, 151645, 151643
 
@@ -134,7 +132,7 @@ def make_processor():
     from transformers import ClapFeatureExtractor, WhisperFeatureExtractor
 
     from processing_tinygiant import TinyGiantProcessor
-    from tiny_checkpoint import train_tokenizer
+    from tinygiant.tiny_checkpoint import train_tokenizer
 
     tokenizer = train_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<audio>"]})
@@ -247,7 +245,7 @@ def worker_inference(args, precision):
 
     if precision == "int8":
         # Agreement with bf16 on the same random weights: logits on one prompt and greedy tokens.
-        probe = {**processor._extract_audio_features([make_audio(10, seed=99)], 16000), **make_prompt(config, 1, seed=99)}
+        probe = {**processor.extract_audio_features([make_audio(10, seed=99)], 16000), **make_prompt(config, 1, seed=99)}
         probe = to_device({k: torch.as_tensor(v) for k, v in probe.items()}, device)
         with torch.no_grad():
             reference = model(**probe).logits[0, -101:].float()
@@ -271,7 +269,7 @@ def worker_inference(args, precision):
     reset_peak_memory(device)
 
     # Warm-up: oneDNN builds its kernels for each new shape on first use; keep that out of the timings.
-    warm = {**processor._extract_audio_features([make_audio(10, seed=1)], 16000), **make_prompt(config, 1)}
+    warm = {**processor.extract_audio_features([make_audio(10, seed=1)], 16000), **make_prompt(config, 1)}
     timed_generate(model, to_device({k: torch.as_tensor(v) for k, v in warm.items()}, device), 3, device)
 
     runs, llm_timings = [], {}
@@ -279,7 +277,7 @@ def worker_inference(args, precision):
         for seconds in args.seconds:
             run = {"batch": batch, "clip_s": seconds, "question_tokens": args.question_tokens}
             audios = [make_audio(seconds, seed=i) for i in range(batch)]
-            mels, run["feature_extraction_s"] = timed(lambda: processor._extract_audio_features(audios, 16000), "cpu")
+            mels, run["feature_extraction_s"] = timed(lambda: processor.extract_audio_features(audios, 16000), "cpu")
             mels = to_device({k: torch.as_tensor(v) for k, v in mels.items()}, device)
             text = to_device(make_prompt(config, batch, args.question_tokens), device)
             run["prompt_tokens"] = text["input_ids"].shape[1]
@@ -326,8 +324,8 @@ def measure_fast_path(model, inputs, args, device):
 def worker_training(args):
     """Seconds per training step (forward, backward, AdamW) at batch 1: live encoders vs the feature cache, the latter
     through train_sft's collator, as `train_sft.py --feature_cache_dir` runs it."""
-    from feature_cache_tinygiant import AudioFeatureCache
-    from train_sft import TinyGiantCollator
+    from tinygiant.data import TinyGiantCollator
+    from tinygiant.feature_cache import AudioFeatureCache
 
     device, result = args.device, {"load_start": load_snapshot(), "clip_s": args.train_seconds}
     model = build_random_model(TinyGiantConfig(), torch.bfloat16, device)
@@ -335,19 +333,19 @@ def worker_training(args):
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     audio = {"array": make_audio(args.train_seconds, seed=5), "sampling_rate": 16000}
-    mels = {k: torch.as_tensor(v) for k, v in processor._extract_audio_features([audio], None).items()}
+    mels = {k: torch.as_tensor(v) for k, v in processor.extract_audio_features([audio], None).items()}
     text = make_prompt(config, 1, args.question_tokens, answer_tokens=args.answer_tokens)
     live = to_device({**mels, **text}, device)
     result["sequence_tokens"] = text["input_ids"].shape[1]
 
     with tempfile.TemporaryDirectory() as cache_dir:
         collator = TinyGiantCollator(processor, feature_cache=AudioFeatureCache(cache_dir, model, processor))
-        row = {"audio_key": collator.feature_cache.key(audio), **mels}  # what the collator holds for a processed row
+        key, row = collator.feature_cache.key(audio), mels  # what the collator holds for a processed row
         # The first look-up misses: the collator runs the encoders on the row's mels and stores the features.
-        _, result["cache_fill_s_per_clip"] = timed(lambda: collator.cached_features([row]), device)
+        _, result["cache_fill_s_per_clip"] = timed(lambda: collator.cached_features([row], [key]), device)
 
         def step(cached):
-            batch = to_device({**text, **collator.cached_features([row])[0]}, device) if cached else live
+            batch = to_device({**text, **collator.cached_features([row], [key])[0]}, device) if cached else live
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()

@@ -1,6 +1,6 @@
 """int8 against float on the synthetic held-out set: how often `pipeline(..., int8=True)` answers as the float model.
 
-    python demo_tinygiant.py --output-dir runs/demo                   # a trained tiny model and its data
+    tinygiant demo --output-dir runs/demo                             # a trained tiny model and its data
     python benchmarks/int8_agreement.py runs/demo/model runs/demo/data
 
 Both pipelines answer every held-out multiple-choice question through the MMAR harness (greedy, same prompts); the
@@ -10,21 +10,16 @@ option, and the share with byte-identical output text.
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from evaluate_mmar import load_meta, load_predictions, predict, score  # noqa: E402
+from pipeline_tinygiant import load_pipeline
+from tinygiant.mmar import load_meta, load_predictions, predict, score
 
 
 def answer_all(model_dir, data_dir, meta, out_dir, int8):
     """`(predictions by id, scores, seconds)` of the pipeline with float or int8 weights."""
-    from tinygiant_cli import load_pipeline
-
     pipe = load_pipeline(str(model_dir), int8=int8)
     path = Path(out_dir) / f"{'int8' if int8 else 'float'}.jsonl"
     start = time.perf_counter()

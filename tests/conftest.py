@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny random TinyGiant checkpoint per session, built through `from_components`."""
+"""Shared fixtures: one tiny random TinyGiant checkpoint per session, built through `tinygiant.assemble.from_components`."""
 
 import os
 
@@ -10,10 +10,44 @@ import pytest
 import torch
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
+from parsing_tinygiant import conversation
+from tinygiant.publish import SHIPPED_CODE
 from processing_tinygiant import TinyGiantProcessor
-from tiny_checkpoint import write_tiny_checkpoint
+from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
 torch.set_num_threads(2)
+
+# The project is pip-installed in development mode, so a fresh interpreter could import it from anywhere. Put first
+# in a script, this wraps every import finder so that it finds none of the project's modules (nor any other blocked
+# ones), as on a user's machine; `importlib.util.find_spec`, with which transformers probes optional packages, then
+# says None for them too.
+PROJECT_MODULES = [name.removesuffix(".py") for name in SHIPPED_CODE] + ["tinygiant", "train_sft"]
+BLOCK_IMPORTS = """
+import sys
+BLOCKED = {blocked!r}
+class Without:
+    def __init__(self, finder):
+        self.finder = finder
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED or not hasattr(self.finder, "find_spec"):
+            return None
+        return self.finder.find_spec(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self.finder, attr)
+sys.meta_path[:] = [Without(finder) for finder in sys.meta_path]
+for name in BLOCKED:
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        raise AssertionError(name + " should not be importable")
+"""
+
+
+def without(*modules):
+    """A script preamble after which neither the project nor `modules` can be imported."""
+    return BLOCK_IMPORTS.format(blocked=[*PROJECT_MODULES, *modules])
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +74,5 @@ def tone(seconds, sampling_rate=16000, freq=440.0, amplitude=0.3):
 
 
 def chat(question, answer=None, reasoning=None, system=None):
-    """A one-turn conversation with one audio, in the processor's message format."""
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": question}]})
-    if answer is not None:
-        messages.append({"role": "assistant", "content": answer, "reasoning_content": reasoning})
-    return messages
+    """A one-turn conversation with one audio (no system turn unless given), as the project writes it."""
+    return conversation(question, answer=answer, reasoning=reasoning, system_prompt=system)

@@ -11,21 +11,22 @@ import soundfile
 from conftest import tone
 from test_pipeline import talkative
 
-import tinygiant_cli
+from tinygiant import cli as tinygiant_cli
 from modeling_tinygiant import TinyGiantForConditionalGeneration
-from publish_tinygiant import missing_files, save_hub_folder
+from tinygiant.publish import missing_files, save_checkpoint
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tiny_dir, processor):
-    """A plain checkpoint (as training saves it, no pipeline code) and a published Hub folder of the same model."""
+    """A plain checkpoint (saved by hand with `save_pretrained`: no pipeline code) and a published Hub folder of the
+    same model."""
     root = tmp_path_factory.mktemp("cli")
     model = talkative(TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval())
     model.save_pretrained(root / "plain")
     processor.save_pretrained(root / "plain")
-    save_hub_folder(model, processor, root / "hub")
+    save_checkpoint(model, processor, root / "hub")
     soundfile.write(root / "clip.wav", tone(1.0, 16000, 523.0), 16000)
     return root
 
@@ -33,7 +34,7 @@ def checkpoints(tmp_path_factory, tiny_dir, processor):
 def tinygiant(*args, cwd):
     """Start `tinygiant ARGS` in a subprocess; `.communicate()` waits for it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, str(PROJECT / "tinygiant_cli.py"), *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "tinygiant", *map(str, args)],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -85,7 +86,7 @@ def test_default_model(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("TINYGIANT_MODEL")
     # No trained model: a tiny random one is built once, with a loud warning.
     built = []
-    monkeypatch.setattr("tiny_checkpoint.write_tiny_checkpoint",
+    monkeypatch.setattr("tinygiant.tiny_checkpoint.write_tiny_checkpoint",
                         lambda d: built.append(d) or (Path(d).mkdir(parents=True), (Path(d) / "config.json").touch()))
     assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random")
     assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random") and len(built) == 1

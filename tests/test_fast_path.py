@@ -6,7 +6,8 @@ import weakref
 import torch
 from conftest import chat, tone
 
-from modeling_tinygiant import Int8Embedding, Int8Linear, TinyGiantForConditionalGeneration, quantize_int8
+from int8_tinygiant import Int8Embedding, Int8Linear, quantize_int8
+from modeling_tinygiant import TinyGiantForConditionalGeneration
 
 GREEDY = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
 QUESTIONS = ["How many beeps are there?", "Is it a chord?", "What came first, the tone or the noise?",

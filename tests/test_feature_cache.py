@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import chat, tone
 
-from feature_cache_tinygiant import AudioFeatureCache, audio_key, encoder_fingerprint
+from tinygiant.feature_cache import AudioFeatureCache, audio_key, encoder_fingerprint
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 
 

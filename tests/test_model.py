@@ -7,7 +7,7 @@ from conftest import chat, tone
 
 from configuration_tinygiant import TinyGiantConfig
 from modeling_tinygiant import EBranchformerBlock, QueryGuidedProjector, TinyGiantForConditionalGeneration
-from tiny_checkpoint import write_tiny_checkpoint
+from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
 
 def prompt(processor, question, audio, sampling_rate=16000, **kwargs):
@@ -171,12 +171,11 @@ def test_save_and_load_give_identical_outputs(model, processor, tmp_path):
 def test_from_components_loads_each_parts_weights(tmp_path):
     from transformers import AutoModelForCausalLM, ClapModel, WhisperForConditionalGeneration
 
-    from tiny_checkpoint import save_tiny_components
+    from tinygiant.assemble import from_components
+    from tinygiant.tiny_checkpoint import save_tiny_components
 
     parts = save_tiny_components(tmp_path)
-    model, processor = TinyGiantForConditionalGeneration.from_components(
-        **parts, projector_heads=4, cgmlp_dim=32, ffn_dim=32
-    )
+    model, processor = from_components(**parts, projector_heads=4, cgmlp_dim=32, ffn_dim=32)
     whisper = WhisperForConditionalGeneration.from_pretrained(parts["whisper"]).model.encoder
     clap = ClapModel.from_pretrained(parts["clap"]).audio_model
     llm = AutoModelForCausalLM.from_pretrained(parts["llm"])

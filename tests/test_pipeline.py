@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tone
+from conftest import tone, without
 from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import parse_response
-from pipeline_tinygiant import SYSTEM_PROMPT, TinyGiantAudioReasoningPipeline
-from publish_tinygiant import save_hub_folder
-from synthetic_tinygiant import generate_clip
+from parsing_tinygiant import SYSTEM_PROMPT
+from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
+from tinygiant.publish import save_checkpoint
+from tinygiant.synthetic import generate_clip
 
 GREEDY = {"max_new_tokens": 16, "do_sample": False}
-PROJECT_MODULES = ["configuration_tinygiant", "modeling_tinygiant", "processing_tinygiant", "parsing_tinygiant",
-                   "pipeline_tinygiant", "tiny_checkpoint"]
 
 
 def talkative(model):
@@ -42,7 +41,7 @@ def tiny_model(tiny_dir):
 
 @pytest.fixture(scope="module")
 def hub_dir(tmp_path_factory, tiny_model, processor):
-    return save_hub_folder(tiny_model, processor, tmp_path_factory.mktemp("hub"))
+    return save_checkpoint(tiny_model, processor, tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture(scope="module")
@@ -52,27 +51,6 @@ def pipe(tiny_model, processor):
 
 FRESH_PROCESS = """
 import sys
-
-BLOCKED = set(sys.argv[2].split(","))
-
-
-class BlockProject:
-    \"\"\"Make this project's modules unimportable (it is pip-installed in editable mode).\"\"\"
-
-    def find_spec(self, name, path=None, target=None):
-        if name in BLOCKED:
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-
-
-sys.meta_path.insert(0, BlockProject())
-for name in BLOCKED:
-    try:
-        __import__(name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{name} is importable")
 
 import json
 import numpy as np
@@ -117,11 +95,11 @@ print("RESULT " + json.dumps(out))
 
 def test_pipeline_from_published_folder_in_a_fresh_process(hub_dir, tmp_path):
     script = tmp_path / "fresh.py"
-    script.write_text(textwrap.dedent(FRESH_PROCESS))
+    script.write_text(without() + textwrap.dedent(FRESH_PROCESS))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
     run = subprocess.run(
-        [sys.executable, str(script), str(hub_dir), ",".join(PROJECT_MODULES)],
+        [sys.executable, str(script), str(hub_dir)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]

@@ -7,10 +7,10 @@ import pytest
 from huggingface_hub import ModelCard
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
-from publish_tinygiant import BASE_MODELS, CODE_FILES, missing_files, push_to_hub, save_hub_folder
+from tinygiant.publish import BASE_MODELS, SHIPPED_CODE, missing_files, push_to_hub, save_checkpoint
 
 EXPECTED_FILES = {
-    *CODE_FILES, "config.json", "generation_config.json", "model.safetensors", "processor_config.json",
+    *SHIPPED_CODE, "config.json", "generation_config.json", "model.safetensors", "processor_config.json",
     "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md",
 }
 
@@ -19,7 +19,7 @@ EXPECTED_FILES = {
 def hub_dir(tmp_path_factory, tiny_dir, processor):
     model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir)  # our own copy: its config gets changed
     summary = {"base": "tiny random", "steps": 12, "final loss": 3.21, "data": {"rows": 400}}
-    return save_hub_folder(model, processor, tmp_path_factory.mktemp("hub"), training_summary=summary,
+    return save_checkpoint(model, processor, tmp_path_factory.mktemp("hub"), training_summary=summary,
                            repo_id="someone/tinygiant-test")
 
 
@@ -75,5 +75,5 @@ def test_push_refuses_an_incomplete_folder(tmp_path):
 def test_saving_again_replaces_stale_code(tiny_dir, processor, tmp_path):
     (tmp_path / "pipeline_tinygiant.py").write_text("raise ImportError('stale')\n")
     model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir)
-    save_hub_folder(model, processor, tmp_path)
+    save_checkpoint(model, processor, tmp_path)
     assert "stale" not in (tmp_path / "pipeline_tinygiant.py").read_text()

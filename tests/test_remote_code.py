@@ -6,39 +6,19 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import soundfile
-
-PROJECT_MODULES = [
-    "configuration_tinygiant", "modeling_tinygiant", "processing_tinygiant", "parsing_tinygiant",
-    "pipeline_tinygiant", "tiny_checkpoint",
-]
-
-# The project is pip-installed in development mode, so a fresh interpreter could import it from anywhere:
-# a finder placed first on sys.meta_path makes its modules unimportable, as on a user's machine.
-BLOCK_PROJECT = f"""
-import importlib.abc, sys
-class BlockProject(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {PROJECT_MODULES!r}:
-            raise ImportError(f"{{name}} is not installed here")
-sys.meta_path.insert(0, BlockProject())
-for name in {PROJECT_MODULES!r}:
-    try:
-        __import__(name)
-    except ImportError:
-        pass
-    else:
-        raise AssertionError(name + " should not be importable")
-"""
+from conftest import without
 
 
-def run_fresh(script, cwd):
+def run_fresh(script, cwd, also_block=(), check=True):
     result = subprocess.run(
-        [sys.executable, "-c", BLOCK_PROJECT + textwrap.dedent(script)],
+        [sys.executable, "-c", without(*also_block) + textwrap.dedent(script)],
         cwd=cwd, capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def test_auto_classes_load_and_generate_in_a_fresh_process(tiny_dir, tmp_path):
@@ -69,7 +49,7 @@ def test_auto_classes_load_and_generate_in_a_fresh_process(tiny_dir, tmp_path):
         }}))
         """,
         cwd=work,
-    )
+    ).stdout
     result = json.loads(output.strip().splitlines()[-1])
     assert result == {
         "config": "TinyGiantConfig", "model": "TinyGiantForConditionalGeneration",
@@ -91,3 +71,79 @@ def test_checkpoint_ships_its_code_and_auto_map(tiny_dir):
     }
     processor_config = json.loads((tiny_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_tinygiant.TinyGiantProcessor"
+
+
+def test_automodel_generates_without_soundfile_soxr_or_the_processor(tiny_dir, tmp_path):
+    """The model needs torch + transformers + safetensors alone: audio decoding belongs to the processor."""
+    output = run_fresh(
+        f"""
+        import json, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tiny_dir)!r}, trust_remote_code=True).eval()
+        config = model.config
+        n, question = config.num_audio_tokens, torch.arange(20, 40)
+        input_ids = torch.cat([torch.full((n,), config.audio_token_id), question])[None]
+        inputs = dict(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+            instruction_mask=(input_ids != config.audio_token_id).long(),
+            whisper_input_features=torch.randn(1, config.whisper_config.num_mel_bins, 3000),
+            clap_input_features=torch.randn(1, 1, 1001, 64),
+            whisper_lengths=torch.tensor([150]), htsat_lengths=torch.tensor([4]),  # a 3 s clip
+        )
+        out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        print(json.dumps({{"new_tokens": out.shape[1] - input_ids.shape[1], "module": type(model).__module__}}))
+        """,
+        cwd=tmp_path, also_block=["soundfile", "soxr"],
+    ).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["new_tokens"] == 5 and result["module"].startswith("transformers_modules.")
+
+
+def test_a_missing_dependency_of_remote_code_is_named_not_hidden(tiny_dir, tmp_path):
+    """The sibling-import fallback must not turn "no soundfile" into "no configuration_tinygiant"."""
+    result = run_fresh(
+        f"""
+        from transformers import AutoProcessor
+        AutoProcessor.from_pretrained({str(tiny_dir)!r}, trust_remote_code=True)
+        """,
+        cwd=tmp_path, also_block=["soundfile"], check=False,
+    )
+    assert result.returncode != 0
+    assert "soundfile" in result.stderr.strip().splitlines()[-1]
+    assert "configuration_tinygiant" not in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_dir, tmp_path_factory):
+    """What `train_sft.py` writes to its output_dir (one step, from the tiny checkpoint)."""
+    import train_sft
+    from tinygiant.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("trained")
+    make_synthetic_dataset(root / "data", n_train=2, n_heldout=0, tasks=["higher_tone"])
+    train_sft.main(*train_sft.parse_args([
+        "--model_name_or_path", str(tiny_dir), "--dataset_files", str(root / "data" / "train.jsonl"),
+        "--output_dir", str(root / "run"), "--use_cpu", "--bf16", "false", "--report_to", "none",
+        "--per_device_train_batch_size", "2", "--effective_batch_size", "2", "--max_steps", "1",
+        "--save_strategy", "no", "--activation_checkpointing", "false",
+    ]))
+    return root / "run"
+
+
+@pytest.mark.parametrize("folder", ["tiny_dir", "trained_dir"])
+def test_every_folder_the_project_writes_runs_the_pipeline_without_the_project(folder, request, tmp_path):
+    path = request.getfixturevalue(folder)
+    output = run_fresh(
+        f"""
+        import json, numpy as np
+        from transformers import pipeline
+        pipe = pipeline("audio-reasoning", model={str(path)!r}, trust_remote_code=True)
+        out = pipe(np.zeros(16000, dtype=np.float32), sampling_rate=16000, question="Is it silent?",
+                   choices=["yes", "no"], max_new_tokens=3, do_sample=False)
+        print(json.dumps({{"keys": sorted(out), "module": type(pipe).__module__}}))
+        """,
+        cwd=tmp_path,
+    ).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["keys"] == ["answer", "choice", "text", "thinking"]
+    assert result["module"].startswith("transformers_modules.")

@@ -25,7 +25,7 @@ def test_sft_trainer_trains_projector_and_llm_not_encoders(tiny_dir, processor, 
         args=SFTConfig(
             output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
-            gradient_checkpointing=True, max_length=None, remove_unused_columns=False,
+            activation_checkpointing=True, max_length=None, remove_unused_columns=False,
             dataset_kwargs={"skip_prepare_dataset": True},
         ),
         train_dataset=dataset,

@@ -16,14 +16,17 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import train_sft
+from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
+from tinygiant.data import BadRow, TinyGiantCollator, load_cota
+from tinygiant.trainer import gradient_accumulation_for
 from modeling_tinygiant import TinyGiantForConditionalGeneration, TinyGiantModel
 from processing_tinygiant import TinyGiantProcessor
-from synthetic_tinygiant import make_synthetic_dataset
+from tinygiant.synthetic import make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # Fast, deterministic settings shared by every training run below.
-FAST = ["--use_cpu", "--bf16", "false", "--gradient_checkpointing", "false", "--disable_tqdm", "true",
+FAST = ["--use_cpu", "--bf16", "false", "--activation_checkpointing", "false", "--disable_tqdm", "true",
         "--report_to", "none", "--logging_steps", "1", "--learning_rate", "1e-3", "--projector_learning_rate", "1e-3"]
 
 
@@ -57,7 +60,7 @@ def data(tmp_path_factory):
 
 def rows_of(data, n=None):
     """Training rows exactly as train_sft loads them (audio cast to undecoded {"bytes", "path"})."""
-    ds = train_sft._local_dataset([str(data / "train.jsonl")])
+    ds = load_cota([str(data / "train.jsonl")])
     return [ds[i] for i in range(n or len(ds))]
 
 
@@ -73,7 +76,7 @@ def tensors(path):
 
 
 def test_cota_markup_maps_to_reasoning_and_content():
-    messages = train_sft.cota_to_messages(
+    messages = cota_to_messages(
         "<audio>How many beeps?\n(a) one\n(b) two",
         "<THINK>\n<PLANNING>\nCount.</PLANNING>\n<SUMMARY>\nTwo.</SUMMARY>\n</THINK>\n<RESPONSE>\nThe answer is (b) two.</RESPONSE>",
         system_prompt="sys",
@@ -85,14 +88,14 @@ def test_cota_markup_maps_to_reasoning_and_content():
 
 
 def test_labels_cover_exactly_the_assistant_turn(processor, data):
-    collator = train_sft.TinyGiantCollator(processor, system_prompt=train_sft.SYSTEM_PROMPT)
+    collator = TinyGiantCollator(processor, system_prompt=SYSTEM_PROMPT)
     rows = rows_of(data, 3)
     batch = collator(rows)
     tok = processor.tokenizer
     for i, row in enumerate(rows):
         ids, labels, attention = batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i]
         text = processor.apply_chat_template(
-            train_sft.cota_to_messages(row["user"], row["assistant"], train_sft.SYSTEM_PROMPT), tokenize=False
+            cota_to_messages(row["user"], row["assistant"], SYSTEM_PROMPT), tokenize=False
         )
         assistant = text.split("<|im_start|>assistant\n")[1].rstrip("\n")  # ends with <|im_end|>
         trained = labels != -100
@@ -109,18 +112,18 @@ def test_labels_cover_exactly_the_assistant_turn(processor, data):
 
 def test_truncation_cuts_text_only_never_the_audio(processor, model, data):
     row = rows_of(data, 1)[0]
-    full = train_sft.TinyGiantCollator(processor, system_prompt=None)([row])
+    full = TinyGiantCollator(processor, system_prompt=None)([row])
     n_text = int(((full["input_ids"] != processor.audio_token_id) & full["attention_mask"].bool()).sum())
     limit = n_text - 10
-    cut = train_sft.TinyGiantCollator(processor, max_text_length=limit, system_prompt=None)([row])
+    cut = TinyGiantCollator(processor, max_text_length=limit, system_prompt=None)([row])
     ids = cut["input_ids"][0]
     assert int((ids != processor.audio_token_id).sum()) == limit
     assert int((ids == processor.audio_token_id).sum()) == processor.num_audio_tokens
     assert torch.equal(ids, full["input_ids"][0, : len(ids)])  # the end was cut, nothing else
     assert torch.equal(cut["labels"][0], full["labels"][0, : len(ids)]) and (cut["labels"][0] != -100).any()
     # A limit below the prompt would cut into the audio: the row is skipped instead.
-    prompt_limit = train_sft.TinyGiantCollator(processor, max_text_length=3, system_prompt=None)
-    with pytest.raises(train_sft.BadRow, match="over the limit"):
+    prompt_limit = TinyGiantCollator(processor, max_text_length=3, system_prompt=None)
+    with pytest.raises(BadRow, match="over the limit"):
         prompt_limit.encode_row(row)
     cut.pop("num_skipped_rows")
     with torch.no_grad():
@@ -138,19 +141,19 @@ def test_bad_rows_are_skipped_counted_and_replaced(processor, data, tmp_path, ca
         {**good[0], "audio": {"bytes": None, "path": str(garbage)}},
         {**good[0], "assistant": "   "},
     ]
-    collator = train_sft.TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad + good)
-    with caplog.at_level("WARNING", logger="train_sft"):
+    collator = TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad + good)
+    with caplog.at_level("WARNING", logger="tinygiant.data"):
         batch = collator([bad[0], good[0], bad[1], good[1]])
     assert batch["input_ids"].shape[0] == 2 and batch["num_skipped_rows"].item() == 2
     assert "skipping a bad row" in caplog.text
     # A batch of nothing but bad rows falls back to a good row of the dataset instead of crashing.
-    fresh = train_sft.TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad + good)
+    fresh = TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad + good)
     batch = fresh(bad)
     assert batch["input_ids"].shape[0] == 1 and batch["num_skipped_rows"].item() == len(bad)
     assert fresh.num_skipped == len(bad)  # rows passed over while searching for a fallback are not training rows
     # Only a dataset without a single usable row is an error, and it says so.
     with pytest.raises(RuntimeError, match="none of the first"):
-        train_sft.TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad)(bad)
+        TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad)(bad)
 
 
 def test_local_files_accept_float_lists_bytes_and_relative_paths(data, tmp_path):
@@ -161,19 +164,19 @@ def test_local_files_accept_float_lists_bytes_and_relative_paths(data, tmp_path)
     pd.DataFrame([
         {"user": rows[0]["user"], "assistant": rows[0]["assistant"], "audio": {"bytes": open(rows[0]["audio"]["path"], "rb").read(), "path": None}},
     ]).to_parquet(tmp_path / "bytes.parquet")
-    ds = train_sft._local_dataset([str(data / "train.jsonl"), str(tmp_path / "bytes.parquet")])
+    ds = load_cota([str(data / "train.jsonl"), str(tmp_path / "bytes.parquet")])
     assert len(ds) == 13 and Path(ds[0]["audio"]["path"]).is_file() and ds[12]["audio"]["bytes"]
     floats = {"user": rows[0]["user"], "assistant": rows[0]["assistant"], "audio": np.zeros(16000).tolist()}
     with open(tmp_path / "floats.jsonl", "w") as f:
         f.write(json.dumps(floats) + "\n")
-    ds = train_sft._local_dataset([str(tmp_path / "floats.jsonl")])
+    ds = load_cota([str(tmp_path / "floats.jsonl")])
     assert len(ds[0]["audio"]) == 16000  # a bare list stays a list, read as 16 kHz by the collator
 
 
 def test_effective_batch_must_divide():
-    assert train_sft.gradient_accumulation_for(32, 4, 2) == 4
+    assert gradient_accumulation_for(32, 4, 2) == 4
     with pytest.raises(ValueError, match="not a multiple of per-device batch 3 x 2"):
-        train_sft.gradient_accumulation_for(32, 3, 2)
+        gradient_accumulation_for(32, 3, 2)
 
 
 # ----------------------------------------------------------------------------- training
@@ -201,7 +204,7 @@ def test_sft_steps_train_projector_and_llm_only(tiny32, data, tmp_path):
     rows = rows_of(data, 4)
     losses = []
     for zero in (False, True):
-        batch = train_sft.TinyGiantCollator(processor, zero_audio=zero)(rows)
+        batch = TinyGiantCollator(processor, zero_audio=zero)(rows)
         batch.pop("num_skipped_rows")
         with torch.no_grad():
             losses.append(m.eval()(**batch).loss.item())
@@ -309,6 +312,9 @@ import os, sys
 sys.path.insert(0, {root!r})
 from transformers import TrainerCallback
 import train_sft
+from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
+from tinygiant.data import BadRow, TinyGiantCollator, load_cota
+from tinygiant.trainer import gradient_accumulation_for
 
 class Kill(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):

@@ -1,12 +1,5 @@
 """Tests for parsing_tinygiant: how a question is written into the prompt and how outputs are read back."""
 
-import os
-import sys
-from pathlib import Path
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import pytest
 
 from parsing_tinygiant import format_question, parse_response

@@ -24,9 +24,9 @@ from pathlib import Path
 
 # Commands that hand their arguments to another module's `main(argv)`.
 DISPATCH = {
-    "tiny-checkpoint": ("tiny_checkpoint", "write a tiny random checkpoint (tiny_checkpoint.py)"),
-    "demo": ("demo_tinygiant", "the end-to-end demo (demo_tinygiant.py)"),
-    "eval": ("evaluate_mmar", "MMAR evaluation (evaluate_mmar.py)"),
+    "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
+    "demo": ("tinygiant.demo", "the end-to-end offline demo"),
+    "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
 }
 
 
@@ -45,7 +45,7 @@ def default_model():
     log(f"WARNING: no trained model found (set TINYGIANT_MODEL or pass --model); using an UNTRAINED tiny random "
         f"checkpoint in {tiny}. Its answers are junk.")
     if not (tiny / "config.json").is_file():
-        from tiny_checkpoint import write_tiny_checkpoint
+        from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
         write_tiny_checkpoint(tiny)
     return str(tiny)
@@ -55,18 +55,10 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def load_pipeline(model, int8=False):
-    """`pipeline("audio-reasoning")` on `model`; works for folders saved without the pipeline code too."""
-    from transformers import AutoConfig, pipeline
-
-    config = AutoConfig.from_pretrained(model, trust_remote_code=True)
-    if "audio-reasoning" not in getattr(config, "custom_pipelines", {}):
-        import pipeline_tinygiant  # noqa: F401  (registers the task with this project's pipeline code)
-    return pipeline("audio-reasoning", model=model, config=config, trust_remote_code=True, int8=int8)
-
-
 def ask(args):
     from transformers import TextStreamer
+
+    from pipeline_tinygiant import load_pipeline
 
     model = args.model or default_model()
     start = time.perf_counter()
@@ -102,12 +94,12 @@ def ask(args):
 def publish(args):
     from modeling_tinygiant import TinyGiantForConditionalGeneration
     from processing_tinygiant import TinyGiantProcessor
-    from publish_tinygiant import push_to_hub, save_hub_folder
+    from tinygiant.publish import push_to_hub, save_checkpoint
 
     model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint)
     processor = TinyGiantProcessor.from_pretrained(args.checkpoint, trust_remote_code=True)
     summary = json.loads(Path(args.training_summary).read_text()) if args.training_summary else None
-    folder = save_hub_folder(model, processor, args.out_dir, training_summary=summary, repo_id=args.repo_id)
+    folder = save_checkpoint(model, processor, args.out_dir, training_summary=summary, repo_id=args.repo_id)
     print(f"wrote {folder}")
     if args.repo_id:
         print(f"pushed to {push_to_hub(folder, args.repo_id, private=args.private)}")

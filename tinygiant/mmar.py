@@ -9,11 +9,11 @@ flagged with an `"error"` field (e.g. its audio was missing), counts as WRONG he
 official script silently leaves items without `answer_prediction` out of the denominator. The
 report gives both numbers. Accuracies are percentages (0-100), with 95 % Wilson intervals.
 
-Usage:
-    python evaluate_mmar.py --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
-    python evaluate_mmar.py --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
-    python evaluate_mmar.py --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
-(or `tinygiant eval mmar ...`). Generation is resumable: rerun the same command after an interruption and
+Usage (or `python -m tinygiant.mmar ...`):
+    tinygiant eval mmar --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
+    tinygiant eval mmar --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
+    tinygiant eval mmar --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+ Generation is resumable: rerun the same command after an interruption and
 only the items missing from OUT/predictions.jsonl are answered.
 
 Predictions are JSON lines in the challenge submission format:
@@ -380,15 +380,31 @@ def prediction_record(item, output):
             "answer_prediction": answer}
 
 
-def predict_batch(pipe, items, audio_dir, generate_kwargs):
-    """Records for `items`: one batched generation; a missing or unreadable audio gives an `error` record."""
+def silence_like(path):
+    """A clip of silence as long as the audio file at `path` (for a control run that hears nothing)."""
+    import numpy as np
+
+    from processing_tinygiant import load_audio
+
+    waveform, rate = load_audio(str(path))
+    return {"array": np.zeros_like(waveform), "sampling_rate": rate}
+
+
+def predict_batch(pipe, items, audio_dir, generate_kwargs, zero_audio=False):
+    """Records for `items`: one batched generation; a missing or unreadable audio gives an `error` record.
+    `zero_audio=True` replaces every clip with silence of the same length (a control run)."""
     records, ready = {}, []
     for item in items:
         path = Path(audio_dir) / item["audio_path"]
-        if path.is_file():
-            ready.append((item, {"audio": str(path), "question": item["question"], "choices": item["choices"]}))
-        else:
+        if not path.is_file():
             records[item["id"]] = {"id": item["id"], "error": f"missing audio file {path}"}
+            continue
+        try:
+            audio = silence_like(path) if zero_audio else str(path)
+        except (OSError, ValueError) as error:
+            records[item["id"]] = {"id": item["id"], "error": f"{type(error).__name__}: {error}"}
+            continue
+        ready.append((item, {"audio": audio, "question": item["question"], "choices": item["choices"]}))
     try:
         outputs = pipe([x for _, x in ready], batch_size=max(1, len(ready)), **generate_kwargs) if ready else []
         pairs = list(zip(ready, outputs))
@@ -404,12 +420,14 @@ def predict_batch(pipe, items, audio_dir, generate_kwargs):
     return [records[item["id"]] for item in items]
 
 
-def predict(meta, audio_dir, model, predictions_path, batch_size=4, limit=None, generate_kwargs=None):
+def predict(meta, audio_dir, model, predictions_path, batch_size=4, limit=None, generate_kwargs=None,
+            zero_audio=False):
     """Answer the items of `meta` not yet in `predictions_path`, appending one JSON line each as batches finish.
 
     `model` is a Hub repo id, a folder, or a ready `pipeline("audio-reasoning")`. `limit` caps the total number of
     items answered (for a quick look). Decoding is greedy with up to 1024 new tokens unless `generate_kwargs` says
-    otherwise. Lines are flushed and synced per batch, so an interrupted run loses at most the batch in flight.
+    otherwise. `zero_audio=True` asks every question about silence instead of the clip (a control run). Lines are
+    flushed and synced per batch, so an interrupted run loses at most the batch in flight.
     """
     from tqdm.auto import tqdm
 
@@ -421,14 +439,14 @@ def predict(meta, audio_dir, model, predictions_path, batch_size=4, limit=None, 
     if not todo:
         return
     if isinstance(model, (str, Path)):
-        from tinygiant_cli import load_pipeline
+        from pipeline_tinygiant import load_pipeline
 
         model = load_pipeline(str(model))
     Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
     with open(predictions_path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="MMAR", unit="item") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            for record in predict_batch(model, batch, audio_dir, generate_kwargs):
+            for record in predict_batch(model, batch, audio_dir, generate_kwargs, zero_audio):
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())

@@ -11,7 +11,7 @@ The projector and the LLM still run (and train) on every step.
     batch.update(cache.fetch([cache.key(a) for a in audios]))   # in the collator: no encoder, no model needed
     model(**batch)                                       # input_ids, attention_mask, instruction_mask, labels + features
 
-`train_sft.py --feature_cache_dir DIR` fills and reads such a cache as it trains (see its `TinyGiantCollator`).
+`train_sft.py --feature_cache_dir DIR` fills and reads such a cache as it trains (`tinygiant.data.TinyGiantCollator`).
 """
 
 import hashlib
@@ -22,12 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-try:
-    from .processing_tinygiant import load_audio
-except ImportError:
-    from processing_tinygiant import load_audio
+from modeling_tinygiant import ENCODED_AUDIO_INPUTS as FEATURE_NAMES
+from processing_tinygiant import load_audio
 
-FEATURE_NAMES = ("whisper_frames", "htsat_frames", "clap_vector")
 CACHE_FORMAT = 1  # bump when the stored layout changes
 
 
@@ -124,14 +121,14 @@ class AudioFeatureCache:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             self.encode_features([k for k, _ in chunk],
-                                 **self.processor._extract_audio_features([a for _, a in chunk], sampling_rate))
+                                 **self.processor.extract_audio_features([a for _, a in chunk], sampling_rate))
         return keys
 
     @torch.no_grad()
     def encode_features(self, keys, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
         """Run the frozen encoders on the processor's audio outputs for `keys` (one audio each, in order), store each
         clip's features and return them as `{key: features}`. For callers that have the mels already, such as
-        train_sft's collator."""
+        the training collator."""
         if self.model is None:
             raise ValueError("computing features needs the model")
         inner, device = self.model, self.model.whisper_encoder.device

@@ -11,7 +11,7 @@ TinyGiant with randomly initialised frozen encoders can learn them from energy p
 few minutes on a CPU. Answers are balanced, so chance accuracy is well defined. Everything is seeded:
 the same seed gives byte-identical files.
 
-    python synthetic_tinygiant.py OUT_DIR [--n-train N] [--n-heldout N] [--seed S]
+    python -m tinygiant.synthetic OUT_DIR [--n-train N] [--n-heldout N] [--seed S]
 """
 
 import argparse
@@ -42,10 +42,11 @@ TASK_OPTIONS = {
     "is_there_speech": ["yes", "no"],
 }
 
-# (modality, category, sub-category): MMAR's own names, so its harness can break scores down.
+# (modality, category, sub-category): MMAR's own names, so its harness can break scores down; one sub-category per
+# task, so that the harness's sub-category breakdown is the per-task breakdown.
 MMAR_LABELS = {
     "count_beeps": ("sound", "Perception Layer", "Counting and Statistics"),
-    "higher_tone": ("music", "Perception Layer", "Music Theory"),
+    "higher_tone": ("music", "Signal Layer", "Audio Difference Analysis"),
     "what_came_first": ("sound", "Perception Layer", "Temporal Analysis"),
     "chord_or_note": ("music", "Perception Layer", "Music Theory"),
     "is_there_speech": ("mix-sound-speech", "Semantic Layer", "Content Analysis"),

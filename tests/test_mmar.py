@@ -1,4 +1,4 @@
-"""Tests for evaluate_mmar: the official MMAR matching rule, input validation, scoring and reports."""
+"""Tests for tinygiant.mmar: the official MMAR matching rule, input validation, scoring and reports."""
 
 import json
 import os
@@ -6,13 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import pytest
 
-import evaluate_mmar as ev
+import tinygiant.mmar as ev
 
 # --- string_match ---------------------------------------------------------------------------------
 #
@@ -298,7 +295,7 @@ def test_score_only_cli_writes_the_same_numbers(mmar_files, tmp_path):
     meta_path, predictions_path = mmar_files
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate_mmar.py"), "--meta", str(meta_path),
+        [sys.executable, "-m", "tinygiant.mmar", "--meta", str(meta_path),
          "--score-only", str(predictions_path), "--output-dir", str(out)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
     )

@@ -1,31 +1,36 @@
 """Write a TinyGiant checkpoint as a complete Hugging Face Hub repo folder, and push it.
 
-`save_hub_folder` writes everything `pipeline("audio-reasoning", model=repo, trust_remote_code=True)`,
-`AutoModel` and `AutoProcessor` need on a machine without this project: weights (safetensors), config with
-`auto_map` and `custom_pipelines`, generation config, processor and chat template, every remote-code file,
-and a model card. `push_to_hub` uploads that folder as it is.
+Every folder this project writes goes through `save_checkpoint`: `tinygiant tiny-checkpoint`, `train_sft.py`'s
+output and `tinygiant publish`. It writes everything that `pipeline("audio-reasoning", model=dir,
+trust_remote_code=True)`, `AutoModel` and `AutoProcessor` need on a machine without this project: weights
+(safetensors), config with `auto_map` and `custom_pipelines`, generation config, processor and chat template, every
+remote-code file (`SHIPPED_CODE`, the one list of them) and a model card. `push_to_hub` uploads that folder as it is.
 
     tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
 """
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
-# The remote code: what `trust_remote_code=True` loads, in the order it is imported.
-CODE_FILES = (
+from pipeline_tinygiant import TASK
+
+# The remote code: the root modules that `trust_remote_code=True` loads, in the order they import each other.
+SHIPPED_CODE = (
     "configuration_tinygiant.py",
     "modeling_tinygiant.py",
     "processing_tinygiant.py",
     "parsing_tinygiant.py",
+    "int8_tinygiant.py",
     "pipeline_tinygiant.py",
 )
 REQUIRED_FILES = (
-    *CODE_FILES,
+    *SHIPPED_CODE,
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -36,7 +41,7 @@ REQUIRED_FILES = (
     "README.md",
 )
 CUSTOM_PIPELINES = {
-    "audio-reasoning": {
+    TASK: {
         "impl": "pipeline_tinygiant.TinyGiantAudioReasoningPipeline",
         # Names of transformers Auto classes (`pipeline()` resolves them with getattr(transformers, name)).
         "pt": ["AutoModelForCausalLM"],
@@ -49,33 +54,53 @@ BASE_MODELS = [
 REPO_ID_PLACEHOLDER = "your-username/tinygiant"
 
 
-def save_hub_folder(model, processor, out_dir, training_summary=None, repo_id=None):
+def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=None):
     """Write `model` and `processor` as a complete Hub repo folder in `out_dir`; returns its `Path`.
 
-    Sets `model.config.custom_pipelines` so that `pipeline(model=repo, trust_remote_code=True)` finds the task.
-    `training_summary` (a dict, rendered as a table, or markdown text) becomes a "Training" section of the model
-    card; `repo_id` is used in the card's usage snippet.
+    The folder is written beside `out_dir` first and only then moved into place, so a save killed halfway never
+    leaves a folder that loads half a model: a new `out_dir` appears whole by one rename; into an existing one (e.g.
+    `train_sft.py`'s output_dir, which also holds its checkpoints and logs) the files move one by one with
+    `config.json`, without which nothing loads, removed first and put back last. `training_summary` (a dict, rendered
+    as a table, or markdown text) becomes a "Training" section of the model card; `repo_id` goes in its snippet.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.custom_pipelines = json.loads(json.dumps(CUSTOM_PIPELINES))
-    for name in CODE_FILES:  # never ship code left over from an earlier save into the same folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):  # from a save that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    model.save_pretrained(staging)  # registered classes copy their own code files (and `auto_map`) as they save
+    processor.save_pretrained(staging)
+    if not (staging / "generation_config.json").exists():
+        model.generation_config.save_pretrained(staging)
+    complete_folder(staging, training_summary=training_summary, repo_id=repo_id, model=model)
+    if not out.exists():
+        os.rename(staging, out)
+        return out
+    (out / "config.json").unlink(missing_ok=True)
+    for name in SHIPPED_CODE:  # never leave code from an earlier save that this one does not ship
         (out / name).unlink(missing_ok=True)
-    # Registered classes copy their own code files (and `auto_map`) as they save.
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    if not (out / "generation_config.json").exists():
-        model.generation_config.save_pretrained(out)
-    # The pipeline and parsing files are not imported by the model or processor: copy them (and any other missing
-    # code file) from this installation.
-    for name in CODE_FILES:
-        if not (out / name).exists():
-            shutil.copyfile(_module_file(name), out / name)
-    model_card(model, repo_id=repo_id, training_summary=training_summary).save(out / "README.md")
-    missing = missing_files(out)
-    if missing:
-        raise RuntimeError(f"the Hub folder {out} is incomplete, missing: {missing}")
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+        os.replace(path, out / path.name)
+    staging.rmdir()
     return out
+
+
+def complete_folder(folder, training_summary=None, repo_id=None, model=None):
+    """Make a saved model + processor folder a complete Hub repo: the pipeline's `custom_pipelines` entry in
+    `config.json`, the remote-code files the model and processor did not copy themselves, and the model card."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["custom_pipelines"] = CUSTOM_PIPELINES
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in SHIPPED_CODE:  # the pipeline, parsing and int8 files are not imported by the model or processor
+        if not (folder / name).exists():
+            shutil.copyfile(_module_file(name), folder / name)
+    model_card(config, repo_id=repo_id, training_summary=training_summary,
+               num_parameters=None if model is None else model.num_parameters()).save(folder / "README.md")
+    missing = missing_files(folder)
+    if missing:
+        raise RuntimeError(f"the Hub folder {folder} is incomplete, missing: {missing}")
+    return folder
 
 
 def missing_files(folder):
@@ -106,8 +131,8 @@ def push_to_hub(out_dir, repo_id, token=None, private=None):
     return str(url)
 
 
-def model_card(model, repo_id=None, training_summary=None):
-    """The model card: Hub metadata (YAML) and usage."""
+def model_card(config, repo_id=None, training_summary=None, num_parameters=None):
+    """The model card of a checkpoint with this `config.json` content: Hub metadata (YAML) and usage."""
     repo_id = repo_id or REPO_ID_PLACEHOLDER
     data = ModelCardData(
         license="apache-2.0",
@@ -118,8 +143,7 @@ def model_card(model, repo_id=None, training_summary=None):
         language=["en"],
         tags=["audio", "audio-reasoning", "audio-question-answering", "chain-of-thought", "custom_code", "tinygiant"],
     )
-    config = model.config
-    parameters = f"{model.num_parameters() / 1e6:.1f} M"
+    size = "" if num_parameters is None else f" This checkpoint has {num_parameters / 1e6:.1f} M parameters."
     text = f"""---
 {data.to_yaml()}
 ---
@@ -128,9 +152,9 @@ def model_card(model, repo_id=None, training_summary=None):
 
 TinyGiant is a compact audio-language model that answers questions about sounds, music and speech with a short
 chain of thought. A frozen Whisper encoder and two frozen HTS-AT (CLAP) towers listen; a query-guided projector
-turns what they hear into {config.num_audio_tokens} audio tokens, guided by the question; a Qwen3 language model
-reasons inside `<think>...</think>` (CoTA's PLANNING, CAPTION, REASONING and SUMMARY sections) and then answers.
-This checkpoint has {parameters} parameters.
+turns what they hear into {config["num_audio_tokens"]} audio tokens, guided by the question; a Qwen3 language
+model reasons inside `<think>...</think>` (CoTA's PLANNING, CAPTION, REASONING and SUMMARY sections) and then
+answers.{size}
 
 ## Usage
 
@@ -165,7 +189,7 @@ print(processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_
 ```
 
 The pipeline's default system prompt is Audio-Reasoner's, with `<think>` markup
-(`pipeline_tinygiant.SYSTEM_PROMPT`); pass `system_prompt=` to change it.
+(`parsing_tinygiant.SYSTEM_PROMPT`); pass `system_prompt=` to change it.
 
 ## Model
 

@@ -2,10 +2,10 @@
 
 `save_tiny_components` writes miniature stand-ins for the four pretrained parts, each in the format of its
 Hub repo (a Whisper model with its feature extractor, two CLAP models with theirs, a Qwen3 causal LM with a
-ChatML tokenizer); `write_tiny_checkpoint` assembles them with `TinyGiantForConditionalGeneration.from_components`
-and saves a loadable checkpoint. Tests, demos and offline users build on it:
+ChatML tokenizer); `write_tiny_checkpoint` assembles them with `tinygiant.assemble.from_components` and saves a
+complete checkpoint folder (`tinygiant.publish.save_checkpoint`). Tests, demos and offline users build on it:
 
-    python tiny_checkpoint.py OUT_DIR        # or: tinygiant tiny-checkpoint OUT_DIR
+    tinygiant tiny-checkpoint OUT_DIR        # or: python -m tinygiant.tiny_checkpoint OUT_DIR
 """
 
 import argparse
@@ -27,7 +27,8 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-from modeling_tinygiant import TinyGiantForConditionalGeneration
+from tinygiant.assemble import from_components
+from tinygiant.publish import save_checkpoint
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen3 keeps <think> and </think> as added tokens that decoding does not skip.
@@ -111,11 +112,8 @@ def write_tiny_checkpoint(out_dir, seed=0, **config_kwargs):
     with tempfile.TemporaryDirectory() as parts_dir:
         parts = save_tiny_components(parts_dir, seed=seed)
         torch.manual_seed(seed)
-        model, processor = TinyGiantForConditionalGeneration.from_components(
-            **parts, **{**TINY_PROJECTOR, **config_kwargs}
-        )
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+        model, processor = from_components(**parts, **{**TINY_PROJECTOR, **config_kwargs})
+    save_checkpoint(model, processor, out_dir, training_summary="Untrained: tiny random parts, for tests and demos.")
     return model, processor
 
 

@@ -1,13 +1,10 @@
-"""Tests for the offline synthetic audio-reasoning dataset (synthetic_tinygiant.py).
+"""Tests for the offline synthetic audio-reasoning dataset (tinygiant.synthetic).
 
 They pass with and without espeak-ng: without it the speech task is dropped and the summary says so.
 """
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import hashlib
+import os
 import json
 import re
 import subprocess
@@ -18,11 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import synthetic_tinygiant as syn  # noqa: E402
-from parsing_tinygiant import format_question, parse_response  # noqa: E402
+import tinygiant.synthetic as syn
+from parsing_tinygiant import format_question, parse_response
 
 # MMAR's names (data_formats.md §2.3-2.4): sub-category -> layer.
 MMAR_MODALITIES = {"sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
@@ -323,7 +317,7 @@ def test_generate_clip_and_task_functions():
 
 def test_cli(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "synthetic_tinygiant.py"), str(tmp_path),
+        [sys.executable, "-m", "tinygiant.synthetic", str(tmp_path),
          "--n-train", "4", "--n-heldout", "4", "--seed", "2"],
         capture_output=True, text=True, check=True,
     )

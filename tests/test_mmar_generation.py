@@ -6,8 +6,8 @@ import pytest
 import soundfile
 from conftest import tone
 
-import evaluate_mmar
-from evaluate_mmar import MODALITIES, finished_ids, load_meta, predict
+import tinygiant.mmar
+from tinygiant.mmar import MODALITIES, finished_ids, load_meta, predict
 
 SUB_CATEGORIES = [("Perception Layer", "Counting and Statistics"), ("Signal Layer", "Acoustic Quality Analysis"),
                   ("Semantic Layer", "Content Analysis"), ("Cultural Layer", "Imagination")]
@@ -33,7 +33,7 @@ def fixture_dir(tmp_path):
 
 def test_generation_scores_reports_and_score_only_agree(tiny_dir, fixture_dir, capsys):
     out = fixture_dir / "eval"
-    scores = evaluate_mmar.main(["--model", str(tiny_dir), "--meta", str(fixture_dir / "MMAR-meta.jsonl"),
+    scores = tinygiant.mmar.main(["--model", str(tiny_dir), "--meta", str(fixture_dir / "MMAR-meta.jsonl"),
                                  "--output-dir", str(out), "--batch-size", "3", "--max-new-tokens", "3"])
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [f"item{i}" for i in range(9)]
@@ -44,7 +44,7 @@ def test_generation_scores_reports_and_score_only_agree(tiny_dir, fixture_dir, c
         assert (out / name).stat().st_size > 0
     assert scores["n_items"] == 9 and scores["n_errors"] == 1
     assert sum(cell["total"] for cell in scores["by_modality"].values()) == 9
-    rescored = evaluate_mmar.main(["--meta", str(fixture_dir / "MMAR-meta.jsonl"), "--score-only",
+    rescored = tinygiant.mmar.main(["--meta", str(fixture_dir / "MMAR-meta.jsonl"), "--score-only",
                                    str(out / "predictions.jsonl"), "--output-dir", str(fixture_dir / "again")])
     for key in ("overall", "by_modality", "by_layer", "by_sub_category", "official"):
         assert rescored[key] == scores[key]

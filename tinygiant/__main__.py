@@ -1,0 +1,5 @@
+import sys
+
+from tinygiant.cli import main
+
+sys.exit(main())
