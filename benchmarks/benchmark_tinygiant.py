@@ -366,7 +366,6 @@ def worker_best(args):
     result["decode_bytes_per_token"] = decode_bytes_per_token(model)
     result["int8_linears"] = sum(isinstance(m, Int8Linear) for m in model.modules())
     first_token_from_waveform(model, processor, clock, 10, args)  # warm-up
-    first_token_from_waveform(model, processor, clock, 30, args)
     for seconds in (30, 10):
         run = first_token_from_waveform(model, processor, clock, seconds, args)
         run.pop("tokens")
