@@ -156,11 +156,13 @@ class TinyGiantConfig(PretrainedConfig):
         self.whisper_trim_padding = whisper_trim_padding
         # transformers ties lm_head to the input embeddings by reading the top-level config (Qwen3-0.6B ties them).
         kwargs["tie_word_embeddings"] = self.text_config.tie_word_embeddings
-        # Users call `AutoModel.from_pretrained(...).generate(...)`, so AutoModel loads the generating class too.
+        # Users call `AutoModel.from_pretrained(...).generate(...)`, so AutoModel loads the generating class too;
+        # `AutoModelForMultimodalLM` is the class transformers' `any-to-any` pipeline loads.
         kwargs.setdefault("auto_map", {
             "AutoConfig": "configuration_tinygiant.TinyGiantConfig",
             "AutoModel": "modeling_tinygiant.TinyGiantForConditionalGeneration",
             "AutoModelForCausalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
+            "AutoModelForMultimodalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
         })
         super().__init__(**kwargs)
 

@@ -6,6 +6,9 @@ Equation numbers in comments are the paper's. Layout follows transformers' Audio
 `TinyGiantModel.forward` because TRL's fused LM-head training calls only the inner model.
 """
 
+import hashlib
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +136,50 @@ def pool_per_audio(frames, lengths, num_tokens):
     return torch.stack(pooled)
 
 
+class AudioEncoderCache:
+    """A bounded LRU cache of the frozen encoders' pooled outputs, one entry per audio, keyed by its content.
+
+    A follow-up question about the same clip then skips the three encoders (most of the time to first token); the
+    projector still runs, since its intent query (eq. 11-13) depends on the question. The key hashes the audio's
+    mels and lengths, so equal audio hits whatever object it came in, and any change to the audio misses.
+    """
+
+    def __init__(self, max_items=32):
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self.max_items = max_items
+        self.entries = OrderedDict()  # key -> (whisper_frames, htsat_frames, clap_vector or None), each for one audio
+        self.hits = self.misses = 0
+
+    def __len__(self):
+        return len(self.entries)
+
+    @staticmethod
+    def key(whisper_features, clap_features, whisper_length, htsat_length):
+        digest = hashlib.blake2b(digest_size=16)
+        for tensor in (whisper_features, clap_features):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(f"{int(whisper_length)},{int(htsat_length)}".encode())
+        return digest.hexdigest()
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key, entry):
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_items:
+            self.entries.popitem(last=False)
+
+
 class TinyGiantPreTrainedModel(PreTrainedModel):
     config_class = TinyGiantConfig
     base_model_prefix = "model"
@@ -164,6 +211,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         self.clap_encoder = ClapAudioModel(config.clap_config) if config.use_clap_gate else None
         self.projector = QueryGuidedProjector(config)
         self.language_model = Qwen3Model(config.text_config)
+        self.audio_cache = None  # an AudioEncoderCache once `enable_audio_cache` is called
         self.freeze_audio_encoders()
         self.post_init()
 
@@ -222,6 +270,36 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
             frames[windows, :length] = whisper_encoder_on_real_frames(self.whisper_encoder, mels)
         return frames
 
+    def enable_audio_cache(self, max_items=32):
+        """Keep the frozen encoders' outputs of the last `max_items` audios (`AudioEncoderCache`); returns the cache."""
+        self.audio_cache = AudioEncoderCache(max_items)
+        return self.audio_cache
+
+    def disable_audio_cache(self):
+        self.audio_cache = None
+
+    def encode_audio_cached(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+        """`encode_audio` through `self.audio_cache`: only the audios not seen before run the encoders, in one batch."""
+        whisper_windows = windows_per_audio(whisper_lengths, self.config.whisper_frames_per_window).tolist()
+        htsat_windows = windows_per_audio(htsat_lengths, self.config.htsat_frames_per_window).tolist()
+        whisper_per_audio = whisper_input_features.split(whisper_windows)
+        clap_per_audio = clap_input_features.split(htsat_windows)
+        keys = [self.audio_cache.key(*audio) for audio in
+                zip(whisper_per_audio, clap_per_audio, whisper_lengths.tolist(), htsat_lengths.tolist())]
+        entries = [self.audio_cache.get(key) for key in keys]
+        missing = [i for i, entry in enumerate(entries) if entry is None]
+        if missing:
+            encoded = self.encode_audio(
+                torch.cat([whisper_per_audio[i] for i in missing]), torch.cat([clap_per_audio[i] for i in missing]),
+                whisper_lengths[missing], htsat_lengths[missing],
+            )
+            for row, i in enumerate(missing):
+                entries[i] = tuple(None if part is None else part[row] for part in encoded)
+                self.audio_cache.put(keys[i], entries[i])
+        whisper_frames, htsat_frames, clap_vector = zip(*entries)
+        clap_vector = None if clap_vector[0] is None else torch.stack(clap_vector)
+        return torch.stack(whisper_frames), torch.stack(htsat_frames), clap_vector
+
     def get_audio_features(
         self,
         whisper_input_features=None,
@@ -241,7 +319,8 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         """
         dtype = self.projector.input_proj.weight.dtype
         if whisper_frames is None:
-            whisper_frames, htsat_frames, clap_vector = self.encode_audio(
+            encode = self.encode_audio if self.audio_cache is None else self.encode_audio_cached
+            whisper_frames, htsat_frames, clap_vector = encode(
                 whisper_input_features.to(self.whisper_encoder.dtype),
                 clap_input_features.to(self.htsat_encoder.dtype),
                 whisper_lengths,
@@ -372,6 +451,18 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
 
     def get_audio_features(self, *args, **kwargs):
         return self.model.get_audio_features(*args, **kwargs)
+
+    def enable_audio_cache(self, max_items=32):
+        """Encode each audio once: keep the frozen encoders' outputs of the last `max_items` audios in memory.
+
+        `generate` and `forward` then run the encoders only on audio they have not seen; the projector and the LLM
+        always run, so outputs are the same as without the cache. Off by default (training rarely repeats a clip);
+        the pipeline turns it on. Returns the `AudioEncoderCache` (its `hits`/`misses` count look-ups).
+        """
+        return self.model.enable_audio_cache(max_items)
+
+    def disable_audio_cache(self):
+        self.model.disable_audio_cache()
 
     def forward(
         self,
