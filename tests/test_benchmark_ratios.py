@@ -48,7 +48,7 @@ def candidate(rate, exact=True):
 def test_ratios_are_best_over_naive_and_against_the_limits():
     decoding = {"generate": candidate(10.0), "static_cache": candidate(20.0), "lossy": candidate(99.0, exact=False)}
     assert best_decoding(decoding) == ("static_cache", 20.0)  # a path that changes the tokens never counts
-    naive = run(10.0, 9.0, 8.0, 7.0, {"generate": candidate(7.0), "static_cache": candidate(12.0)}, 1.2e9, 3000, 2900)
+    naive = run(10.0, 9.0, 8.0, 1.0, {"generate": candidate(7.0), "static_cache": candidate(12.0)}, 1.2e9, 3000, 2900)
     best = run(5.0, 3.0, 4.0, 11.0, decoding, 0.6e9, 2300, 2000, {"first_ttft_s": 5.0, "followup_ttft_s": 1.0})
     peer = {"name": "peer", "ttft_s": 20.0, "decode_tokens_per_s": 2.0, "peak_rss_mb": 9200}
     r = ratios(LIMITS, naive, best, peer, whisper_large_v3_turbo_config())
