@@ -16,6 +16,7 @@ can write the `custom_pipelines` entry of `config.json`.
 """
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ logger = logging.get_logger(__name__)
 
 TASK = "audio-reasoning"
 DEFAULT_MAX_NEW_TOKENS = 1024  # CoTA answers run to a few hundred tokens; Audio-Reasoner allowed 2048
-
+# What a per-item input dict may hold.
+ITEM_KEYS = {"audio", "question", "choices", "sampling_rate"}
 
 
 class TinyGiantAudioReasoningPipeline(Pipeline):
@@ -80,6 +82,9 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
     def __init__(self, *args, int8=False, **kwargs):
         super().__init__(*args, **kwargs)  # places the model on its device first
         self.int8 = int8
+        # One pipeline called from several threads runs one item's preprocessing or generation at a time: the fast
+        # tokenizer refuses concurrent use ("Already borrowed") and the model's caches are not meant to be shared.
+        self.lock = threading.RLock()
         if int8:
             quantize_int8(self.model)
 
@@ -101,12 +106,26 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         forward = {**(generate_kwargs or {}), **kwargs}
         return preprocess, forward, {}
 
+    def __call__(self, inputs, *args, **kwargs):
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            return []  # an empty batch
+        return super().__call__(inputs, *args, **kwargs)
+
     def preprocess(self, inputs, question=None, choices=None, system_prompt=SYSTEM_PROMPT, sampling_rate=None):
+        with self.lock:
+            return self._preprocess(inputs, question, choices, system_prompt, sampling_rate)
+
+    def _preprocess(self, inputs, question, choices, system_prompt, sampling_rate):
         if isinstance(inputs, dict) and "audio" in inputs:
+            unknown = sorted(set(inputs) - ITEM_KEYS, key=str)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} in an input dict; it takes {sorted(ITEM_KEYS)}")
             question = inputs.get("question", question)
             choices = inputs.get("choices", choices)
             sampling_rate = inputs.get("sampling_rate", sampling_rate)
             inputs = inputs["audio"]
+        elif isinstance(inputs, dict) and {"question", "choices"} & set(inputs):
+            raise ValueError(f"an input dict with a question needs its audio under 'audio', got keys {sorted(inputs)}")
         if question is None:
             raise ValueError("no question: pass `question=` or give each input as {'audio': ..., 'question': ...}")
         messages = question_messages(question, choices, system_prompt)  # raises on an empty question or bad choices
@@ -132,7 +151,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             generate_kwargs["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         prompt_length = model_inputs["input_ids"].shape[1]
-        sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        with self.lock:
+            sequences = self.model.generate(**model_inputs, **generate_kwargs)
         new_tokens = sequences[:, prompt_length:]
         # A row without an end-of-sequence token stopped at the length limit: its answer is missing.
         eos = generate_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
@@ -184,8 +204,11 @@ def _as_audio(audio):
         return {"array": samples.data.numpy(), "sampling_rate": samples.sample_rate}
     if isinstance(audio, (str, Path, dict, np.ndarray, torch.Tensor, io.BytesIO)):
         return audio
+    hint = ""
+    if isinstance(audio, (int, float, np.number)):
+        hint = " (a list is a batch of inputs: pass a clip's samples as an array)"
     raise TypeError(
-        f"unsupported audio input of type {type(audio).__name__}: pass a file path, a numpy array with "
+        f"unsupported audio input of type {type(audio).__name__}{hint}: pass a file path, a numpy array with "
         "`sampling_rate=`, a {'array', 'sampling_rate'} dict, or {'audio': ..., 'question': ...}"
     )
 

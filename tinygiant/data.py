@@ -13,6 +13,7 @@ asks in.
 
 import itertools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,14 @@ class TinyGiantCollator:
         return encoded
 
     def prepare(self, row):
-        """`(rendered text, (waveform, rate))` for one row, or raise `BadRow`."""
+        """`(rendered text, (waveform, rate))` for one row, or raise `BadRow` naming the field at fault."""
+        if not isinstance(row, Mapping):
+            raise BadRow(f"row is a {type(row).__name__}, not a mapping of columns")
         if row.get("audio") is None:
             raise BadRow("row has no audio")
+        for field in ("user", "assistant"):
+            if not isinstance(row.get(field), str):
+                raise BadRow(f"row's {field!r} is {type(row.get(field)).__name__}, not text")
         messages = cota_to_messages(row.get("user"), row.get("assistant"), self.system_prompt)
         if not messages[-1]["content"] and not messages[-1]["reasoning_content"]:
             raise BadRow("row has an empty assistant turn")
@@ -180,7 +186,7 @@ class TinyGiantCollator:
                 waveform, rate = load_audio(np.asarray(audio, dtype=np.float32), COTA_ARRAY_RATE)
             else:
                 waveform, rate = load_audio(audio)
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
+        except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
             raise BadRow(f"audio cannot be decoded: {error}") from error
         if self.zero_audio:
             waveform = np.zeros_like(waveform)
