@@ -20,11 +20,9 @@ SYSTEM_PROMPT = (
 
 
 def format_question(question, choices=None):
-    """Return the user text for `question`, listing `choices` one per line as `(a) ...`, `(b) ...`.
+    """Return the user text for `question`, listing `choices` (`check_choices`) one per line as `(a) ...`, `(b) ...`.
 
-    Raises `ValueError` for a question that is not a non-empty string, choices that are not a list or tuple of
-    strings (a bare string would otherwise be read as its characters), fewer than 2 or more than 6 choices, an empty
-    choice, or duplicate choices (compared case-insensitively, ignoring surrounding spaces).
+    Raises `ValueError` for a question that is not a non-empty string, or for choices `check_choices` refuses.
     """
     if not isinstance(question, str):
         raise ValueError(f"the question must be a string, got {type(question).__name__}")
@@ -33,6 +31,13 @@ def format_question(question, choices=None):
     question = question.strip()
     if choices is None:
         return question
+    lines = [f"({LETTERS[i]}) {c}" for i, c in enumerate(check_choices(choices))]
+    return question + "\n" + "\n".join(lines)
+
+
+def check_choices(choices):
+    """`choices` as a list of stripped strings, checked: a list or tuple (a bare string would be read as its
+    characters) of 2 to 6 non-empty strings, distinct when compared case-insensitively. Else `ValueError`."""
     if not isinstance(choices, (list, tuple)):
         raise ValueError(f"choices must be a list or tuple of 2 to 6 strings, got {type(choices).__name__} "
                          f"{choices!r}")
@@ -48,8 +53,7 @@ def format_question(question, choices=None):
     duplicates = sorted({c for c in choices if lowered.count(c.lower()) > 1})
     if duplicates:
         raise ValueError(f"duplicate choices: {duplicates}")
-    lines = [f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)]
-    return question + "\n" + "\n".join(lines)
+    return choices
 
 
 def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT):

@@ -51,10 +51,13 @@ def audio_key(audio, sampling_rate=None):
 
 
 def encoder_fingerprint(model, processor=None):
-    """Identity of everything the cached features depend on: the encoders' configs and weights, N, and the
-    feature extractors' settings. Hashing the weights (about 1.5 GB at full size) takes a second or two."""
+    """Identity of everything the cached features depend on: the encoders' configs and weights, N, whether Whisper
+    runs on real frames only (`whisper_trim_padding`) and the feature extractors' settings. Hashing the weights
+    (about 1.5 GB at full size) takes a second or two."""
     inner = getattr(model, "model", model)
     digest = hashlib.sha256(f"tinygiant-features-v{CACHE_FORMAT}-N{inner.config.num_audio_tokens}".encode())
+    if inner.config.whisper_trim_padding:  # only when on, so that existing caches keep their fingerprint
+        digest.update(b"whisper-trim-padding")
     for encoder in inner.audio_encoders():
         digest.update(encoder.config.to_json_string(use_diff=False).encode())
         for name, tensor in encoder.state_dict().items():
