@@ -13,6 +13,7 @@ Usage (or `python -m tinygiant.mmar ...`):
     tinygiant eval mmar --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
     tinygiant eval mmar --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
     tinygiant eval mmar --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+    tinygiant eval mmar ... --rubrics [--dry-run] [--judge-base-url URL --judge-model NAME]   # MMAR-Rubrics
  Generation is resumable: rerun the same command after an interruption and
 only the items missing from OUT/predictions.jsonl are answered.
 
@@ -27,6 +28,8 @@ import os
 import re
 import tarfile
 from pathlib import Path
+
+from parsing_tinygiant import format_question
 
 MODALITIES = [
     "sound",
@@ -192,9 +195,10 @@ def load_meta(path, skip_invalid=False):
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
     Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
-    for: a missing required key, an unknown modality, layer or sub-category (or a sub-category under
-    the wrong layer), fewer than 2 or more than 6 choices, an answer that is not one of the choices,
-    or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
+    for: a missing required key, an `id`, `audio_path`, `answer`, modality, layer or sub-category that is not a
+    non-empty string, an unknown modality, layer or sub-category (or a sub-category under the wrong layer), a
+    question or choices the prompt cannot take (`format_question`: 2 to 6 distinct non-empty strings), an answer
+    that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
     `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
     items = _read_json_records(path)
@@ -209,6 +213,12 @@ def load_meta(path, skip_invalid=False):
         if missing:
             problems.append(f"item {name}: missing keys {missing}")
             continue
+        wrong_type = [k for k in ("id", "audio_path", "answer", "modality", "category", "sub-category")
+                      if not isinstance(item[k], str) or not item[k].strip()]
+        if wrong_type:
+            problems.append(f"item {name}: {wrong_type} must be non-empty strings")
+            invalid.add(index)
+            continue
         if name in seen:
             problems.append(f"item {name}: duplicate id")
         seen.add(name)
@@ -219,11 +229,13 @@ def load_meta(path, skip_invalid=False):
         elif item["sub-category"] not in LAYERS[item["category"]]:
             where = "unknown" if item["sub-category"] not in SUB_CATEGORIES else f"not in {item['category']}:"
             problems.append(f"item {name}: sub-category {where} {item['sub-category']!r}")
-        choices = item["choices"]
-        if not isinstance(choices, list) or not 2 <= len(choices) <= 6:
-            problems.append(f"item {name}: needs 2 to 6 choices, got {choices!r}")
-        elif item["answer"] not in choices:
-            problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
+        try:  # the question and choices as the prompt takes them: 2 to 6 distinct non-empty strings
+            format_question(item["question"], item["choices"])
+        except ValueError as error:
+            problems.append(f"item {name}: 'question'/'choices': {error}")
+        else:
+            if item["answer"] not in item["choices"]:
+                problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
         if len(problems) > before:
             invalid.add(index)
     if problems and skip_invalid and len(invalid) == len(problems):
