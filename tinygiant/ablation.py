@@ -259,10 +259,11 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     evaluating, done, lock = threading.Lock(), [], threading.Lock()
 
     def one_run(v, s):
-        name = slug(v, s)
+        name, started = slug(v, s), time.time()
         train(out / name, out / f"tiny-{name}", data_dir / "train.jsonl", preset, seed=s, name=name)
         with evaluating:  # pipeline loading is not thread-safe; the other run keeps training meanwhile
             scores = evaluate(out / name, data_dir, report_dir / name)
+        write_json_atomic(report_dir / name / "run.json", {"seconds": time.time() - started})
         with lock:
             done.append(name)
             elapsed = time.time() - t0
@@ -280,7 +281,9 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     result = summarise(correct, tasks)
     chance = summary["heldout_chance_accuracy"]
     counts = summary["counts"]
+    run_seconds = [json.loads((report_dir / slug(v, s) / "run.json").read_text())["seconds"] for v, s in runs]
     meta = {"preset": preset, "seeds": list(seeds), "wall_seconds": time.time() - t0, "runs_trained": len(todo),
+            "run_seconds_total": sum(run_seconds),
             "n_items": len(tasks), "n_heldout_clips": len({t.rsplit("-", 1)[0] for t in tasks}),
             "n_train_rows": sum(c["multiple_choice"] + c["open"] for c in counts["train"].values()),
             "chance_overall": chance["overall"]}
