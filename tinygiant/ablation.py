@@ -162,22 +162,28 @@ def write_report(summary, out_dir, chance, meta):
         "",
         f"{len(variants)} variants x {len(seeds)} seeds, each trained on the same {meta['n_train_rows']} rows and scored "
         f"through the MMAR harness on the same {meta['n_items']} held-out items ({meta['n_heldout_clips']} clips, "
-        f"{len(tasks)} questions each); N = {meta['preset']['num_audio_tokens']} audio tokens. Accuracy %, mean over "
-        "seeds; seed-level 95 % interval (t over seeds) and item-level 95 % interval (bootstrap over items).",
-        f"Wall time {meta['wall_seconds'] / 60:.1f} min ({meta['runs_trained']} runs trained in this invocation).",
+        f"{len(tasks)} questions each); N = {meta['preset']['num_audio_tokens']} audio tokens, "
+        f"{meta['steps_per_run']} optimizer steps per run. Training and scoring took {meta['run_seconds_total'] / 60:.0f} "
+        f"min of run time in all, two runs at a time ({meta['runs_trained']} runs trained in the last invocation, "
+        f"{meta['wall_seconds'] / 60:.1f} min wall time).",
         "",
-        "| task | chance | " + " | ".join(variants) + " |",
-        "|---|---:|" + "---:|" * len(variants),
     ]
-    for t in ["overall", *tasks]:
-        cells = []
-        for v in variants:
-            cell = summary["variants"][v] if t == "overall" else summary["variants"][v]["per_task"][t]
-            cells.append(f"{cell['mean']:.1f} seeds {_interval(cell['ci95'])} items {_interval(cell['item_ci95'])}")
-        chance_pct = 100 * (meta["chance_overall"] if t == "overall" else chance[t])
-        lines.append(f"| {'**overall**' if t == 'overall' else t} | {chance_pct:.1f} | " + " | ".join(cells) + " |")
-    lines.append(f"| paper, MMAR overall | | " + " | ".join(f"{paper[v]['overall']:.2f}" for v in variants) + " |")
-    lines += ["", "Per seed (overall accuracy %):", "",
+    for title, key in (("Mean accuracy % over seeds [95 % t-interval over seeds]", "ci95"),
+                       ("Item level: mean accuracy % over seeds [95 % bootstrap interval over items]", "item_ci95")):
+        lines += [f"{title}:", "", "| task | chance | " + " | ".join(variants) + " |",
+                  "|---|---:|" + "---:|" * len(variants)]
+        for t in ["overall", *tasks]:
+            cells = [summary["variants"][v] if t == "overall" else summary["variants"][v]["per_task"][t]
+                     for v in variants]
+            chance_pct = 100 * (meta["chance_overall"] if t == "overall" else chance[t])
+            name = "**overall**" if t == "overall" else t
+            lines.append(f"| {name} | {chance_pct:.1f} | "
+                         + " | ".join(f"{c['mean']:.1f} {_interval(c[key])}" for c in cells) + " |")
+        if key == "ci95":
+            lines.append("| paper (Table 3), MMAR overall | | "
+                         + " | ".join(f"{paper[v]['overall']:.2f}" for v in variants) + " |")
+        lines.append("")
+    lines += ["Per seed (overall accuracy %):", "",
               "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
     for v in variants:
         lines.append(f"| {v} | " + " | ".join(f"{summary['variants'][v]['seeds'][s]['accuracy']:.1f}" for s in seeds) + " |")
@@ -280,11 +286,11 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     correct = {v: {s: item_outcomes(report_dir / slug(v, s) / "scores.json") for s in seeds} for v in VARIANTS}
     result = summarise(correct, tasks)
     chance = summary["heldout_chance_accuracy"]
-    counts = summary["counts"]
+    n_train_rows = sum(c["multiple_choice"] + c["open"] for c in summary["counts"]["train"].values())
     run_seconds = [json.loads((report_dir / slug(v, s) / "run.json").read_text())["seconds"] for v, s in runs]
-    meta = {"preset": preset, "seeds": list(seeds), "wall_seconds": time.time() - t0, "runs_trained": len(todo),
-            "run_seconds_total": sum(run_seconds),
-            "n_items": len(tasks), "n_heldout_clips": len({t.rsplit("-", 1)[0] for t in tasks}),
-            "n_train_rows": sum(c["multiple_choice"] + c["open"] for c in counts["train"].values()),
-            "chance_overall": chance["overall"]}
+    meta = {"preset": preset, "seeds": list(seeds), "n_train_rows": n_train_rows, "n_items": len(tasks),
+            "n_heldout_clips": len({item.rsplit("-", 1)[0] for item in tasks}),
+            "steps_per_run": preset["epochs"] * -(-n_train_rows // preset["batch_size"]),
+            "chance_overall": chance["overall"], "run_seconds_total": sum(run_seconds),
+            "runs_trained": len(todo), "wall_seconds": time.time() - t0}
     return write_report(result, report_dir, chance["per_task"], meta)
