@@ -20,10 +20,8 @@ SYSTEM_PROMPT = (
 
 
 def format_question(question, choices=None):
-    """Return the user text for `question`, listing `choices` (`check_choices`) one per line as `(a) ...`, `(b) ...`.
-
-    Raises `ValueError` for a question that is not a non-empty string, or for choices `check_choices` refuses.
-    """
+    """Return the user text for `question`, listing `choices` (see `check_choices`) one per line as `(a) ...`,
+    `(b) ...`. Raises `ValueError` for a question that is not a non-empty string."""
     if not isinstance(question, str):
         raise ValueError(f"the question must be a string, got {type(question).__name__}")
     if not question.strip():
@@ -36,8 +34,9 @@ def format_question(question, choices=None):
 
 
 def check_choices(choices):
-    """`choices` as a list of stripped strings, checked: a list or tuple (a bare string would be read as its
-    characters) of 2 to 6 non-empty strings, distinct when compared case-insensitively. Else `ValueError`."""
+    """Return `choices` stripped, as a list; raise `ValueError` for choices that are not a list or tuple of strings (a
+    bare string would otherwise be read as its characters), fewer than 2 or more than 6 choices, an empty choice, or
+    duplicate choices (compared case-insensitively, ignoring surrounding spaces)."""
     if not isinstance(choices, (list, tuple)):
         raise ValueError(f"choices must be a list or tuple of 2 to 6 strings, got {type(choices).__name__} "
                          f"{choices!r}")

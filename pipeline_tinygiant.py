@@ -44,8 +44,8 @@ logger = logging.get_logger(__name__)
 TASK = "audio-reasoning"
 DEFAULT_MAX_NEW_TOKENS = 1024  # CoTA answers run to a few hundred tokens; Audio-Reasoner allowed 2048
 INT8_MODES = {False: None, True: "float", "w8a8": "int8"}  # the `int8=` choices -> `quantize_int8` activations
-ITEM_KEYS = {"audio", "question", "choices", "sampling_rate"}  # what a per-item input dict may hold
-
+# What a per-item input dict may hold.
+ITEM_KEYS = {"audio", "question", "choices", "sampling_rate"}
 
 
 class TinyGiantAudioReasoningPipeline(Pipeline):
@@ -103,7 +103,7 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             raise ValueError(f"int8 must be one of {list(INT8_MODES)}, not {int8!r}")
         self.int8 = int8
         # One pipeline called from several threads runs one item's preprocessing or generation at a time: the fast
-        # tokenizer refuses concurrent use ("Already borrowed"), and the model's audio cache is shared state.
+        # tokenizer refuses concurrent use ("Already borrowed") and the model's caches are not meant to be shared.
         self.lock = threading.RLock()
         if int8:
             quantize_int8(self.model, activations=INT8_MODES[int8])
@@ -143,7 +143,6 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             return self._preprocess(inputs, question, choices, system_prompt, sampling_rate)
 
     def _preprocess(self, inputs, question, choices, system_prompt, sampling_rate):
-        choices = None if choices is None else check_choices(choices)
         if isinstance(inputs, Conversation):
             if question is not None:
                 raise ValueError("a conversation carries its own questions: put the question in its last user message")
@@ -152,13 +151,14 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
                 messages = [{"role": "system", "content": system_prompt}, *messages]
             model_inputs = self.processor.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                               add_generation_prompt=True)
+            choices = None if choices is None else check_choices(choices)
             return {**model_inputs, "choices": choices, "conversation": inputs.messages}
         if isinstance(inputs, dict) and "audio" in inputs:
             unknown = sorted(set(inputs) - ITEM_KEYS, key=str)
             if unknown:
                 raise ValueError(f"unknown key(s) {unknown} in an input dict; it takes {sorted(ITEM_KEYS)}")
             question = inputs.get("question", question)
-            choices = check_choices(inputs["choices"]) if inputs.get("choices") is not None else choices
+            choices = inputs.get("choices", choices)
             sampling_rate = inputs.get("sampling_rate", sampling_rate)
             inputs = inputs["audio"]
         elif isinstance(inputs, dict) and {"question", "choices"} & set(inputs):

@@ -3,13 +3,15 @@
     tinygiant ask AUDIO "question" [--choices A B C] [--model PATH_OR_REPO] [--json] [--max-new-tokens N]
     tinygiant tiny-checkpoint OUT_DIR          # a tiny random checkpoint, for trying things offline
     tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
+    tinygiant publish --space DIR [--repo-id you/tinygiant]   # a Hugging Face Space folder for the web app
+    tinygiant serve [--model PATH_OR_REPO] [--port 7860] ...   # the web app (app.py), see `tinygiant serve --help`
     tinygiant demo ...                         # see `tinygiant demo --help`
     tinygiant eval mmar ...                    # MMAR evaluation, see `tinygiant eval mmar --help`
 
 `ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
 object and nothing else on stdout. Progress and timings go to stderr.
 
-The model for `ask` is, in order: `--model`; the `TINYGIANT_MODEL` environment variable; `runs/demo/model` (what
+The model for `ask` and `serve` is, in order: `--model`; the `TINYGIANT_MODEL` environment variable; `runs/demo/model` (what
 `tinygiant demo` trains, by default) if it exists in the current directory; else a tiny random checkpoint built once in
 `$TINYGIANT_CACHE/tiny-random` (default `~/.cache/tinygiant/tiny-random`): untrained, it answers junk, with a warning.
 """
@@ -27,6 +29,7 @@ DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
     "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
+    "serve": ("tinygiant.cli", "the web app (`tinygiant serve --help`)"),
 }
 
 
@@ -98,6 +101,16 @@ def ask(args):
 
 
 def publish(args):
+    if args.space:
+        from tinygiant.space import write_space
+
+        if args.checkpoint or args.out_dir:
+            raise ValueError("--space DIR writes a Space folder; it takes no CHECKPOINT or OUT_DIR (name the model "
+                             "with --repo-id)")
+        print(f"wrote {write_space(args.space, repo_id=args.repo_id)}")
+        return
+    if not (args.checkpoint and args.out_dir):
+        raise ValueError("publish needs CHECKPOINT and OUT_DIR (or --space DIR)")
     from modeling_tinygiant import TinyGiantForConditionalGeneration
     from processing_tinygiant import TinyGiantProcessor
     from tinygiant.publish import push_to_hub, save_checkpoint
@@ -109,6 +122,21 @@ def publish(args):
     print(f"wrote {folder}")
     if args.repo_id:
         print(f"pushed to {push_to_hub(folder, args.repo_id, private=args.private)}")
+
+
+def serve(argv):
+    """Run the web app (`app.py`) with the synthetic example clips and, without `--model`, the default model."""
+    import runpy
+
+    from tinygiant.space import app_file, write_examples
+
+    argv = list(argv)
+    if not any(a == "--model" or a.startswith("--model=") for a in argv) and "-h" not in argv and "--help" not in argv:
+        argv += ["--model", default_model()]
+    if not any(a.startswith("--examples") for a in argv):
+        argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
+    app = runpy.run_path(str(app_file()), run_name="tinygiant_app")
+    app["main"](argv)
 
 
 def build_parser():
@@ -129,9 +157,10 @@ def build_parser():
     p.set_defaults(run=ask)
 
     p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")
-    p.add_argument("checkpoint", help="a TinyGiant checkpoint folder")
-    p.add_argument("out_dir")
-    p.add_argument("--repo-id", help="push the folder to this Hub model repo")
+    p.add_argument("checkpoint", nargs="?", help="a TinyGiant checkpoint folder")
+    p.add_argument("out_dir", nargs="?")
+    p.add_argument("--space", metavar="DIR", help="write a Hugging Face Space folder for the web app instead")
+    p.add_argument("--repo-id", help="push the folder to this Hub model repo (with --space: the model it runs)")
     p.add_argument("--private", action="store_true", default=None)
     p.add_argument("--training-summary", help="a JSON file whose contents go in the model card")
     p.set_defaults(run=publish)
@@ -145,6 +174,9 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DISPATCH:
+        if argv[0] == "serve":
+            serve(argv[1:])
+            return 0
         module = importlib.import_module(DISPATCH[argv[0]][0])
         rest = argv[1:]
         if argv[0] == "eval" and rest[:1] == ["mmar"]:  # MMAR is the one benchmark so far

@@ -29,6 +29,9 @@ SHIPPED_CODE = (
     "int8_tinygiant.py",
     "pipeline_tinygiant.py",
 )
+# Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
+# clone or a Space folder (`tinygiant.space`).
+ROOT_SCRIPTS = ("train_sft.py", "app.py")
 REQUIRED_FILES = (
     *SHIPPED_CODE,
     "config.json",
