@@ -31,11 +31,11 @@ import torch
 from transformers import TextIteratorStreamer, pipeline
 
 try:
-    from .parsing_tinygiant import format_question, parse_response
+    from .parsing_tinygiant import conversation as new_conversation, format_question, parse_response
 except ImportError:
     if __package__:  # run as part of a package: the sibling is there, so a dependency it imports is missing
         raise
-    from parsing_tinygiant import format_question, parse_response  # beside this file, in a Space or this repository
+    from parsing_tinygiant import conversation as new_conversation, format_question, parse_response  # beside this file
 
 HERE = Path(__file__).resolve().parent
 MAX_SECONDS = 120.0  # a 2-core CPU takes about a second per second of audio to encode; the model takes up to 600
@@ -94,7 +94,7 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
     generate_kwargs = dict(generate_kwargs or {})
 
     def ask(audio, question, choices_text, history, state):
-        state = dict(state or {})
+        previous = state = dict(state or {})  # kept if this question fails
         problem = None if audio and audio == state.get("clip") else clip_problem(audio, max_seconds)
         if problem:
             yield history, state, f"⚠️ {problem}"
@@ -105,13 +105,12 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
         except ValueError as error:
             yield history, state, f"⚠️ {str(error).capitalize()}."
             return
-        if audio != state.get("clip"):  # a new clip: a new conversation about it
-            state = {"clip": audio, "conversation": []}
+        if audio != state.get("clip"):  # a new clip: a new conversation about it (the pipeline adds its system turn)
+            state = {"clip": audio}
             history = [{"role": "user", "content": gr.Audio(audio)}]
-            content = [{"type": "audio", "path": audio}, {"type": "text", "text": user_text}]
+            conversation = new_conversation(user_text, system_prompt=None, audio=audio)
         else:
-            content = user_text
-        conversation = [*state["conversation"], {"role": "user", "content": content}]
+            conversation = [*state["conversation"], {"role": "user", "content": user_text}]
         history = [*history, {"role": "user", "content": user_text}]
 
         streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -134,7 +133,7 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
             yield chat_messages(history, text, done=False), state, "Listening and thinking…"
         worker.join()
         if "error" in outcome:
-            yield history, state, f"⚠️ {outcome['error']}"
+            yield history, previous, f"⚠️ {outcome['error']}"
             return
         result = outcome["result"]
         shown = chat_messages(history, result["text"], done=True)

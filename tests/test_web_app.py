@@ -24,7 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
-from parsing_tinygiant import format_question, parse_response
+from parsing_tinygiant import conversation, format_question, parse_response
 from pipeline_tinygiant import load_pipeline
 from tinygiant.publish import save_checkpoint
 from tinygiant.space import write_examples
@@ -45,14 +45,14 @@ def checkpoint(tmp_path_factory, tiny_dir, processor):
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`python app.py` on a free port, as `tinygiant serve` runs it, with the synthetic examples."""
+    """`tinygiant serve` (which runs `app.py`) on a free port, with the synthetic examples."""
     examples = write_examples(tmp_path_factory.mktemp("examples"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--model", str(checkpoint), "--port", str(port), "--no-int8",
+        [sys.executable, "-m", "tinygiant", "serve", "--model", str(checkpoint), "--port", str(port), "--no-int8",
          "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]), "--greedy"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT,
     )
@@ -132,8 +132,7 @@ def test_ask_and_follow_up_in_the_browser(server, browser, checkpoint, tmp_path)
     soundfile.write(wav, clip.waveform, clip.sampling_rate)
     # What the model answers, asked directly through the pipeline with the same settings.
     pipe = load_pipeline(str(checkpoint))
-    first = [{"role": "user", "content": [{"type": "audio", "path": str(wav)},
-                                           {"type": "text", "text": format_question(clip.question, clip.choices)}]}]
+    first = conversation(format_question(clip.question, clip.choices), system_prompt=None, audio=str(wav))
     expected = pipe(first, choices=clip.choices, **GENERATION)
     follow_up = pipe(expected["generated_text"] + [{"role": "user", "content": "Are you sure?"}], **GENERATION)
 
