@@ -101,6 +101,24 @@ def windows_per_audio(lengths, frames_per_window):
     return (lengths + frames_per_window - 1) // frames_per_window
 
 
+def real_frames_per_window(lengths, frames_per_window):
+    """Real (not padding) encoder frames in each window, in window order, of audios with `lengths` real frames."""
+    counts = []
+    for windows, length in zip(windows_per_audio(lengths, frames_per_window).tolist(), lengths.tolist()):
+        counts += [frames_per_window] * (windows - 1) + [length - (windows - 1) * frames_per_window]
+    return counts
+
+
+def whisper_encoder_on_real_frames(encoder, input_features):
+    """`WhisperEncoder.forward` (eval) on mels shorter than its 30 s window: the positional embeddings are sliced to
+    the frames there are (Ultravox's way) where transformers' forward insists on exactly 3000 mel frames."""
+    hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(input_features)))).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
 def pool_per_audio(frames, lengths, num_tokens):
     """Concatenate each audio's windows in time, keep its `length` real frames and pool them to `num_tokens`.
 
@@ -222,7 +240,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
     def encode_audio(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
         """Run the frozen encoders: returns F_w and F_h pooled to N steps, and c_clap (None without the gate)."""
         n = self.config.num_audio_tokens
-        whisper_frames = self.whisper_encoder(whisper_input_features).last_hidden_state  # (1)
+        whisper_frames = self.encode_whisper(whisper_input_features, whisper_lengths)  # (1)
         # HTS-AT's last map is (windows, 768, 2 frequency groups, 32 time steps); average out frequency.
         htsat_map = self.htsat_encoder(clap_input_features).last_hidden_state
         htsat_frames = htsat_map.mean(dim=2).transpose(1, 2)  # (2)
@@ -233,6 +251,24 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
             # A long audio's global vector is the mean of its 10 s windows' vectors.
             clap_vector = torch.stack([v.mean(0) for v in window_vectors.split(windows.tolist())])  # (3)
         return pool_per_audio(whisper_frames, whisper_lengths, n), pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
+
+    def encode_whisper(self, whisper_input_features, whisper_lengths):
+        """The Whisper encoder's frames per window, (windows, 1500, 1280).
+
+        With `config.whisper_trim_padding` each window runs on its real frames only (a 10 s clip's window on 500
+        frames instead of 1500) and the padding frames of the output stay zero; pooling reads only real frames.
+        """
+        if not self.config.whisper_trim_padding:
+            return self.whisper_encoder(whisper_input_features).last_hidden_state
+        frames_per_window = self.config.whisper_frames_per_window
+        mels_per_frame = whisper_input_features.shape[-1] // frames_per_window  # 2: the second conv's stride
+        real_frames = real_frames_per_window(whisper_lengths, frames_per_window)
+        frames = whisper_input_features.new_zeros(len(real_frames), frames_per_window, self.whisper_encoder.config.d_model)
+        for length in sorted(set(real_frames)):  # windows of one length run as one batch
+            windows = [i for i, count in enumerate(real_frames) if count == length]
+            mels = whisper_input_features[windows, :, : length * mels_per_frame]
+            frames[windows, :length] = whisper_encoder_on_real_frames(self.whisper_encoder, mels)
+        return frames
 
     def enable_audio_cache(self, max_items=32):
         """Keep the frozen encoders' outputs of the last `max_items` audios (`AudioEncoderCache`); returns the cache."""

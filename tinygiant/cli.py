@@ -63,10 +63,16 @@ def ask(args):
 
     from pipeline_tinygiant import load_pipeline
 
+    if not Path(args.audio).is_file():  # before the model loads
+        raise FileNotFoundError(f"audio file {args.audio} does not exist" if not Path(args.audio).exists()
+                                else f"{args.audio} is not a file")
     model = args.model or default_model()
     start = time.perf_counter()
     log(f"loading {model} ...")
-    pipe = load_pipeline(model, int8=args.int8)
+    try:
+        pipe = load_pipeline(model, int8=args.int8)
+    except OSError as error:  # transformers' words for a missing folder, a bad repo id or an unreadable config
+        raise RuntimeError(f"cannot load the model {model}: {error}") from error
     log(f"loaded in {time.perf_counter() - start:.1f} s")
 
     call_kwargs = {}

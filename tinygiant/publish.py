@@ -63,7 +63,8 @@ def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=No
     The folder is written beside `out_dir` first and only then moved into place, so a save killed halfway never
     leaves a folder that loads half a model: a new `out_dir` appears whole by one rename; into an existing one (e.g.
     `train_sft.py`'s output_dir, which also holds its checkpoints and logs) the files move one by one with
-    `config.json`, without which nothing loads, removed first and put back last. `training_summary` (a dict, rendered
+    `config.json` and `processor_config.json`, without which neither the model nor the processor loads, removed first
+    and put back last. `training_summary` (a dict, rendered
     as a table, or markdown text) becomes a "Training" section of the model card; `repo_id` goes in its snippet.
     """
     out = Path(out_dir)
@@ -79,10 +80,10 @@ def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=No
     if not out.exists():
         os.rename(staging, out)
         return out
-    (out / "config.json").unlink(missing_ok=True)
-    for name in SHIPPED_CODE:  # never leave code from an earlier save that this one does not ship
+    last = ("processor_config.json", "config.json")
+    for name in (*last, *SHIPPED_CODE):  # never leave code from an earlier save that this one does not ship
         (out / name).unlink(missing_ok=True)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+    for path in sorted(staging.iterdir(), key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
         os.replace(path, out / path.name)
     staging.rmdir()
     return out
