@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import soundfile
 import torch
@@ -43,7 +42,6 @@ FRESH_PROCESS = """
 import sys
 
 import json
-import numpy as np
 import soundfile
 from transformers import AutoModel, AutoProcessor, pipeline
 
