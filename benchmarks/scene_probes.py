@@ -89,7 +89,8 @@ def main(argv=None):
     for task, cells in results.items():
         print(f"{task:18s} | " + " | ".join(f"{cells[n]:5.1f}" for n in names) + f" | {cells['chance']:.1f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"model": args.model, "n_train_clips": len(train_index),
+    Path(args.output).write_text(json.dumps({"num_audio_tokens": model.config.num_audio_tokens,
+                                             "n_train_clips": len(train_index),
                                              "n_heldout_clips": len(test_index), "probes": results}, indent=2) + "\n")
     print(f"wrote {args.output}")
 
