@@ -118,8 +118,11 @@ def load_audio(audio, sampling_rate=None):
             raise ValueError(f"cannot decode {name}: {error}") from error
         return _check(waveform.mean(axis=1), sampling_rate)
     if not isinstance(audio, (np.ndarray, torch.Tensor, list)):
+        # A list given to the pipeline is a batch: a list of samples arrives here one number at a time.
+        hint = " (a list is a batch of inputs: pass a clip's samples as an array)" if isinstance(
+            audio, (int, float, np.number)) else ""
         raise TypeError(
-            f"unsupported audio input of type {type(audio).__name__}: pass a file path or URL, the file's bytes, a "
+            f"unsupported audio input of type {type(audio).__name__}{hint}: pass a file path or URL, the file's bytes, a "
             "numpy array or torch tensor with its `sampling_rate`, or a {'array', 'sampling_rate'} dict"
         )
     if sampling_rate is None:
