@@ -42,6 +42,7 @@ FRESH_PROCESS = """
 import sys
 
 import json
+import numpy as np
 import soundfile
 from transformers import AutoModel, AutoProcessor, pipeline
 
