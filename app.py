@@ -21,6 +21,7 @@ place) of TinyGiant's files: the model runs its checkpoint's own remote code.
 import argparse
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -31,11 +32,11 @@ import torch
 from transformers import TextIteratorStreamer, pipeline
 
 try:
-    from .parsing_tinygiant import format_question, parse_response
+    from .parsing_tinygiant import conversation as new_conversation, format_question, parse_response
 except ImportError:
     if __package__:  # run as part of a package: the sibling is there, so a dependency it imports is missing
         raise
-    from parsing_tinygiant import format_question, parse_response  # beside this file, in a Space or this repository
+    from parsing_tinygiant import conversation as new_conversation, format_question, parse_response  # beside this file
 
 HERE = Path(__file__).resolve().parent
 MAX_SECONDS = 120.0  # a 2-core CPU takes about a second per second of audio to encode; the model takes up to 600
@@ -77,24 +78,31 @@ def parse_choices(text):
     return choices or None
 
 
+def readable(thinking):
+    """CoTA's `<PLANNING>...</PLANNING>` sections as bold headings (the page would drop unknown tags as HTML)."""
+    text = re.sub(r"<\s*/\s*[A-Za-z]+\s*>", "\n\n", thinking)
+    text = re.sub(r"<\s*([A-Za-z]+)\s*>\s*", lambda m: f"**{m.group(1).capitalize()}:** ", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
 def chat_messages(history, text, done):
     """The chat as shown: earlier turns, then the reply being generated (reasoning in a collapsible block)."""
     parsed = parse_response(text)
     reply = []
     if parsed["thinking"] is not None:
         metadata = {"title": THINKING_TITLE, "status": "done" if done else "pending"}
-        reply.append({"role": "assistant", "content": parsed["thinking"] or "…", "metadata": metadata})
+        reply.append({"role": "assistant", "content": readable(parsed["thinking"]) or "…", "metadata": metadata})
     if parsed["answer"] is not None and (done or parsed["answer"]):
         reply.append({"role": "assistant", "content": parsed["answer"] or "…"})
     return history + reply
 
 
-def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=None):
-    """The Gradio Blocks app around `pipe` (an `audio-reasoning` pipeline)."""
-    generate_kwargs = dict(generate_kwargs or {})
+def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, call_kwargs=None):
+    """The Gradio Blocks app around `pipe` (an `audio-reasoning` pipeline); `call_kwargs` go to each of its calls."""
+    call_kwargs = dict(call_kwargs or {})
 
     def ask(audio, question, choices_text, history, state):
-        state = dict(state or {})
+        previous = state = dict(state or {})  # kept if this question fails
         problem = None if audio and audio == state.get("clip") else clip_problem(audio, max_seconds)
         if problem:
             yield history, state, f"⚠️ {problem}"
@@ -105,13 +113,12 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
         except ValueError as error:
             yield history, state, f"⚠️ {str(error).capitalize()}."
             return
-        if audio != state.get("clip"):  # a new clip: a new conversation about it
-            state = {"clip": audio, "conversation": []}
+        if audio != state.get("clip"):  # a new clip: a new conversation about it (the pipeline adds its system turn)
+            state = {"clip": audio}
             history = [{"role": "user", "content": gr.Audio(audio)}]
-            content = [{"type": "audio", "path": audio}, {"type": "text", "text": user_text}]
+            conversation = new_conversation(user_text, system_prompt=None, audio=audio)
         else:
-            content = user_text
-        conversation = [*state["conversation"], {"role": "user", "content": content}]
+            conversation = [*state["conversation"], {"role": "user", "content": user_text}]
         history = [*history, {"role": "user", "content": user_text}]
 
         streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -119,7 +126,7 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
 
         def generate():
             try:
-                outcome["result"] = pipe(conversation, choices=choices, streamer=streamer, **generate_kwargs)
+                outcome["result"] = pipe(conversation, choices=choices, streamer=streamer, **call_kwargs)
             except Exception as error:  # shown in the page; the streamer must still end
                 outcome["error"] = error
                 streamer.end()
@@ -134,7 +141,7 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
             yield chat_messages(history, text, done=False), state, "Listening and thinking…"
         worker.join()
         if "error" in outcome:
-            yield history, state, f"⚠️ {outcome['error']}"
+            yield history, previous, f"⚠️ {outcome['error']}"
             return
         result = outcome["result"]
         shown = chat_messages(history, result["text"], done=True)
@@ -159,7 +166,7 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, generate_kwargs=
                     send = gr.Button("Ask", variant="primary", elem_id="ask")
                     clear = gr.Button("New chat")
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="TinyGiant", height=460, elem_id="chat")
+                chatbot = gr.Chatbot(label="TinyGiant", height=600, elem_id="chat")
                 status = gr.Markdown("Give a clip and a question.", elem_id="status")
         state = gr.State({})
         examples = read_examples(examples_dir)
@@ -193,16 +200,20 @@ def main(argv=None):
     parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="longest clip accepted")
     parser.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
+    parser.add_argument("--system-prompt", help="default: the pipeline's (Audio-Reasoner's); '' for none, as the "
+                        "offline demo's model was trained")
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("no model: pass --model or set TINYGIANT_MODEL")
-    generate_kwargs = {}
+    call_kwargs = {}
     if args.max_new_tokens:
-        generate_kwargs["max_new_tokens"] = args.max_new_tokens
+        call_kwargs["max_new_tokens"] = args.max_new_tokens
     if args.greedy:
-        generate_kwargs["do_sample"] = False
+        call_kwargs["do_sample"] = False
+    if args.system_prompt is not None:
+        call_kwargs["system_prompt"] = args.system_prompt
     pipe = load_model(args.model, int8=False if args.no_int8 else None)
-    app = build_app(pipe, args.examples, args.max_seconds, generate_kwargs)
+    app = build_app(pipe, args.examples, args.max_seconds, call_kwargs)
     app.launch(server_name=args.host, server_port=args.port)
 
 

@@ -55,11 +55,14 @@ def check_choices(choices):
     return choices
 
 
-def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT):
+def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT, audio=None):
     """The chat messages for one audio and `user_text` (the audio first, as in CoTA), optionally with the assistant's
-    turn (`answer`, and `reasoning` for its think block). `system_prompt=None` or `""` sends no system turn."""
+    turn (`answer`, and `reasoning` for its think block). `system_prompt=None` or `""` sends no system turn. `audio`
+    (a path, URL, bytes or `{"array", "sampling_rate"}`) goes in the audio item, for `apply_chat_template(tokenize=True)`
+    and the pipeline; without it the item only marks where the audio goes."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": user_text}]})
+    audio_item = {"type": "audio"} if audio is None else {"type": "audio", "audio": audio}
+    messages.append({"role": "user", "content": [audio_item, {"type": "text", "text": user_text}]})
     if answer is not None or reasoning is not None:
         messages.append({"role": "assistant", "content": answer or "", "reasoning_content": reasoning or None})
     return messages

@@ -86,9 +86,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         `generation_config.json`, except `max_new_tokens`, which defaults to 1024 if that file does not set it.
 
     Returns one dict per input: `{"text", "thinking", "answer"}` (and `generated_text` for a conversation) plus
-    `"choice"` (the option text the answer picks,
-    or `None`) when choices were given. An output cut off by `max_new_tokens` keeps `text` and `thinking` and has
-    `answer=None` (and `choice=None`).
+    `"choice"` (the option text the answer picks, or `None`) when choices were given. An output cut off by
+    `max_new_tokens` keeps `text` and `thinking` and has `answer=None` (and `choice=None`).
     """
 
     _load_processor = True

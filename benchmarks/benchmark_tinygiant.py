@@ -7,7 +7,8 @@ path, and a peer side by side, all with random full-size weights (nothing is dow
 
 Steps, each in a process of its own so that its peak memory is its own:
 1. limits: bf16 GEMM TFLOP/s and int8 `torch._int_mm` TOP/s on Whisper's FFN shape, memory read GB/s (`sum` over a
-   1 GB array, float32 and bf16, best of 5), with the benchmark's threads;
+   1 GB array, float32 and bf16, best of 5), with the benchmark's threads; also the GB/s that one-row matmuls
+   (decoding's) reach on Qwen3's shapes, which is what keeps decoding below the bandwidth ceiling;
 2. a random full-size checkpoint is written to a temporary folder (the processor included), so that both paths
    load it as a user would;
 3. naive: `from_pretrained(dtype=bf16)` and the plain `model.generate` on the processor's output, as a user first
@@ -288,6 +289,15 @@ def worker_limits(args):
         rates.append(size / best_of(lambda: x.sum()) / 1e9)
         del x
     result["read_gb_per_s"] = max(rates)
+    # What batch-1 decoding's matmuls reach: one row through Qwen3's MLP and LM-head shapes, bf16 and int8 weights.
+    for name, (k, n) in {"mlp": (1024, 3072), "lm_head": (1024, 151936)}.items():
+        if args.quick:
+            k, n = k // 4, n // 64
+        x, w = torch.randn(1, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
+        qw, scales = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n, dtype=torch.bfloat16)
+        result[f"gemv_{name}_bf16_gb_per_s"] = w.nbytes / best_of(lambda: torch.nn.functional.linear(x, w), 20) / 1e9
+        result[f"gemv_{name}_int8_gb_per_s"] = qw.nbytes / best_of(lambda: torch._weight_int8pack_mm(x, qw, scales),
+                                                                   20) / 1e9
     return {k: round(v, 3) for k, v in result.items()}
 
 
@@ -489,7 +499,9 @@ def markdown(report):
              "| ratio | value | target |", "|---|---:|---|"]
     lines += [f"| {k} | {v} | {TARGETS.get(k, '')} |" for k, v in flat.items()]
     lines += ["", f"Limits: bf16 GEMM {lim['bf16_tflops']} TFLOP/s, int8 GEMM {lim['int8_tops']} TOP/s, memory read "
-              f"{lim['read_gb_per_s']} GB/s. Best decoding: {r['best_decoding']}. Peer: "
+              f"{lim['read_gb_per_s']} GB/s; one-row matmuls (decoding) reach "
+              + ", ".join(f"{k[5:-9].replace('_', ' ')} {v}" for k, v in lim.items() if k.startswith("gemv_"))
+              + f" GB/s. Best decoding: {r['best_decoding']}. Peer: "
               f"{r['peer']['name'] if r['peer'] else 'not run'}.", "",
               "| path | TTFT 30 s clip | Whisper 30 s | TTFT 10 s clip | Whisper 10 s | decode tok/s | peak RSS MB |",
               "|---|---:|---:|---:|---:|---:|---:|"]

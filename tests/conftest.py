@@ -86,13 +86,3 @@ def tone(seconds, sampling_rate=16000, freq=440.0, amplitude=0.3):
 def chat(question, answer=None, reasoning=None, system=None):
     """A one-turn conversation with one audio (no system turn unless given), as the project writes it."""
     return conversation(question, answer=answer, reasoning=reasoning, system_prompt=system)
-
-
-def talkative(model):
-    """Re-draw the language model's matrices with a large std: at the usual init a tiny random Qwen3 prints only
-    newlines whatever it hears, which would make "batched == one by one" hold trivially."""
-    torch.manual_seed(1)
-    for name, parameter in model.named_parameters():
-        if "language_model" in name and parameter.dim() > 1:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return model

@@ -70,7 +70,7 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
         right = run_dir.name.startswith("full")  # Full answers everything, the others nothing
         out_dir.mkdir(parents=True, exist_ok=True)
         items = [{"id": m["id"], "status": "correct" if right else "wrong"} for m in meta]
-        (out_dir / "scores.json").write_text(json.dumps({"items": items}))
+        (out_dir / "scores.json").write_text(json.dumps({"items": items}))  # as the MMAR harness writes it
         return {"overall": {"accuracy": 100.0 * right}}
 
     monkeypatch.setattr(demo, "train", fake_train)
@@ -93,10 +93,17 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
     assert "| **overall** |" in paths["ablation.md"].read_text()
     assert paths["ablation.png"].read_bytes()[:4] == b"\x89PNG"
 
-    # Run again: everything is scored already, so nothing is retrained; one lost score retrains that run only.
+    # Run again: everything is scored already, so nothing is retrained; an unfinished run is retrained, alone.
     trained.clear()
     ablation.run_protocol(out, data_dir, summary, preset, seeds=[0, 1])
     assert trained == []
-    (out / "ablation" / ablation.slug("w/o IQ", 1) / "scores.json").unlink()
+    (out / "ablation" / ablation.slug("w/o IQ", 1) / "run.json").unlink()
+    # Stopped early, the report covers the runs that finished, and says so.
+    partial = ablation.write_protocol_report(out, data_dir, summary, preset,
+                                             [(v, s) for s in (0, 1) for v in ablation.VARIANTS])
+    saved = json.loads(partial["ablation.json"].read_text())
+    assert list(saved["variants"]["w/o IQ"]["seeds"]) == ["0"] and saved["protocol"]["runs_scored"] == 7
+    assert saved["paired"]["Full - w/o IQ"]["seeds"] == ["0"] and saved["paired"]["Full - Vanilla"]["seeds"] == ["0", "1"]
+    assert "7 of 8 runs scored (a partial protocol" in partial["ablation.md"].read_text()
     ablation.run_protocol(out, data_dir, summary, preset, seeds=[0, 1])
     assert trained == [ablation.slug("w/o IQ", 1)]

@@ -5,7 +5,6 @@ import functools
 import http.server
 import threading
 
-import numpy as np
 import pytest
 import soundfile
 import torch

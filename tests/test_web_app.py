@@ -1,7 +1,8 @@
 """The web app in a real browser: `app.py` serves a tiny checkpoint on 127.0.0.1, headless Chromium uses it.
 
 Set `WEB_APP_SCREENSHOT=docs/web_app.png` to refresh the README's screenshot (by default it goes to the test's
-temporary folder), and `WEB_APP_MODEL=<checkpoint>` to serve a trained model instead of a tiny random one.
+temporary folder), `WEB_APP_MODEL=<checkpoint>` to serve a trained model instead of a tiny random one, and
+`WEB_APP_MAX_NEW_TOKENS` (default 12) to let it finish its reasoning.
 """
 
 import os
@@ -24,7 +25,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
-from parsing_tinygiant import format_question, parse_response
+from parsing_tinygiant import conversation, format_question, parse_response
 from pipeline_tinygiant import load_pipeline
 from tinygiant.publish import save_checkpoint
 from tinygiant.space import write_examples
@@ -32,7 +33,9 @@ from tinygiant.synthetic import generate_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-GENERATION = {"max_new_tokens": 12, "do_sample": False}
+# The app is started with the same settings; no system turn, as the offline demo's model is trained.
+GENERATION = {"max_new_tokens": int(os.environ.get("WEB_APP_MAX_NEW_TOKENS", 12)), "do_sample": False,
+              "system_prompt": ""}
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +48,16 @@ def checkpoint(tmp_path_factory, tiny_dir, processor):
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`python app.py` on a free port, as `tinygiant serve` runs it, with the synthetic examples."""
+    """`tinygiant serve` (which runs `app.py`) on a free port, with the synthetic examples."""
     examples = write_examples(tmp_path_factory.mktemp("examples"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--model", str(checkpoint), "--port", str(port), "--no-int8",
-         "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]), "--greedy"],
+        [sys.executable, "-m", "tinygiant", "serve", "--model", str(checkpoint), "--port", str(port), "--no-int8",
+         "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]), "--greedy",
+         "--system-prompt", ""],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -81,7 +85,7 @@ def browser():
     )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1200"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -132,32 +136,32 @@ def test_ask_and_follow_up_in_the_browser(server, browser, checkpoint, tmp_path)
     soundfile.write(wav, clip.waveform, clip.sampling_rate)
     # What the model answers, asked directly through the pipeline with the same settings.
     pipe = load_pipeline(str(checkpoint))
-    first = [{"role": "user", "content": [{"type": "audio", "path": str(wav)},
-                                           {"type": "text", "text": format_question(clip.question, clip.choices)}]}]
+    first = conversation(format_question(clip.question, clip.choices), system_prompt=None, audio=str(wav))
     expected = pipe(first, choices=clip.choices, **GENERATION)
     follow_up = pipe(expected["generated_text"] + [{"role": "user", "content": "Are you sure?"}], **GENERATION)
 
     open_app(browser, server)
     upload(browser, wav)
     assert "follow-up" in ask(browser, clip.question, ", ".join(clip.choices))
+    if expected["thinking"] is not None:  # the finished reasoning is folded: open it as a reader would
+        browser.find_element(By.XPATH, "//*[@id='chat']//*[normalize-space(text())='Reasoning']").click()
+        time.sleep(0.5)
     shown = words(chat_text(browser))
     assert words(format_question(clip.question, clip.choices)) in shown
-    for part in (expected["thinking"], expected["answer"]):
-        if part:  # the reasoning (in its collapsible block) and the answer, as the pipeline gave them
-            assert words(part)[:60] in shown
+    # The reasoning (each CoTA section's text, under a heading) and the answer, as the pipeline gave them.
+    for part in [*re.split(r"</?\w+>", expected["thinking"] or ""), expected["answer"] or ""]:
+        assert words(part)[:60] in shown
     if expected["answer"] is None:
         assert words("reached the length limit") in shown
-    if expected["thinking"] is not None:
-        assert words("Reasoning") in shown
+
+    screenshot = Path(os.environ.get("WEB_APP_SCREENSHOT") or tmp_path / "web_app.png")
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
 
     assert "follow-up" in ask(browser, "Are you sure?")  # the same clip, not uploaded again
     shown = words(chat_text(browser))
     assert words("Are you sure?") in shown
     assert words(parse_response(follow_up["text"])["answer"] or follow_up["text"])[:60] in shown
-
-    screenshot = Path(os.environ.get("WEB_APP_SCREENSHOT") or tmp_path / "web_app.png")
-    browser.save_screenshot(str(screenshot))
-    assert screenshot.stat().st_size > 10_000
 
 
 def test_bad_input_is_explained_in_the_page(server, browser, tmp_path):

@@ -79,14 +79,15 @@ def summarise(correct, tasks, seed=0):
     """The ablation summary (the format of `ablation.json`) from per-run item outcomes.
 
     `correct[variant][seed]` maps held-out item id -> bool; `tasks` maps item id -> task name. Accuracies are in %.
+    Variants may have different seeds (a partial protocol); pairs are compared on the seeds both have.
     """
     rng = np.random.default_rng(seed)
     items = sorted(tasks)
     task_names = sorted(set(tasks.values()), key=list(tasks.values()).index)
 
-    def matrix(variant):  # (seeds, items) of 0/1
+    def matrix(variant, seeds=None):  # (seeds, items) of 0/1
         runs = correct[variant]
-        return np.array([[runs[s][i] for i in items] for s in sorted(runs)], dtype=float)
+        return np.array([[runs[s][i] for i in items] for s in sorted(runs if seeds is None else seeds)], dtype=float)
 
     def subset(task):
         return np.array([task is None or tasks[i] == task for i in items])
@@ -113,9 +114,10 @@ def summarise(correct, tasks, seed=0):
     for a, b in PAIRS:
         if a not in correct or b not in correct:
             continue
-        ma, mb = matrix(a), matrix(b)
-        if ma.shape != mb.shape:
-            raise ValueError(f"{a} and {b} have different seeds; a paired comparison needs the same runs")
+        common = sorted(set(correct[a]) & set(correct[b]))  # pairs need the same seeds (a partial run may differ)
+        if not common:
+            continue
+        ma, mb = matrix(a, common), matrix(b, common)
         cells = {}
         for t in [None, *task_names]:
             keep = subset(t)
@@ -128,7 +130,7 @@ def summarise(correct, tasks, seed=0):
                 "only_first_right": only_a, "only_second_right": only_b,
                 "mcnemar_p": mcnemar_exact(only_a, only_b),
             }
-        summary["paired"][f"{a} - {b}"] = cells
+        summary["paired"][f"{a} - {b}"] = {"seeds": [str(x) for x in common], **cells}
     return summary
 
 
@@ -155,12 +157,15 @@ def write_report(summary, out_dir, chance, meta):
     out.mkdir(parents=True, exist_ok=True)
     variants = list(summary["variants"])
     tasks = list(next(iter(summary["variants"].values()))["per_task"])
-    seeds = sorted(next(iter(summary["variants"].values()))["seeds"], key=int)
+    seeds = sorted({s for v in variants for s in summary["variants"][v]["seeds"]}, key=int)
     paper = PAPER_MMAR["ablation"]
     lines = [
         "# Ablation on the scene benchmark",
         "",
-        f"{len(variants)} variants x {len(seeds)} seeds, each trained on the same {meta['n_train_rows']} rows and scored "
+        f"{meta['runs_scored']} of {meta['runs_planned']} runs scored"
+        + ("" if meta["runs_scored"] == meta["runs_planned"] else " (a partial protocol: the intervals cover the seeds "
+           "each variant has)") + ". "
+        f"Variants x seeds, each trained on the same {meta['n_train_rows']} rows and scored "
         f"through the MMAR harness on the same {meta['n_items']} held-out items ({meta['n_heldout_clips']} clips, "
         f"{len(tasks)} questions each); N = {meta['preset']['num_audio_tokens']} audio tokens, "
         f"{meta['steps_per_run']} optimizer steps per run. Training and scoring took {meta['run_seconds_total'] / 60:.0f} "
@@ -186,14 +191,16 @@ def write_report(summary, out_dir, chance, meta):
     lines += ["Per seed (overall accuracy %):", "",
               "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
     for v in variants:
-        lines.append(f"| {v} | " + " | ".join(f"{summary['variants'][v]['seeds'][s]['accuracy']:.1f}" for s in seeds) + " |")
+        per_seed = summary["variants"][v]["seeds"]
+        lines.append(f"| {v} | " + " | ".join(f"{per_seed[s]['accuracy']:.1f}" if s in per_seed else "not run"
+                                              for s in seeds) + " |")
     lines += ["", "Paired differences on the same items (points; bootstrap 95 % interval over items of the "
               "seed-averaged difference; McNemar exact p over (item, seed) pairs, with the discordant counts):", "",
               "| pair | " + " | ".join(["overall", *tasks]) + " |", "|---|" + "---:|" * (len(tasks) + 1)]
     for pair, cells in summary["paired"].items():
         row = [f"{c['difference']:+.1f} {_interval(c['bootstrap_ci95'])} p={c['mcnemar_p']:.3g} "
-               f"({c['only_first_right']}/{c['only_second_right']})" for c in cells.values()]
-        lines.append(f"| {pair} | " + " | ".join(row) + " |")
+               f"({c['only_first_right']}/{c['only_second_right']})" for key, c in cells.items() if key != "seeds"]
+        lines.append(f"| {pair} (seeds {', '.join(cells['seeds'])}) | " + " | ".join(row) + " |")
     (out / "ablation.md.tmp").write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(out / "ablation.md.tmp", out / "ablation.md")
     write_json_atomic(out / "ablation.json", {**summary, "protocol": meta})
@@ -246,6 +253,11 @@ def item_outcomes(scores_path):
     return {item["id"]: item["status"] == "correct" for item in scores["items"]}
 
 
+def finished(report_dir, variant, seed):
+    """Whether that run is trained and scored: its `run.json` is written last."""
+    return (report_dir / slug(variant, seed) / "run.json").is_file()
+
+
 def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     """Train and score every variant x seed not yet scored, two at a time; then write the report into
     `out / "ablation"`. Returns the report's paths."""
@@ -255,7 +267,7 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     t0 = time.time()
     report_dir = out / "ablation"
     runs = [(v, s) for s in seeds for v in VARIANTS]  # seed-major: a killed run leaves whole seeds done
-    todo = [(v, s) for v, s in runs if not (report_dir / slug(v, s) / "scores.json").is_file()]
+    todo = [(v, s) for v, s in runs if not finished(report_dir, v, s)]
     print(f"ablation: {len(runs)} runs ({len(VARIANTS)} variants x {len(seeds)} seeds), {len(runs) - len(todo)} "
           f"already scored, {len(todo)} to train", flush=True)
     for v, s in todo:  # one at a time: model building is not thread-safe
@@ -263,6 +275,11 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
             write_tiny_checkpoint(out / f"tiny-{slug(v, s)}", seed=parts_seed, projector_seed=s,
                                   num_audio_tokens=preset["num_audio_tokens"], **VARIANTS[v])
     evaluating, done, lock = threading.Lock(), [], threading.Lock()
+
+    def report():
+        """The report over the runs scored so far (all of them once the protocol is through)."""
+        return write_protocol_report(out, data_dir, summary, preset, runs, runs_trained=len(done),
+                                     wall_seconds=time.time() - t0)
 
     def one_run(v, s):
         name, started = slug(v, s), time.time()
@@ -276,21 +293,32 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
             eta = elapsed / len(done) * (len(todo) - len(done))
             print(f"ablation: {len(done)}/{len(todo)} runs done, {name} {scores['overall']['accuracy']:.1f} %; "
                   f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
+            report()  # kept current, so a protocol stopped early still leaves the report of what it finished
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for future in [pool.submit(one_run, v, s) for v, s in todo]:
             future.result()
+    return report()
 
+
+def write_protocol_report(out, data_dir, summary, preset, runs, runs_trained=0, wall_seconds=0.0):
+    """Summarise the `(variant, seed)` runs of `runs` that have scores under `out / "ablation"` and write the report
+    there; returns its paths."""
+    report_dir = out / "ablation"
+    scored = [(v, s) for v, s in runs if finished(report_dir, v, s)]
+    if not scored:
+        raise FileNotFoundError(f"no scored run under {report_dir} yet")
     with open(data_dir / "heldout.jsonl", encoding="utf-8") as f:
         tasks = {row["id"]: row["task"] for row in map(json.loads, f) if row["choices"] is not None}
-    correct = {v: {s: item_outcomes(report_dir / slug(v, s) / "scores.json") for s in seeds} for v in VARIANTS}
-    result = summarise(correct, tasks)
+    correct = {}
+    for v, s in scored:
+        correct.setdefault(v, {})[s] = item_outcomes(report_dir / slug(v, s) / "scores.json")
     chance = summary["heldout_chance_accuracy"]
     n_train_rows = sum(c["multiple_choice"] + c["open"] for c in summary["counts"]["train"].values())
-    run_seconds = [json.loads((report_dir / slug(v, s) / "run.json").read_text())["seconds"] for v, s in runs]
-    meta = {"preset": preset, "seeds": list(seeds), "n_train_rows": n_train_rows, "n_items": len(tasks),
-            "n_heldout_clips": len({item.rsplit("-", 1)[0] for item in tasks}),
+    run_seconds = [json.loads((report_dir / slug(v, s) / "run.json").read_text())["seconds"] for v, s in scored]
+    meta = {"preset": preset, "runs_planned": len(runs), "runs_scored": len(scored), "n_train_rows": n_train_rows,
+            "n_items": len(tasks), "n_heldout_clips": len({item.rsplit("-", 1)[0] for item in tasks}),
             "steps_per_run": preset["epochs"] * -(-n_train_rows // preset["batch_size"]),
             "chance_overall": chance["overall"], "run_seconds_total": sum(run_seconds),
-            "runs_trained": len(todo), "wall_seconds": time.time() - t0}
-    return write_report(result, report_dir, chance["per_task"], meta)
+            "runs_trained": runs_trained, "wall_seconds": wall_seconds}
+    return write_report(summarise(correct, tasks), report_dir, chance["per_task"], meta)

@@ -29,7 +29,7 @@ DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
     "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
-    "serve": ("tinygiant.cli", "the web app (`tinygiant serve --help`)"),
+    "serve": ("tinygiant.space", "the web app (`tinygiant serve --help`)"),
 }
 
 
@@ -124,21 +124,6 @@ def publish(args):
         print(f"pushed to {push_to_hub(folder, args.repo_id, private=args.private)}")
 
 
-def serve(argv):
-    """Run the web app (`app.py`) with the synthetic example clips and, without `--model`, the default model."""
-    import runpy
-
-    from tinygiant.space import app_file, write_examples
-
-    argv = list(argv)
-    if not any(a == "--model" or a.startswith("--model=") for a in argv) and "-h" not in argv and "--help" not in argv:
-        argv += ["--model", default_model()]
-    if not any(a.startswith("--examples") for a in argv):
-        argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
-    app = runpy.run_path(str(app_file()), run_name="tinygiant_app")
-    app["main"](argv)
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="tinygiant", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,9 +159,6 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DISPATCH:
-        if argv[0] == "serve":
-            serve(argv[1:])
-            return 0
         module = importlib.import_module(DISPATCH[argv[0]][0])
         rest = argv[1:]
         if argv[0] == "eval" and rest[:1] == ["mmar"]:  # MMAR is the one benchmark so far

@@ -631,57 +631,6 @@ def write_report(scores, out_dir, paper=PAPER_MMAR):
     return {name: out / name for name in ("scores.json", "report.md", "accuracy_by_modality.png")}
 
 
-def write_ablation_report(results, out_dir, paper=PAPER_MMAR):
-    """Put several variants' `score()` results side by side with the paper's Table 3.
-
-    `results` maps a variant name to its scores. Writes `ablation.md` (accuracy [95 % CI] by modality
-    and overall, then the paper's four Table 3 columns) and `ablation_by_modality.png`; returns their paths.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ours, theirs = list(results), list(paper["ablation"])
-    rows = [(f"{m} ({MODALITY_SHORT[m]})", m) for m in MODALITIES] + [("overall", None)]
-
-    def cell_of(scores, key):
-        return scores["overall"] if key is None else scores["by_modality"][key]
-
-    def paper_of(variant, key):
-        table = paper["ablation"][variant]
-        return table["overall"] if key is None else table["by_modality"].get(key)
-
-    columns = ours + [f"paper: {v}" for v in theirs]
-    lines = [
-        "# MMAR ablation",
-        "",
-        f"Ours: accuracy % [95 % CI], n per row in the last column. Paper: Table 3 of {paper['source']}.",
-        "Items without a prediction count as wrong. The paper's w/o IQ cells do not add up to its "
-        "39.70 overall (by modality they give 394/1000 correct); shown as published.",
-        "",
-        "| modality | " + " | ".join(columns) + " | n |",
-        "|---" * (len(columns) + 2) + "|",
-    ]
-    for label, key in rows:
-        values = [f"{_pct(cell_of(results[v], key)['accuracy'])} [{_ci(cell_of(results[v], key))}]" for v in ours]
-        values += [_pct(paper_of(v, key), 2) for v in theirs]
-        totals = sorted({cell_of(results[v], key)["total"] for v in ours})
-        lines.append(f"| {label} | " + " | ".join(values) + f" | {'/'.join(map(str, totals))} |")
-    (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    series = []
-    for v in ours:
-        cells = [cell_of(results[v], key) for _, key in rows]
-        series.append((v, [c["accuracy"] for c in cells], _error_bars(cells), None))
-    for v in theirs:
-        series.append((f"paper: {v}", [paper_of(v, key) for _, key in rows], None, "//"))
-    _plot_groups(
-        out / "ablation_by_modality.png",
-        [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"],
-        series,
-        "MMAR ablation by modality",
-    )
-    return {name: out / name for name in ("ablation.md", "ablation_by_modality.png")}
-
-
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------

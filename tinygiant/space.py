@@ -9,6 +9,7 @@ here, as wavs plus `examples.json`, and the app only reads them.
 
 import json
 import os
+import runpy
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,19 @@ On CPU hardware the model runs with int8 weights. One request runs at a time.
 """)
     card.save(out / "README.md")
     return out
+
+
+def main(argv=None):
+    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the `tinygiant` default model."""
+    from tinygiant.cli import cache_dir, default_model
+
+    argv = list(argv or [])
+    asks_help = {"-h", "--help"} & set(argv)
+    if not asks_help and not any(a == "--model" or a.startswith("--model=") for a in argv):
+        argv += ["--model", default_model()]
+    if not asks_help and not any(a.startswith("--examples") for a in argv):
+        argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
+    runpy.run_path(str(app_file()), run_name="tinygiant_app")["main"](argv)
 
 
 def _write_atomic(path, text):
