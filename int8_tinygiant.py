@@ -164,7 +164,6 @@ def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
 
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
-    from safetensors import safe_open
 
     path = Path(path)
     index = path / "model.safetensors.index.json"
@@ -184,11 +183,12 @@ def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
     linears = {name for name, module in model.named_modules() if type(module) is nn.Linear}
     embed_name = "model.language_model.embed_tokens"
     for file in files:
-        with safe_open(str(path / file), framework="pt") as tensors:
+        with open(path / file, "rb") as stream:
+            header = _safetensors_header(stream)
             # Biases before weights: an `Int8Linear` takes its linear's bias when it replaces it.
-            for key in sorted(tensors.keys(), key=lambda k: k.endswith(".weight")):
+            for key in sorted(header, key=lambda k: k.endswith(".weight")):
                 module_name, _, tensor_name = key.rpartition(".")
-                tensor = tensors.get_tensor(key)
+                tensor = _read_tensor(stream, header[key])
                 tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
                 if tensor_name == "weight" and module_name in linears:
                     linear = model.get_submodule(module_name)
@@ -207,6 +207,37 @@ def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
     model.requires_grad_(False)
     _release_freed_memory()
     return model
+
+
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_header(stream):
+    """The tensor entries of a safetensors file (`{name: {"dtype", "shape", "data_offsets"}}`), offsets made absolute.
+
+    Tensors are then read with plain file reads, not safetensors' memory map: the map's pages would count in the
+    process's resident memory until the file is closed, about the whole float checkpoint at the end.
+    """
+    import json
+    import struct
+
+    (length,) = struct.unpack("<Q", stream.read(8))
+    header = json.loads(stream.read(length))
+    header.pop("__metadata__", None)
+    for entry in header.values():
+        entry["data_offsets"] = [8 + length + offset for offset in entry["data_offsets"]]
+    return header
+
+
+def _read_tensor(stream, entry):
+    start, end = entry["data_offsets"]
+    if entry["dtype"] not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"unsupported safetensors dtype {entry['dtype']}")
+    tensor = torch.empty(end - start, dtype=torch.uint8)
+    stream.seek(start)
+    stream.readinto(memoryview(tensor.numpy()))
+    return tensor.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
 def _set_submodule(root, name, module):
