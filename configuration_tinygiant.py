@@ -97,6 +97,11 @@ class TinyGiantConfig(PretrainedConfig):
         *optional*, defaults to 32):
             The audio layout: how long one encoder window is and how many frames it gives. Fixed by the encoders
             (Whisper's 3000 mel frames, HTS-AT's 1001); the processor and the model both follow these fields.
+        whisper_trim_padding (`bool`, *optional*, defaults to `False`):
+            Run the Whisper encoder on each window's real frames only (its positional embeddings sliced to that
+            length, as Ultravox does) instead of on a zero-padded 30 s window: a 10 s clip then costs about a third.
+            Whisper was pretrained on padded windows, so this changes the features; a model must be trained and
+            run with the same setting (the training feature cache keys on it). Off reproduces the paper.
     """
 
     model_type = "tinygiant"
@@ -127,6 +132,7 @@ class TinyGiantConfig(PretrainedConfig):
         whisper_frames_per_window=AUDIO_LAYOUT.whisper_frames_per_window,
         htsat_window_seconds=AUDIO_LAYOUT.htsat_window_seconds,
         htsat_frames_per_window=AUDIO_LAYOUT.htsat_frames_per_window,
+        whisper_trim_padding=False,
         **kwargs,
     ):
         self.whisper_config = _as_config(whisper_config, WhisperConfig, whisper_large_v3_turbo_config)
@@ -147,13 +153,16 @@ class TinyGiantConfig(PretrainedConfig):
         self.whisper_frames_per_window = whisper_frames_per_window
         self.htsat_window_seconds = htsat_window_seconds
         self.htsat_frames_per_window = htsat_frames_per_window
+        self.whisper_trim_padding = whisper_trim_padding
         # transformers ties lm_head to the input embeddings by reading the top-level config (Qwen3-0.6B ties them).
         kwargs["tie_word_embeddings"] = self.text_config.tie_word_embeddings
-        # Users call `AutoModel.from_pretrained(...).generate(...)`, so AutoModel loads the generating class too.
+        # Users call `AutoModel.from_pretrained(...).generate(...)`, so AutoModel loads the generating class too;
+        # `AutoModelForMultimodalLM` is the class transformers' `any-to-any` pipeline loads.
         kwargs.setdefault("auto_map", {
             "AutoConfig": "configuration_tinygiant.TinyGiantConfig",
             "AutoModel": "modeling_tinygiant.TinyGiantForConditionalGeneration",
             "AutoModelForCausalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
+            "AutoModelForMultimodalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
         })
         super().__init__(**kwargs)
 

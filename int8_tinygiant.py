@@ -1,16 +1,21 @@
-"""Int8 weights for CPU inference: `quantize_int8(model)` swaps a TinyGiant's linear layers for `Int8Linear`.
+"""Int8 for CPU inference: `quantize_int8(model)` swaps a TinyGiant's linear layers for `Int8Linear`; `load_int8`
+does the same while reading a checkpoint, so the float model is never held whole.
 
-Weight-only, symmetric, per output channel; activations keep their dtype. Used by the pipeline's `int8=True`
-(`pipeline("audio-reasoning", ..., int8=True)`). Remote code: imports only torch.
+Weights are symmetric int8 per output channel. Activations either keep their dtype (`activations="float"`,
+weight-only: the pipeline's `int8=True`) or, for inputs of many rows (encoders, prefill), are quantised per token
+to int8 too (`activations="int8"`, W8A8: the pipeline's `int8="w8a8"`), so the matmul runs on int8 units (VNNI,
+AMX) with int32 accumulation. Decoding (few rows) always uses the weight-only kernel: it is memory-bound, and the
+int8 weight already halves its bytes. Remote code: imports only torch (and safetensors / accelerate in `load_int8`).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Up to this many rows the packed int8 kernel wins (decoding is memory-bound: half the bytes of bf16); above it the
-# weight is dequantised and the bf16 matmul (AMX on recent x86) is faster than the int8 kernel.
+# Up to this many rows the packed weight-only int8 kernel wins (decoding is memory-bound: half the bytes of bf16);
+# above it the weight is dequantised for the float matmul, or with int8 activations both go through `torch._int_mm`.
 INT8_KERNEL_MAX_ROWS = 16
+ACTIVATION_MODES = ("float", "int8")
 
 
 def _quantize_rows(weight):
@@ -29,23 +34,40 @@ def _quantize_rows(weight):
     return qweight, scales.to(weight.dtype)
 
 
-class Int8Linear(nn.Module):
-    """Weight-only int8 `nn.Linear` for inference: int8 weights with per-output-channel scales, activations unchanged.
+def quantize_activations(x):
+    """Symmetric per-row (token) int8 of a 2-D activation: `(int8 rows, float32 scales of shape (rows, 1))`.
 
-    Few rows (decoding) use PyTorch's CPU kernel `torch._weight_int8pack_mm`; many rows (encoders, prefill) and other
-    devices dequantise the weight and use the ordinary matmul.
+    The range is [-127, 127], not [-128, 127], so that the int8 product of two extremes never overflows its sign.
+    """
+    low, high = torch.aminmax(x, dim=-1, keepdim=True)
+    scales = torch.maximum(high, -low).float().clamp_(min=1e-8) / 127
+    return (x.float() / scales).round_().clamp_(-127, 127).to(torch.int8), scales
+
+
+class Int8Linear(nn.Module):
+    """Int8 `nn.Linear` for inference: int8 weights with per-output-channel scales.
+
+    Few rows (decoding) use PyTorch's weight-only CPU kernel `torch._weight_int8pack_mm`. Many rows (encoders,
+    prefill) dequantise the weight for the float matmul, or with `activations="int8"` quantise each row of the input
+    and multiply int8 by int8 into int32 (`torch._int_mm`), then rescale by both scales. Other devices dequantise.
     """
 
-    def __init__(self, qweight, scales, bias=None):
+    def __init__(self, qweight, scales, bias=None, activations="float"):
         super().__init__()
+        if activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations must be one of {ACTIVATION_MODES}, not {activations!r}")
         self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
+        self.activations = activations
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("bias", None if bias is None else bias.detach())
 
     @classmethod
-    def from_linear(cls, linear):
-        return cls(*_quantize_rows(linear.weight), linear.bias)
+    def from_linear(cls, linear, activations="float"):
+        return cls(*_quantize_rows(linear.weight), linear.bias, activations=activations)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, activations={self.activations}"
 
     def dequantize(self, dtype):
         return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
@@ -60,6 +82,11 @@ class Int8Linear(nn.Module):
         if x.device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS and self.in_features % 16 == 0:
             out = torch._weight_int8pack_mm(x.reshape(rows, self.in_features).contiguous(), self.qweight,
                                             self.scales.to(x.dtype)).reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias.to(x.dtype)
+        if self.activations == "int8" and x.device.type == "cpu":
+            qx, row_scales = quantize_activations(x.reshape(rows, self.in_features))
+            accumulated = torch._int_mm(qx, self.qweight.t())  # int32: 127 * 127 * in_features stays below 2**31
+            out = (accumulated.float() * row_scales * self.scales.float()).to(x.dtype).reshape(*x.shape[:-1], -1)
             return out if self.bias is None else out + self.bias.to(x.dtype)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
@@ -80,31 +107,31 @@ class Int8Embedding(nn.Module):
 
 
 @torch.no_grad()
-def quantize_int8(model, modules=None):
+def quantize_int8(model, modules=None, activations="float"):
     """Replace the `nn.Linear` layers of `model` (a `TinyGiantForConditionalGeneration`) with `Int8Linear`, in place.
 
     Covers the three encoders, the projector and the LLM; the tied embedding / LM head become one int8 table.
     Convolutions, norms and `nn.MultiheadAttention`'s fused projections stay in their dtype. `modules` optionally
-    limits it to some submodules (e.g. `[model.model.language_model]`). For inference only (no training, no saving);
-    returns the model. Quantising a model a second time changes nothing.
+    limits it to some submodules (e.g. `[model.model.language_model]`). `activations` is `"float"` (weight-only) or
+    `"int8"` (W8A8 for many-row inputs); on an already quantised model it only switches that mode. For inference
+    only (no training, no saving); returns the model.
 
-    Memory: the model is loaded in float first, then quantised one layer at a time, each float weight dropped as
-    soon as its int8 copy exists, so the process ends up holding about the int8 size instead of float + int8 (full
-    size: 3.0 GB of RSS in bf16, 1.7 GB after). The peak stays about the float model's; avoiding that too would take
-    a loader that quantises while reading the checkpoint, which is not worth its complexity here.
+    Memory: each float weight is dropped as soon as its int8 copy exists, so the process ends up holding about the
+    int8 size instead of float + int8, but the peak is the float model's; `load_int8` avoids that peak too.
     """
     dtype = model.dtype
     lm_head = getattr(model, "lm_head", None)
     for target in modules if modules is not None else [model]:
+        for module in target.modules():
+            if isinstance(module, Int8Linear):
+                module.activations = activations
         # Exactly `nn.Linear`: `nn.MultiheadAttention`'s out_proj is a subclass, and attention reads its weight
         # directly. Names, not modules: a list holding the layers would keep every float weight alive to the end.
         names = [name for name, module in target.named_modules() if type(module) is nn.Linear and module is not lm_head]
         freed_bytes = 0
         for name in names:
-            parent_name, _, child_name = name.rpartition(".")
-            parent = target.get_submodule(parent_name)
-            linear = getattr(parent, child_name)
-            setattr(parent, child_name, Int8Linear.from_linear(linear))
+            linear = target.get_submodule(name)
+            _set_submodule(target, name, Int8Linear.from_linear(linear, activations))
             freed_bytes += linear.weight.nbytes
             del linear  # its float weight is freed here
             # Without a trim now and then the heap fragments and grows; trimming after every layer costs seconds.
@@ -114,12 +141,77 @@ def quantize_int8(model, modules=None):
     if modules is None and type(lm_head) is nn.Linear:
         embeddings = model.get_input_embeddings()
         tied = lm_head.weight is embeddings.weight
-        model.lm_head = Int8Linear.from_linear(lm_head)
+        model.lm_head = Int8Linear.from_linear(lm_head, activations)
         if tied:
             model.model.language_model.embed_tokens = Int8Embedding(model.lm_head, dtype, embeddings.padding_idx)
         del lm_head, embeddings  # the float table goes now, not when this function returns
     _release_freed_memory()
     return model
+
+
+@torch.no_grad()
+def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
+    """`quantize_int8(model_class.from_pretrained(path, dtype=dtype), activations=activations)` without ever holding
+    the float model: the model is built without parameters (accelerate's `init_empty_weights`; buffers are real),
+    then each tensor is read from the checkpoint's safetensors on its own and each linear weight quantised as read.
+
+    The peak is the int8 model plus one float tensor. The result equals quantise-after-load; only local folders
+    with `model.safetensors` or a sharded `model.safetensors.index.json` are read (download a Hub repo first, e.g.
+    with `huggingface_hub.snapshot_download`). `model_class` is the checkpoint's `TinyGiantForConditionalGeneration`.
+    """
+    import json
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from safetensors import safe_open
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    if not (path / files[0]).exists():
+        raise FileNotFoundError(f"{path} has no model.safetensors (nor an index of shards) to load in int8")
+    config = model_class.config_class.from_pretrained(path)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # as `from_pretrained(dtype=...)`: float32 buffers (rotary) stay float32
+    try:
+        with init_empty_weights(include_buffers=False):
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval()
+    tied = config.tie_word_embeddings
+    linears = {name for name, module in model.named_modules() if type(module) is nn.Linear}
+    embed_name = "model.language_model.embed_tokens"
+    for file in files:
+        with safe_open(str(path / file), framework="pt") as tensors:
+            # Biases before weights: an `Int8Linear` takes its linear's bias when it replaces it.
+            for key in sorted(tensors.keys(), key=lambda k: k.endswith(".weight")):
+                module_name, _, tensor_name = key.rpartition(".")
+                tensor = tensors.get_tensor(key)
+                tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+                if tensor_name == "weight" and module_name in linears:
+                    linear = model.get_submodule(module_name)
+                    bias = linear.bias if linear.bias is not None and linear.bias.device.type != "meta" else None
+                    _set_submodule(model, module_name, Int8Linear(*_quantize_rows(tensor), bias, activations))
+                elif key == f"{embed_name}.weight" and tied:
+                    model.lm_head = Int8Linear(*_quantize_rows(tensor), None, activations)
+                    padding_idx = model.get_submodule(embed_name).padding_idx
+                    _set_submodule(model, embed_name, Int8Embedding(model.lm_head, dtype, padding_idx))
+                elif not (tied and key == "lm_head.weight"):
+                    set_module_tensor_to_device(model, key, "cpu", value=tensor)
+                del tensor
+    missing = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if missing:
+        raise ValueError(f"the checkpoint in {path} lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")
+    model.requires_grad_(False)
+    _release_freed_memory()
+    return model
+
+
+def _set_submodule(root, name, module):
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), child_name, module)
 
 
 def _release_freed_memory():

@@ -6,6 +6,9 @@ Equation numbers in comments are the paper's. Layout follows transformers' Audio
 `TinyGiantModel.forward` because TRL's fused LM-head training calls only the inner model.
 """
 
+import hashlib
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,6 +101,24 @@ def windows_per_audio(lengths, frames_per_window):
     return (lengths + frames_per_window - 1) // frames_per_window
 
 
+def real_frames_per_window(lengths, frames_per_window):
+    """Real (not padding) encoder frames in each window, in window order, of audios with `lengths` real frames."""
+    counts = []
+    for windows, length in zip(windows_per_audio(lengths, frames_per_window).tolist(), lengths.tolist()):
+        counts += [frames_per_window] * (windows - 1) + [length - (windows - 1) * frames_per_window]
+    return counts
+
+
+def whisper_encoder_on_real_frames(encoder, input_features):
+    """`WhisperEncoder.forward` (eval) on mels shorter than its 30 s window: the positional embeddings are sliced to
+    the frames there are (Ultravox's way) where transformers' forward insists on exactly 3000 mel frames."""
+    hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(input_features)))).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
 def pool_per_audio(frames, lengths, num_tokens):
     """Concatenate each audio's windows in time, keep its `length` real frames and pool them to `num_tokens`.
 
@@ -113,6 +134,50 @@ def pool_per_audio(frames, lengths, num_tokens):
         sequence = audio_windows.flatten(0, 1)[:length]
         pooled.append(F.adaptive_avg_pool1d(sequence.T[None], num_tokens)[0].T)
     return torch.stack(pooled)
+
+
+class AudioEncoderCache:
+    """A bounded LRU cache of the frozen encoders' pooled outputs, one entry per audio, keyed by its content.
+
+    A follow-up question about the same clip then skips the three encoders (most of the time to first token); the
+    projector still runs, since its intent query (eq. 11-13) depends on the question. The key hashes the audio's
+    mels and lengths, so equal audio hits whatever object it came in, and any change to the audio misses.
+    """
+
+    def __init__(self, max_items=32):
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self.max_items = max_items
+        self.entries = OrderedDict()  # key -> (whisper_frames, htsat_frames, clap_vector or None), each for one audio
+        self.hits = self.misses = 0
+
+    def __len__(self):
+        return len(self.entries)
+
+    @staticmethod
+    def key(whisper_features, clap_features, whisper_length, htsat_length):
+        digest = hashlib.blake2b(digest_size=16)
+        for tensor in (whisper_features, clap_features):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(f"{int(whisper_length)},{int(htsat_length)}".encode())
+        return digest.hexdigest()
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key, entry):
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_items:
+            self.entries.popitem(last=False)
 
 
 class TinyGiantPreTrainedModel(PreTrainedModel):
@@ -146,6 +211,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         self.clap_encoder = ClapAudioModel(config.clap_config) if config.use_clap_gate else None
         self.projector = QueryGuidedProjector(config)
         self.language_model = Qwen3Model(config.text_config)
+        self.audio_cache = None  # an AudioEncoderCache once `enable_audio_cache` is called
         self.freeze_audio_encoders()
         self.post_init()
 
@@ -174,7 +240,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
     def encode_audio(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
         """Run the frozen encoders: returns F_w and F_h pooled to N steps, and c_clap (None without the gate)."""
         n = self.config.num_audio_tokens
-        whisper_frames = self.whisper_encoder(whisper_input_features).last_hidden_state  # (1)
+        whisper_frames = self.encode_whisper(whisper_input_features, whisper_lengths)  # (1)
         # HTS-AT's last map is (windows, 768, 2 frequency groups, 32 time steps); average out frequency.
         htsat_map = self.htsat_encoder(clap_input_features).last_hidden_state
         htsat_frames = htsat_map.mean(dim=2).transpose(1, 2)  # (2)
@@ -185,6 +251,54 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
             # A long audio's global vector is the mean of its 10 s windows' vectors.
             clap_vector = torch.stack([v.mean(0) for v in window_vectors.split(windows.tolist())])  # (3)
         return pool_per_audio(whisper_frames, whisper_lengths, n), pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
+
+    def encode_whisper(self, whisper_input_features, whisper_lengths):
+        """The Whisper encoder's frames per window, (windows, 1500, 1280).
+
+        With `config.whisper_trim_padding` each window runs on its real frames only (a 10 s clip's window on 500
+        frames instead of 1500) and the padding frames of the output stay zero; pooling reads only real frames.
+        """
+        if not self.config.whisper_trim_padding:
+            return self.whisper_encoder(whisper_input_features).last_hidden_state
+        frames_per_window = self.config.whisper_frames_per_window
+        mels_per_frame = whisper_input_features.shape[-1] // frames_per_window  # 2: the second conv's stride
+        real_frames = real_frames_per_window(whisper_lengths, frames_per_window)
+        frames = whisper_input_features.new_zeros(len(real_frames), frames_per_window, self.whisper_encoder.config.d_model)
+        for length in sorted(set(real_frames)):  # windows of one length run as one batch
+            windows = [i for i, count in enumerate(real_frames) if count == length]
+            mels = whisper_input_features[windows, :, : length * mels_per_frame]
+            frames[windows, :length] = whisper_encoder_on_real_frames(self.whisper_encoder, mels)
+        return frames
+
+    def enable_audio_cache(self, max_items=32):
+        """Keep the frozen encoders' outputs of the last `max_items` audios (`AudioEncoderCache`); returns the cache."""
+        self.audio_cache = AudioEncoderCache(max_items)
+        return self.audio_cache
+
+    def disable_audio_cache(self):
+        self.audio_cache = None
+
+    def encode_audio_cached(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+        """`encode_audio` through `self.audio_cache`: only the audios not seen before run the encoders, in one batch."""
+        whisper_windows = windows_per_audio(whisper_lengths, self.config.whisper_frames_per_window).tolist()
+        htsat_windows = windows_per_audio(htsat_lengths, self.config.htsat_frames_per_window).tolist()
+        whisper_per_audio = whisper_input_features.split(whisper_windows)
+        clap_per_audio = clap_input_features.split(htsat_windows)
+        keys = [self.audio_cache.key(*audio) for audio in
+                zip(whisper_per_audio, clap_per_audio, whisper_lengths.tolist(), htsat_lengths.tolist())]
+        entries = [self.audio_cache.get(key) for key in keys]
+        missing = [i for i, entry in enumerate(entries) if entry is None]
+        if missing:
+            encoded = self.encode_audio(
+                torch.cat([whisper_per_audio[i] for i in missing]), torch.cat([clap_per_audio[i] for i in missing]),
+                whisper_lengths[missing], htsat_lengths[missing],
+            )
+            for row, i in enumerate(missing):
+                entries[i] = tuple(None if part is None else part[row] for part in encoded)
+                self.audio_cache.put(keys[i], entries[i])
+        whisper_frames, htsat_frames, clap_vector = zip(*entries)
+        clap_vector = None if clap_vector[0] is None else torch.stack(clap_vector)
+        return torch.stack(whisper_frames), torch.stack(htsat_frames), clap_vector
 
     def get_audio_features(
         self,
@@ -205,7 +319,8 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         """
         dtype = self.projector.input_proj.weight.dtype
         if whisper_frames is None:
-            whisper_frames, htsat_frames, clap_vector = self.encode_audio(
+            encode = self.encode_audio if self.audio_cache is None else self.encode_audio_cached
+            whisper_frames, htsat_frames, clap_vector = encode(
                 whisper_input_features.to(self.whisper_encoder.dtype),
                 clap_input_features.to(self.htsat_encoder.dtype),
                 whisper_lengths,
@@ -336,6 +451,18 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
 
     def get_audio_features(self, *args, **kwargs):
         return self.model.get_audio_features(*args, **kwargs)
+
+    def enable_audio_cache(self, max_items=32):
+        """Encode each audio once: keep the frozen encoders' outputs of the last `max_items` audios in memory.
+
+        `generate` and `forward` then run the encoders only on audio they have not seen; the projector and the LLM
+        always run, so outputs are the same as without the cache. Off by default (training rarely repeats a clip);
+        the pipeline turns it on. Returns the `AudioEncoderCache` (its `hits`/`misses` count look-ups).
+        """
+        return self.model.enable_audio_cache(max_items)
+
+    def disable_audio_cache(self):
+        self.model.disable_audio_cache()
 
     def forward(
         self,

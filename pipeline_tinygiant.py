@@ -8,6 +8,11 @@ pipe("dog.wav", question="What animal is this?", choices=["dog", "cat", "bird"])
 # {"text": "<think>...</think>\\n<RESPONSE>...", "thinking": "...", "answer": "... (a) dog.", "choice": "dog"}
 
 pipe = pipeline("audio-reasoning", model="<repo or folder>", trust_remote_code=True, int8=True)  # int8 on CPU
+
+conversation = [{"role": "user", "content": [{"type": "audio", "path": "dog.wav"}, {"type": "text", "text": "What is it?"}]}]
+out = pipe(conversation)  # out["generated_text"]: the conversation with the new assistant turn
+conversation = out["generated_text"] + [{"role": "user", "content": "Is it big?"}]
+pipe(conversation)  # a follow-up: the clip's encoder outputs come from the pipeline's audio cache
 ```
 
 This file ships with the checkpoint (remote code): it imports only `transformers`, `torch` and its siblings
@@ -15,10 +20,9 @@ This file ships with the checkpoint (remote code): it imports only `transformers
 can write the `custom_pipelines` entry of `config.json`.
 """
 
-import io
+import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, Pipeline
@@ -28,36 +32,51 @@ from transformers.utils import logging
 
 try:
     from .int8_tinygiant import quantize_int8
-    from .parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
+    from .parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_response, question_messages
 except ImportError:
     if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
         raise
     from int8_tinygiant import quantize_int8  # this repository, imported as top-level modules
-    from parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
+    from parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_response, question_messages
 
 logger = logging.get_logger(__name__)
 
 TASK = "audio-reasoning"
 DEFAULT_MAX_NEW_TOKENS = 1024  # CoTA answers run to a few hundred tokens; Audio-Reasoner allowed 2048
-
+INT8_MODES = {False: None, True: "float", "w8a8": "int8"}  # the `int8=` choices -> `quantize_int8` activations
+# What a per-item input dict may hold.
+ITEM_KEYS = {"audio", "question", "choices", "sampling_rate"}
 
 
 class TinyGiantAudioReasoningPipeline(Pipeline):
     """Answers questions about audio with a short chain of thought.
 
     Inputs, alone or in a list (or a `datasets.Dataset` / generator):
-        - a path to an audio file (anything libsndfile reads: wav, flac, ogg, mp3, ...) or its bytes;
+        - a path to an audio file (anything libsndfile reads: wav, flac, ogg, mp3, ...), a URL, or the file's bytes;
         - a numpy array or torch tensor of samples, with `sampling_rate=` in the call;
         - a dict `{"array": ..., "sampling_rate": ...}` (a decoded `datasets.Audio` value) or `{"path"|"bytes": ...}`;
-        - a dict `{"audio": <any of the above>, "question": ..., "choices": [...]}` for a per-item question.
+        - a dict `{"audio": <any of the above>, "question": ..., "choices": [...]}` for a per-item question;
+        - a conversation: a list of chat messages (dicts with "role" and "content") whose audio sits in the content,
+          `{"type": "audio", "path"|"url"|"audio": ...}` as `TinyGiantProcessor.apply_chat_template` reads it.
+          Without a system message, the `system_prompt` is put first. The result adds `generated_text`: the
+          conversation with the new assistant turn (`content` the answer, `reasoning_content` the thinking, as the
+          chat template renders them back), so a follow-up is `out["generated_text"] + [next user message]`.
 
-    Creation parameter (`pipeline("audio-reasoning", ..., int8=True)`):
-        int8 (`bool`, *optional*): replace the model's linear layers with int8 weights (`quantize_int8`), once, in
-            place: about two thirds of bf16's memory and faster decoding on CPU. Such a pipeline cannot be saved.
+    Creation parameters (`pipeline("audio-reasoning", ..., int8=True)`):
+        int8 (`bool` or `"w8a8"`, *optional*): replace the model's linear layers with int8 weights (`quantize_int8`),
+            once, in place: about two thirds of bf16's memory and faster decoding on CPU. `"w8a8"` quantises the
+            activations of the encoders and the prompt pass to int8 too (faster on CPUs with VNNI or AMX, slightly
+            lossier). Such a pipeline cannot be saved.
+        audio_cache (`int`, *optional*, defaults to 32): keep the frozen encoders' outputs of this many clips
+            (`model.enable_audio_cache`), so that another question about a clip skips the encoders; 0 turns it off.
+
+    Streaming: pass a `TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)` as
+    `streamer=` and run the call in a thread; iterate the streamer for the text as it is generated (batch size 1).
 
     Call parameters:
-        question (`str`): the question, unless every item carries its own.
-        choices (`list[str]`, *optional*): 2 to 6 options, listed in the prompt as `(a) ...`, `(b) ...`.
+        question (`str`): the question, unless every item carries its own (or is a conversation).
+        choices (`list[str]`, *optional*): 2 to 6 options, listed in the prompt as `(a) ...`, `(b) ...`. For a
+            conversation, whose text already lists them, they only serve to read back the `choice`.
         system_prompt (`str`, *optional*): defaults to `SYSTEM_PROMPT` (Audio-Reasoner's, with `<think>` markup);
             `None` or `""` sends no system turn.
         sampling_rate (`int`, *optional*): rate of raw arrays.
@@ -66,9 +85,9 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         `model.generate`; `generate_kwargs={...}` is accepted too. Unset, they come from the checkpoint's
         `generation_config.json`, except `max_new_tokens`, which defaults to 1024 if that file does not set it.
 
-    Returns one dict per input: `{"text", "thinking", "answer"}` plus `"choice"` (the option text the answer picks,
-    or `None`) when choices were given. An output cut off by `max_new_tokens` keeps `text` and `thinking` and has
-    `answer=None` (and `choice=None`).
+    Returns one dict per input: `{"text", "thinking", "answer"}` (and `generated_text` for a conversation) plus
+    `"choice"` (the option text the answer picks, or `None`) when choices were given. An output cut off by
+    `max_new_tokens` keeps `text` and `thinking` and has `answer=None` (and `choice=None`).
     """
 
     _load_processor = True
@@ -77,11 +96,28 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
     _load_image_processor = False
     _load_video_processor = False
 
-    def __init__(self, *args, int8=False, **kwargs):
+    def __init__(self, *args, int8=False, audio_cache=32, **kwargs):
         super().__init__(*args, **kwargs)  # places the model on its device first
+        if int8 not in INT8_MODES:
+            raise ValueError(f"int8 must be one of {list(INT8_MODES)}, not {int8!r}")
         self.int8 = int8
+        # One pipeline called from several threads runs one item's preprocessing or generation at a time: the fast
+        # tokenizer refuses concurrent use ("Already borrowed") and the model's caches are not meant to be shared.
+        self.lock = threading.RLock()
         if int8:
-            quantize_int8(self.model)
+            quantize_int8(self.model, activations=INT8_MODES[int8])
+        if audio_cache:
+            self.model.enable_audio_cache(audio_cache)
+
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            return []  # an empty batch
+        # A conversation is a list of messages, not a batch of inputs: wrap it before the base class iterates lists.
+        if is_conversation(inputs):
+            inputs = Conversation(inputs)
+        elif isinstance(inputs, (list, tuple)) and inputs and all(is_conversation(c) for c in inputs):
+            inputs = [Conversation(c) for c in inputs]
+        return super().__call__(inputs, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save a loadable folder: `Pipeline.save_pretrained` writes the model, this file and the tokenizer, but not
@@ -102,17 +138,36 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         return preprocess, forward, {}
 
     def preprocess(self, inputs, question=None, choices=None, system_prompt=SYSTEM_PROMPT, sampling_rate=None):
+        with self.lock:
+            return self._preprocess(inputs, question, choices, system_prompt, sampling_rate)
+
+    def _preprocess(self, inputs, question, choices, system_prompt, sampling_rate):
+        if isinstance(inputs, Conversation):
+            if question is not None:
+                raise ValueError("a conversation carries its own questions: put the question in its last user message")
+            messages = inputs.messages
+            if system_prompt and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system_prompt}, *messages]
+            model_inputs = self.processor.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                              add_generation_prompt=True)
+            choices = None if choices is None else check_choices(choices)
+            return {**model_inputs, "choices": choices, "conversation": inputs.messages}
         if isinstance(inputs, dict) and "audio" in inputs:
+            unknown = sorted(set(inputs) - ITEM_KEYS, key=str)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} in an input dict; it takes {sorted(ITEM_KEYS)}")
             question = inputs.get("question", question)
             choices = inputs.get("choices", choices)
             sampling_rate = inputs.get("sampling_rate", sampling_rate)
             inputs = inputs["audio"]
+        elif isinstance(inputs, dict) and {"question", "choices"} & set(inputs):
+            raise ValueError(f"an input dict with a question needs its audio under 'audio', got keys {sorted(inputs)}")
         if question is None:
             raise ValueError("no question: pass `question=` or give each input as {'audio': ..., 'question': ...}")
         messages = question_messages(question, choices, system_prompt)  # raises on an empty question or bad choices
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        model_inputs = self.processor(text=prompt, audio=_as_audio(inputs), sampling_rate=sampling_rate)
-        return {**model_inputs, "choices": None if choices is None else list(choices)}
+        model_inputs = self.processor(text=prompt, audio=inputs, sampling_rate=sampling_rate)
+        return {**model_inputs, "choices": choices, "conversation": None}
 
     def _collate(self, items):
         """One generation batch from preprocessed items (the processor's left-padded layout), with their choices.
@@ -120,10 +175,11 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         The audio tensors hold one row per 30 s / 10 s window, not per item, so HF's default collator cannot pad them.
         """
         choices = [item.pop("choices") for item in items]
-        return {**self.processor.pad(items, padding_side="left"), "choices": choices}
+        conversations = [item.pop("conversation") for item in items]
+        return {**self.processor.pad(items, padding_side="left"), "choices": choices, "conversations": conversations}
 
     def _forward(self, model_inputs, **generate_kwargs):
-        choices = model_inputs.pop("choices")
+        choices, conversations = model_inputs.pop("choices"), model_inputs.pop("conversations")
         # Neither the call nor the checkpoint's generation config bounds the output: Qwen's `max_length=20` would cut
         # every chain of thought short.
         if not {"max_new_tokens", "max_length"} & generate_kwargs.keys() and (
@@ -132,13 +188,14 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             generate_kwargs["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         prompt_length = model_inputs["input_ids"].shape[1]
-        sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        with self.lock:
+            sequences = self.model.generate(**model_inputs, **generate_kwargs)
         new_tokens = sequences[:, prompt_length:]
         # A row without an end-of-sequence token stopped at the length limit: its answer is missing.
         eos = generate_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
         eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=new_tokens.dtype)
         finished = torch.isin(new_tokens, eos.to(new_tokens.device)).any(dim=1)
-        return {"new_tokens": new_tokens, "finished": finished, "choices": choices}
+        return {"new_tokens": new_tokens, "finished": finished, "choices": choices, "conversations": conversations}
 
     def postprocess(self, model_outputs):
         text = self.tokenizer.decode(model_outputs["new_tokens"], skip_special_tokens=True)
@@ -148,12 +205,16 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             result["answer"] = None
             if "choice" in result:
                 result["choice"] = None
+        if model_outputs.get("conversation") is not None:
+            reply = {"role": "assistant", "content": result["answer"] or "", "reasoning_content": result["thinking"]}
+            result["generated_text"] = [*model_outputs["conversation"], reply]
         return result
 
     # Batching is ours end to end: HF's collator and batch unrolling assume one tensor row per item.
     def _unbatch(self, outputs):
-        for i, choices in enumerate(outputs["choices"]):
-            yield {"new_tokens": outputs["new_tokens"][i], "finished": bool(outputs["finished"][i]), "choices": choices}
+        for i, (choices, conversation) in enumerate(zip(outputs["choices"], outputs["conversations"])):
+            yield {"new_tokens": outputs["new_tokens"][i], "finished": bool(outputs["finished"][i]), "choices": choices,
+                   "conversation": conversation}
 
     def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
         batch = self._collate([self.preprocess(inputs, **preprocess_params)])
@@ -175,18 +236,17 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
                 yield self.postprocess(output, **postprocess_params)
 
 
-def _as_audio(audio):
-    """Check one audio input's type and put it in a form the processor's `load_audio` reads."""
-    if isinstance(audio, (bytes, bytearray)):
-        return {"bytes": bytes(audio)}
-    if hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder, as `datasets` 4+ decodes audio columns
-        samples = audio.get_all_samples()
-        return {"array": samples.data.numpy(), "sampling_rate": samples.sample_rate}
-    if isinstance(audio, (str, Path, dict, np.ndarray, torch.Tensor, io.BytesIO)):
-        return audio
-    raise TypeError(
-        f"unsupported audio input of type {type(audio).__name__}: pass a file path, a numpy array with "
-        "`sampling_rate=`, a {'array', 'sampling_rate'} dict, or {'audio': ..., 'question': ...}"
+class Conversation:
+    """One conversation given to the pipeline (its list of messages is one input, not a batch of them)."""
+
+    def __init__(self, messages):
+        self.messages = list(messages)
+
+
+def is_conversation(inputs):
+    """Whether `inputs` is a list of chat messages (dicts with a "role")."""
+    return isinstance(inputs, (list, tuple)) and bool(inputs) and all(
+        isinstance(m, dict) and "role" in m for m in inputs
     )
 
 
@@ -195,7 +255,7 @@ def load_pipeline(model, int8=False, **kwargs):
 
     A folder or repo that ships this file runs its own copy. A folder saved by hand with `model.save_pretrained` has
     none (its config may still declare the task, copied from the checkpoint it was loaded from): it runs this file,
-    which importing it registered. `int8=True` quantises the weights.
+    which importing it registered. `int8=True` quantises the weights, `int8="w8a8"` the activations too.
     """
     from transformers import AutoConfig, pipeline
 

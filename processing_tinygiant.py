@@ -16,6 +16,7 @@ repeat-padded for HTS-AT (as LAION CLAP was trained), and only the frames that c
 import io
 import math
 import re
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -72,34 +73,68 @@ CHAT_TEMPLATE = """\
 """
 
 
-def load_audio(audio, sampling_rate=None):
-    """Return `(mono float32 waveform, sampling_rate)` for one audio input.
+# What an audio dict may hold: a decoded `datasets.Audio` value ({"array", "sampling_rate", "path"}) or an undecoded
+# one ({"bytes", "path"}).
+AUDIO_DICT_KEYS = {"array", "sampling_rate", "path", "bytes"}
 
-    Accepts a file path, a `{"array", "sampling_rate"}` dict, a `{"bytes"|"path"}` dict (as `datasets.Audio(decode=False)`
-    gives), or a numpy/torch array together with `sampling_rate`. Multichannel audio is averaged to mono (for a 2-D
-    array the shorter axis is taken as channels); integer PCM is scaled to [-1, 1].
+
+def load_audio(audio, sampling_rate=None):
+    """Return `(mono float32 waveform, sampling_rate)` for one audio input: the one audio reader of the project.
+
+    Accepts a file path, an http(s) or file URL, the bytes of a file, a `{"array", "sampling_rate"}` dict, a
+    `{"bytes"|"path"}` dict (as `datasets.Audio(decode=False)` gives), a torchcodec `AudioDecoder` (as `datasets` 4+
+    decodes audio columns), or a numpy/torch array together with `sampling_rate`. Files carry their own rate; an array
+    never gets a guessed one (a 16 kHz clip read as 48 kHz would be three times shorter), so an array without
+    `sampling_rate` is a `ValueError`. Multichannel audio is averaged to mono (for a 2-D array the shorter axis is
+    taken as channels); integer PCM is scaled to [-1, 1]. Arrays must hold real numbers, integer or floating
+    (complex, boolean, object or string arrays are refused), and `sampling_rate` must be a positive whole number.
     """
     if isinstance(audio, dict):
+        unknown = sorted(set(audio) - AUDIO_DICT_KEYS, key=str)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in an audio dict; it takes {sorted(AUDIO_DICT_KEYS)}")
         if "array" in audio:
             audio, sampling_rate = audio["array"], audio.get("sampling_rate", sampling_rate)
         elif audio.get("bytes") is not None:
-            audio = io.BytesIO(audio["bytes"])
+            audio = audio["bytes"]
         elif audio.get("path") is not None:
             audio = audio["path"]
         else:
             raise ValueError(f"an audio dict needs 'array' and 'sampling_rate', or 'bytes' or 'path'; got keys {list(audio)}")
+    if hasattr(audio, "get_all_samples"):
+        samples = audio.get_all_samples()
+        audio, sampling_rate = samples.data, samples.sample_rate
+    if isinstance(audio, str) and re.match(r"(https?|file)://", audio):
+        audio = _fetch_url(audio)
+    if isinstance(audio, (bytes, bytearray)):
+        audio = io.BytesIO(bytes(audio))
     if isinstance(audio, (str, Path, io.BytesIO)):
         name = "audio bytes" if isinstance(audio, io.BytesIO) else f"audio file {audio}"
         if not isinstance(audio, io.BytesIO) and not Path(audio).is_file():
-            raise FileNotFoundError(f"{name} does not exist")
+            raise FileNotFoundError(f"{name} does not exist" if not Path(audio).exists() else f"{name} is not a file")
         try:
             waveform, sampling_rate = soundfile.read(audio, dtype="float32", always_2d=True)
         except Exception as error:  # libsndfile names the format problem; keep its words
             raise ValueError(f"cannot decode {name}: {error}") from error
         return _check(waveform.mean(axis=1), sampling_rate)
+    if not isinstance(audio, (np.ndarray, torch.Tensor, list)):
+        # A list given to the pipeline is a batch: a list of samples arrives here one number at a time.
+        hint = " (a list is a batch of inputs: pass a clip's samples as an array)" if isinstance(
+            audio, (int, float, np.number)) else ""
+        raise TypeError(
+            f"unsupported audio input of type {type(audio).__name__}{hint}: pass a file path or URL, the file's bytes, a "
+            "numpy array or torch tensor with its `sampling_rate`, or a {'array', 'sampling_rate'} dict"
+        )
     if sampling_rate is None:
-        raise ValueError("a raw audio array needs its `sampling_rate`")
-    waveform = audio.detach().cpu().float().numpy() if hasattr(audio, "detach") else np.asarray(audio)
+        raise ValueError("a raw audio array needs its `sampling_rate` (pass {'array': ..., 'sampling_rate': ...}); "
+                         "arrays are never given a guessed rate")
+    if hasattr(audio, "detach"):  # a torch tensor; numpy has no bfloat16
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.dtype == torch.bfloat16 else audio).numpy()
+    waveform = np.asarray(audio)
+    if not (np.issubdtype(waveform.dtype, np.integer) or np.issubdtype(waveform.dtype, np.floating)):
+        raise ValueError(f"audio samples must be real numbers (integer or floating point), got an array of "
+                         f"{waveform.dtype}")
     if np.issubdtype(waveform.dtype, np.integer):
         info = np.iinfo(waveform.dtype)
         waveform = (waveform.astype(np.float64) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
@@ -111,9 +146,40 @@ def load_audio(audio, sampling_rate=None):
     return _check(waveform, sampling_rate)
 
 
+def _fetch_url(url, timeout=30):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except (OSError, ValueError) as error:  # URLError, HTTPError and timeouts are OSErrors
+        raise ValueError(f"cannot fetch audio from {url}: {error}") from error
+
+
+def chat_audio(item):
+    """The audio of one `{"type": "audio", ...}` content item, in a form `load_audio` reads.
+
+    The item names its audio with `path` (a file or URL), `url`, or `audio` (anything `load_audio` takes). An array
+    under `audio` needs its rate, either as `{"array", "sampling_rate"}` or as a `"sampling_rate"` key of the item.
+    """
+    if item.get("audio") is not None:
+        audio = item["audio"]
+        if isinstance(audio, (np.ndarray, torch.Tensor, list)):
+            if item.get("sampling_rate") is None:
+                raise ValueError(
+                    "an audio item with an array needs its rate: {'type': 'audio', 'audio': array, 'sampling_rate': "
+                    "16000} or {'type': 'audio', 'audio': {'array': array, 'sampling_rate': 16000}}"
+                )
+            return {"array": audio, "sampling_rate": item["sampling_rate"]}
+        return audio
+    for key in ("path", "url"):
+        if item.get(key) is not None:
+            return item[key]
+    raise ValueError(f"an audio item needs 'path', 'url' or 'audio'; got keys {sorted(item)}")
+
+
 def _check(waveform, sampling_rate):
-    if not sampling_rate or sampling_rate <= 0:
-        raise ValueError(f"invalid sampling_rate {sampling_rate}")
+    if (isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.integer, np.floating))
+            or not sampling_rate > 0 or not float(sampling_rate).is_integer()):
+        raise ValueError(f"invalid sampling_rate {sampling_rate!r}: it must be a positive whole number of Hz")
     if waveform.shape[0] < 2:
         raise ValueError(f"audio has {waveform.shape[0]} samples; it needs at least 2")
     if not np.isfinite(waveform).all():
@@ -261,6 +327,43 @@ class TinyGiantProcessor(ProcessorMixin):
             "whisper_lengths": np.array(whisper_lengths),
             "htsat_lengths": np.array(htsat_lengths),
         }
+
+    def apply_chat_template(self, conversation, chat_template=None, tokenize=False, return_dict=False,
+                            return_tensors="pt", output_labels=False, padding_side="left", processor_kwargs=None,
+                            **kwargs):
+        """Render one conversation or a list of them; with `tokenize=True`, also load their audio and run the processor.
+
+        Audio goes inside the messages, as for Audio Flamingo 3 or Voxtral: `{"type": "audio", "path": "clip.wav"}`
+        (a file or URL), `{"type": "audio", "url": ...}`, or `{"type": "audio", "audio": ...}` with anything
+        `load_audio` reads. An array needs its rate, `{"audio": {"array": a, "sampling_rate": 16000}}` or
+        `{"audio": a, "sampling_rate": 16000}`: a bare array is a `ValueError`, never silently read at some default
+        rate. Each audio is decoded once at its own rate and resampled once per encoder, as `processor(audio=...)` does.
+
+        Several audios and turns: each `<audio>` lands where its item stands, in order. The intent query (eq. 11)
+        averages every user turn's text. A list of conversations is one batch, padded on `padding_side` ("left" for
+        generation). `output_labels=True` adds `labels`: the assistant turns' tokens, -100 elsewhere, so a
+        training collator is `processor.apply_chat_template(batch, tokenize=True, return_dict=True,
+        output_labels=True, padding_side="right")`. Other keyword arguments (`add_generation_prompt`,
+        `enable_thinking`, ...) go to the template; `processor_kwargs` to `__call__`.
+        """
+        if not tokenize:
+            return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        audios, rendered = [], []
+        for messages in conversations:
+            rendered.append([])
+            for message in messages:
+                content = message.get("content")
+                if isinstance(content, (list, tuple)):
+                    audios += [chat_audio(item) for item in content if item.get("type") == "audio"]
+                    # The template needs only the item's type; arrays need not go through Jinja.
+                    content = [{"type": "audio"} if item.get("type") == "audio" else item for item in content]
+                rendered[-1].append({**message, "content": content})
+        prompts = super().apply_chat_template(rendered, chat_template=chat_template, tokenize=False, **kwargs)
+        inputs = self(text=prompts, audio=audios, return_labels=output_labels, padding_side=padding_side,
+                      return_tensors=return_tensors, **(processor_kwargs or {}))
+        return inputs if return_dict else inputs["input_ids"]
 
     def pad(self, items, padding_side="left"):
         """One batch from items the processor made one at a time (each a batch of one prompt).

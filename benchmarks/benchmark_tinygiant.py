@@ -1,18 +1,25 @@
-"""Full-size TinyGiant benchmarks with random weights: parameters, memory, per-stage latency, decoding speed, training.
+"""TinyGiant CPU performance as ratios measured in one run: the machine's limits, the naive path against the best
+path, and a peer side by side, all with random full-size weights (nothing is downloaded).
 
-    python benchmarks/benchmark_tinygiant.py                 # CPU: 10 s and 30 s clips, batch 1 and 4, bf16 and int8
-    python benchmarks/benchmark_tinygiant.py --quick         # smoke run: 10 s clip, batch 1, few tokens
-    python benchmarks/benchmark_tinygiant.py --device cuda   # on a GPU (int8 there uses the dequantising fallback)
+    python benchmarks/benchmark_tinygiant.py           # full run (about 10 min on 2 cores): results/cpu.json + cpu.md
+    python benchmarks/benchmark_tinygiant.py --quick   # smoke run of every step on tiny models (about 2 min)
+    python benchmarks/benchmark_tinygiant.py --train   # also a training step: live encoders vs the feature cache
 
-The model is built on the meta device and materialised with random weights (nothing is downloaded), so the numbers
-are about speed and memory only. No tokenizer is needed: prompts are random token ids around 300 `<audio>`
-placeholders, shaped like the real chat prompt (a ~100-token question). Each precision runs in its own process so that
-its peak memory is its own. Writes `results/<name>.json` and `results/<name>.md` next to this file.
+Steps, each in a process of its own so that its peak memory is its own:
+1. limits: bf16 GEMM TFLOP/s and int8 `torch._int_mm` TOP/s on Whisper's FFN shape, memory read GB/s (`sum` over a
+   1 GB array, float32 and bf16, best of 5), with the benchmark's threads; also the GB/s that one-row matmuls
+   (decoding's) reach on Qwen3's shapes, which is what keeps decoding below the bandwidth ceiling;
+2. a random full-size checkpoint is written to a temporary folder (the processor included), so that both paths
+   load it as a user would;
+3. naive: `from_pretrained(dtype=bf16)` and the plain `model.generate` on the processor's output, as a user first
+   calls it; then bf16 decoding candidates, and the agreement of the lossy steps with bf16 (W8A8, padding switch);
+4. best: `load_int8(..., activations="int8")` (W8A8 encoders and prefill, quantised while loading) with
+   `whisper_trim_padding` on, and each decoding candidate; the fastest one that keeps the plain greedy tokens counts;
+5. peer: Qwen2.5-Omni-3B's thinker (`peer_qwen_omni.py`) on the same 30 s clip and 100-token question.
 
-Each stage runs once per configuration: one pass through the encoders (timed one by one inside it), then generation
-from their outputs. The training step (batch 1, bf16) compares live encoders with the feature cache as
-`train_sft.py --feature_cache_dir` uses it. From the stage timings of the recorded quick run, the default run should
-take 10 to 15 minutes on 2 cores (an estimate: bf16 at batch 4 dominates).
+Time to first token is from the waveform (feature extraction, encoders, projector, prompt pass). The ratios are
+named as in `ratios()` below; `followup_ttft_vs_first` needs the model's per-clip audio cache (`enable_audio_cache`)
+and is null without it.
 """
 
 import argparse
@@ -30,10 +37,11 @@ import numpy as np
 import torch
 
 from configuration_tinygiant import TinyGiantConfig
-from int8_tinygiant import quantize_int8
-from modeling_tinygiant import ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
+from int8_tinygiant import Int8Linear, load_int8, quantize_int8
+from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
 
 QWEN3_IM_START, QWEN3_IM_END, QWEN3_PAD = 151644, 151645, 151643
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -60,19 +68,6 @@ def build_random_model(config, dtype=torch.bfloat16, device="cpu", seed=0):
     return model.eval()
 
 
-def count_parameters(model):
-    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0
-    inner = model.model
-    return {
-        "whisper_encoder": count(inner.whisper_encoder),
-        "htsat_tiny": count(inner.htsat_encoder),
-        "htsat_base_clap": count(inner.clap_encoder),
-        "projector": count(inner.projector),
-        "qwen3_incl_embeddings": count(inner.language_model),
-        "total_lm_head_tied": count(model),
-    }
-
-
 def memory_mb():
     """(current RSS, peak RSS) of this process in MB, from /proc (Linux) or resource (peak only)."""
     try:
@@ -81,50 +76,18 @@ def memory_mb():
     except OSError:
         import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return None, peak
+        return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reset_peak_memory(device):
-    """Restart peak tracking so that inference peaks exclude the build (Linux: writing 5 to clear_refs resets VmHWM)."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device):
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return memory_mb()[1]
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    sync(device)
+def timed(fn):
     start = time.perf_counter()
     out = fn()
-    sync(device)
     return out, time.perf_counter() - start
 
 
 def load_snapshot():
     """Machine load, to tell whether other processes competed for the CPU during a measurement."""
-    top = ""
-    try:
-        lines = subprocess.run(["top", "-bn1"], capture_output=True, text=True, timeout=10).stdout.splitlines()
-        busy = [l for l in lines[7:] if l.split() and l.split()[8].replace(".", "", 1).isdigit()
-                and float(l.split()[8]) > 20]
-        top = "; ".join(" ".join(l.split()[i] for i in (0, 8, 11)) for l in busy[:6])
-    except Exception:  # top missing or in another format
-        pass
-    return {"loadavg_1m": round(os.getloadavg()[0], 2), "busy_processes_pid_cpu_cmd": top}
+    return {"loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def make_processor():
@@ -146,16 +109,21 @@ def make_audio(seconds, seed):
     return (0.2 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def make_prompt(config, batch, question_tokens=100, answer_tokens=0, seed=0):
+def make_prompt(config, batch=1, question_tokens=100, answer_tokens=0, seed=0):
     """Random ids laid out like the chat prompt: `<|im_start|>user\\n` + N placeholders + question + `<|im_end|>\\n
-    <|im_start|>assistant\\n` (+ an answer for training). Returns input_ids, attention_mask, instruction_mask(, labels)."""
+    <|im_start|>assistant\\n` (+ an answer for training). Returns input_ids, attention_mask, instruction_mask(, labels).
+
+    Random weights give the ids no meaning, so a small vocabulary (the tiny model's) just takes them modulo its size.
+    """
+    vocab = min(config.text_config.vocab_size, config.audio_token_id)
     g = torch.Generator().manual_seed(seed)
     rows, masks = [], []
     for _ in range(batch):
         question = torch.randint(1000, 100000, (question_tokens,), generator=g)
         answer = torch.randint(1000, 100000, (answer_tokens,), generator=g)
-        parts = [torch.tensor([QWEN3_IM_START, 872, 198]), torch.full((config.num_audio_tokens,), config.audio_token_id),
-                 question, torch.tensor([QWEN3_IM_END, 198, QWEN3_IM_START, 77091, 198]), answer]
+        parts = [torch.tensor([QWEN3_IM_START, 872, 198]) % vocab,
+                 torch.full((config.num_audio_tokens,), config.audio_token_id), question % vocab,
+                 torch.tensor([QWEN3_IM_END, 198, QWEN3_IM_START, 77091, 198]) % vocab, answer % vocab]
         rows.append(torch.cat(parts))
         mask = torch.zeros(len(rows[-1]), dtype=torch.long)
         mask[3 + config.num_audio_tokens : 3 + config.num_audio_tokens + question_tokens] = 1
@@ -172,153 +140,263 @@ def make_prompt(config, batch, question_tokens=100, answer_tokens=0, seed=0):
 class StepClock:
     """A logits processor that only records when each generated token's logits are ready (prefill, then each step)."""
 
-    def __init__(self, device):
-        self.device, self.times = device, []
+    def __init__(self):
+        self.times = []
 
     def __call__(self, input_ids, scores):
-        sync(self.device)
         self.times.append(time.perf_counter())
         return scores
 
 
-def timed_generate(model, inputs, new_tokens, device, fast=False, **generate_kwargs):
-    """Greedy generation of exactly `new_tokens`; returns (tokens, seconds to first token, decoding tokens/s/seq).
+def decode_rate(times):
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
 
-    `fast=True` uses `generate_fast` (static KV cache; pass `compile=True` to compile the decoding step too)."""
+
+def timed_generate(model, inputs, new_tokens, decoding="generate", start=None):
+    """Greedy generation of exactly `new_tokens` with one of `DECODING`; returns (new tokens, seconds from `start`
+    (default: now) to the first token, decoding tokens/s)."""
     from transformers import LogitsProcessorList
 
-    clock = StepClock(device)
-    generate = model.generate_fast if fast else model.generate
-    sync(device)
-    start = time.perf_counter()
+    clock = StepClock()
+    start = time.perf_counter() if start is None else start
     with torch.no_grad():
-        out = generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             logits_processor=LogitsProcessorList([clock]), **generate_kwargs)
-    ttft = clock.times[0] - start
-    decode = (len(clock.times) - 1) / (clock.times[-1] - clock.times[0]) if len(clock.times) > 1 else None
-    return out[:, inputs["input_ids"].shape[1]:], ttft, decode
+        out = DECODING[decoding](model)(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                        do_sample=False, logits_processor=LogitsProcessorList([clock]))
+    return out[:, inputs["input_ids"].shape[1]:], clock.times[0] - start, decode_rate(clock.times)
 
 
-def to_device(batch, device, dtype=None):
-    return {k: (v.to(device=device, dtype=dtype) if dtype is not None and v.is_floating_point() else v.to(device))
-            for k, v in batch.items()}
+# The decoding paths tried: the plain one users call, the static KV cache, and the static cache with a compiled step.
+DECODING = {
+    "generate": lambda model: model.generate,
+    "static_cache": lambda model: model.generate_fast,
+    "static_cache_compiled": lambda model: lambda **kw: model.generate_fast(compile=True, **kw),
+}
 
 
-def time_encoders(inner, mels, device, run):
-    """One `encode_audio` pass over the mels, as generation makes it; hooks time each encoder inside it.
+def tensors(batch):
+    return {k: torch.as_tensor(v) for k, v in batch.items()}
 
-    Adds `whisper_encoder_s`, `htsat_tiny_s`, `htsat_base_clap_s` and `encoders_s` (all three and the pooling) to
-    `run`; returns the pooled features (`whisper_frames`, `htsat_frames`, `clap_vector`).
-    """
-    starts, hooks = {}, []
-    for name, encoder in (("whisper_encoder_s", inner.whisper_encoder), ("htsat_tiny_s", inner.htsat_encoder),
-                          ("htsat_base_clap_s", inner.clap_encoder)):
-        def start(module, args, name=name):
-            sync(device)
-            starts[name] = time.perf_counter()
 
-        def stop(module, args, output, name=name):
-            sync(device)
-            run[name] = time.perf_counter() - starts[name]
+class WhisperClock:
+    """Times `TinyGiantModel.encode_whisper` (the Whisper encoder, trimmed or padded) inside whatever calls it."""
 
-        hooks += [encoder.register_forward_pre_hook(start), encoder.register_forward_hook(stop)]
-    try:
-        encoded, run["encoders_s"] = timed(lambda: inner.encode_audio(
-            mels["whisper_input_features"].to(inner.whisper_encoder.dtype),
-            mels["clap_input_features"].to(inner.htsat_encoder.dtype), mels["whisper_lengths"], mels["htsat_lengths"],
-        ), device)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return encoded
+    def __init__(self, inner):
+        self.seconds, self.inner, encode = [], inner, inner.encode_whisper
+
+        def timed_encode(*args, **kwargs):
+            out, seconds = timed(lambda: encode(*args, **kwargs))
+            self.seconds.append(seconds)
+            return out
+
+        inner.encode_whisper = timed_encode
+
+
+def first_token_from_waveform(model, processor, whisper_clock, seconds, args, decoding="generate"):
+    """One clip, batch 1, through the processor and generation: time to first token from the waveform, Whisper
+    seconds inside it, decoding tok/s, the new tokens."""
+    audio, text = make_audio(seconds, seed=int(seconds)), make_prompt(model.config, 1, args.question_tokens)
+    start = time.perf_counter()
+    inputs = {**tensors(processor.extract_audio_features([audio], 16000)), **text}
+    tokens, ttft, decode = timed_generate(model, inputs, args.new_tokens, decoding, start=start)
+    return {"ttft_s": round(ttft, 3), "whisper_s": round(whisper_clock.seconds[-1], 3),
+            "decode_tokens_per_s": round(decode, 2), "tokens": tokens}
+
+
+def decoding_candidates(model, processor, args, names):
+    """Each decoding path on the same 30 s prompt: decode tok/s (a second call, after any compilation), the first
+    call's seconds (compilation included) and whether its greedy tokens equal the plain path's."""
+    audio = make_audio(30, seed=30)
+    inputs = {**tensors(processor.extract_audio_features([audio], 16000)), **make_prompt(model.config, 1,
+                                                                                          args.question_tokens)}
+    with torch.no_grad():  # the encoders once: candidates differ only in the LLM's decoding
+        encoded = encode(model, {k: inputs.pop(k) for k in AUDIO_INPUTS})
+    inputs.update(zip(ENCODED_AUDIO_INPUTS, encoded))
+    plain, results = None, {}
+    for name in names:
+        print(f"   decoding: {name}", flush=True)
+        (tokens, _, _), first_call_s = timed(lambda: timed_generate(model, inputs, args.new_tokens, name))
+        tokens, prefill, decode = timed_generate(model, inputs, args.new_tokens, name)
+        plain = tokens if plain is None else plain
+        results[name] = {"decode_tokens_per_s": round(decode, 2), "prefill_s": round(prefill, 3),
+                         "first_call_s": round(first_call_s, 1), "tokens_equal_plain": bool(torch.equal(tokens, plain))}
+    return results
+
+
+def encode(model, mels):
+    """The frozen encoders' pooled outputs for processor mels (cast to the encoders' dtype, as the model does)."""
+    mels = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in mels.items()}
+    return model.model.encode_audio(**{k: mels[k] for k in AUDIO_INPUTS})
+
+
+def decode_bytes_per_token(model):
+    """Bytes of weights one decoding step reads: every LLM layer, the final norm and the whole LM head (the embedding
+    table gives one row per token, so it does not count unless it is the head)."""
+    lm = model.model.language_model
+    modules = [lm.layers, lm.norm, model.lm_head]
+    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+
+def whisper_flops(config, frames):
+    """FLOPs of the Whisper encoder on `frames` encoder frames: `(matmul FLOPs of its linear layers and convolutions,
+    attention FLOPs)` (QK^T and PV, which run in the float dtype whatever the linears use)."""
+    d, ffn, layers, mels = config.d_model, config.encoder_ffn_dim, config.encoder_layers, config.num_mel_bins
+    linear = layers * (2 * frames * d * 4 * d + 2 * frames * d * ffn * 2)
+    convs = 2 * (2 * frames) * mels * 3 * d + 2 * frames * d * 3 * d
+    return linear, convs + layers * 4 * frames * frames * d
+
+
+def encoder_floor_s(config, frames, limits, int8_linears):
+    linear, other = whisper_flops(config, frames)
+    linear_rate = (limits["int8_tops"] if int8_linears else limits["bf16_tflops"]) * 1e12
+    return linear / linear_rate + other / (limits["bf16_tflops"] * 1e12)
+
+
+def pearson(a, b):
+    return round(float(torch.corrcoef(torch.stack([a.flatten().float(), b.flatten().float()]))[0, 1]), 5)
+
+
+def agreement(model, probe, reference_logits, reference_tokens, args):
+    with torch.no_grad():
+        logits = model(**probe).logits[0, -(args.question_tokens + 1):].float()
+    tokens, _, _ = timed_generate(model, probe, args.agreement_tokens)
+    differ = (tokens[0] != reference_tokens[0]).nonzero()
+    return {"logits_pearson_r": pearson(reference_logits, logits),
+            "top1_agreement": round(float((logits.argmax(-1) == reference_logits.argmax(-1)).float().mean()), 4),
+            "greedy_tokens_identical_prefix": int(differ[0, 0]) if len(differ) else len(tokens[0]),
+            "greedy_tokens_compared": len(tokens[0])}
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
 
 
-def worker_inference(args, precision):
-    device, result = args.device, {"precision": precision, "load_start": load_snapshot()}
-    model, result["build_s"] = timed(lambda: build_random_model(TinyGiantConfig(), torch.bfloat16, device), device)
-    result["parameters"] = count_parameters(model)
-    result["rss_after_build_mb"] = memory_mb()[0]
-    processor, config = make_processor(), model.config
+def worker_limits(args):
+    """The machine's rates with this process's threads: bf16 and int8 GEMM on Whisper's FFN shape, memory read."""
+    m, k, n = (256, 512, 1024) if args.quick else (1500, 1280, 5120)
+    a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
+    qa, qb = torch.randint(-127, 128, (m, k), dtype=torch.int8), torch.randint(-127, 128, (n, k), dtype=torch.int8)
 
-    if precision == "int8":
-        # Agreement with bf16 on the same random weights: logits on one prompt and greedy tokens.
-        probe = {**processor.extract_audio_features([make_audio(10, seed=99)], 16000), **make_prompt(config, 1, seed=99)}
-        probe = to_device({k: torch.as_tensor(v) for k, v in probe.items()}, device)
-        with torch.no_grad():
-            reference = model(**probe).logits[0, -101:].float()
-        ref_tokens, _, _ = timed_generate(model, probe, args.agreement_tokens, device)
-        _, result["quantize_s"] = timed(lambda: quantize_int8(model), device)
-        gc.collect()
-        result["rss_after_quantize_mb"] = memory_mb()[0]
-        with torch.no_grad():
-            logits = model(**probe).logits[0, -101:].float()
-        tokens, _, _ = timed_generate(model, probe, args.agreement_tokens, device)
-        first_diff = (ref_tokens[0] != tokens[0]).nonzero()
-        result["agreement_with_bf16"] = {
-            "logits_pearson_r": round(float(torch.corrcoef(torch.stack([reference.flatten(), logits.flatten()]))[0, 1]), 5),
-            "top1_agreement_over_101_positions": round(float((reference.argmax(-1) == logits.argmax(-1)).float().mean()), 4),
-            "greedy_tokens_identical_prefix": int(first_diff[0, 0]) if len(first_diff) else len(tokens[0]),
-            "greedy_tokens_compared": len(tokens[0]),
-        }
-        del reference, logits, probe
-    gc.collect()
-    result["rss_ready_mb"] = memory_mb()[0]
-    reset_peak_memory(device)
+    def best_of(fn, repeats=5):
+        fn()
+        return min(timed(fn)[1] for _ in range(repeats))
 
-    # Warm-up: oneDNN builds its kernels for each new shape on first use; keep that out of the timings.
-    warm = {**processor.extract_audio_features([make_audio(10, seed=1)], 16000), **make_prompt(config, 1)}
-    timed_generate(model, to_device({k: torch.as_tensor(v) for k, v in warm.items()}, device), 3, device)
+    flops = 2 * m * k * n
+    result = {"bf16_tflops": flops / best_of(lambda: a @ b.T) / 1e12,
+              "int8_tops": flops / best_of(lambda: torch._int_mm(qa, qb.T)) / 1e12}
+    size = 2**26 if args.quick else 2**30
+    rates = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.ones(size // torch.finfo(dtype).bits * 8, dtype=dtype)
+        rates.append(size / best_of(lambda: x.sum()) / 1e9)
+        del x
+    result["read_gb_per_s"] = max(rates)
+    # What batch-1 decoding's matmuls reach: one row through Qwen3's MLP and LM-head shapes, bf16 and int8 weights.
+    for name, (k, n) in {"mlp": (1024, 3072), "lm_head": (1024, 151936)}.items():
+        if args.quick:
+            k, n = k // 4, n // 64
+        x, w = torch.randn(1, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
+        qw, scales = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n, dtype=torch.bfloat16)
+        result[f"gemv_{name}_bf16_gb_per_s"] = w.nbytes / best_of(lambda: torch.nn.functional.linear(x, w), 20) / 1e9
+        result[f"gemv_{name}_int8_gb_per_s"] = qw.nbytes / best_of(lambda: torch._weight_int8pack_mm(x, qw, scales),
+                                                                   20) / 1e9
+    return {k: round(v, 3) for k, v in result.items()}
 
-    runs, llm_timings = [], {}
-    for batch in args.batches:
-        for seconds in args.seconds:
-            run = {"batch": batch, "clip_s": seconds, "question_tokens": args.question_tokens}
-            audios = [make_audio(seconds, seed=i) for i in range(batch)]
-            mels, run["feature_extraction_s"] = timed(lambda: processor.extract_audio_features(audios, 16000), "cpu")
-            mels = to_device({k: torch.as_tensor(v) for k, v in mels.items()}, device)
-            text = to_device(make_prompt(config, batch, args.question_tokens), device)
-            run["prompt_tokens"] = text["input_ids"].shape[1]
-            encoded = time_encoders(model.model, mels, device, run)
-            query = torch.zeros(batch, config.text_config.hidden_size, dtype=model.dtype, device=device)
-            with torch.no_grad():
-                _, run["projector_s"] = timed(lambda: model.model.projector(*encoded[:2], query, encoded[2]), device)
-            # The LLM's prompt is the same whatever the clip length (N placeholders), so prefill and decoding are
-            # measured once per batch size, on the first clip length, and reused for the others.
-            if batch not in llm_timings:
-                inputs = {**text, **dict(zip(ENCODED_AUDIO_INPUTS, encoded))}
-                _, prefill, decode = timed_generate(model, inputs, args.new_tokens, device)
-                llm_timings[batch] = {"prefill_s": prefill, "decode_tokens_per_s_per_sequence": round(decode, 2),
-                                      "decode_tokens_per_s_total": round(decode * batch, 2)}
-                if args.fast and batch == 1:
-                    llm_timings[batch].update(measure_fast_path(model, inputs, args, device))
-            run.update(llm_timings[batch])
-            run["ttft_from_waveform_s"] = run["feature_extraction_s"] + run["encoders_s"] + run["prefill_s"]
-            run = {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}
-            runs.append(run)
-            print(json.dumps(run), flush=True)
-    result["runs"] = runs
-    result["peak_memory_inference_mb"] = round(peak_memory_mb(device))
-    result["peak_memory_process_mb"] = round(memory_mb()[1]) if device == "cpu" else None
+
+def worker_checkpoint(args):
+    """A random full-size (or, with --quick, tiny) checkpoint with its processor, saved as the project saves one."""
+    from tinygiant.publish import save_checkpoint
+
+    if args.quick:
+        from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+
+        write_tiny_checkpoint(args.checkpoint)
+    else:
+        model = build_random_model(TinyGiantConfig())
+        save_checkpoint(model, make_processor(), args.checkpoint, training_summary="Random weights, for benchmarks.")
+    return {}
+
+
+def load_processor(args):
+    from processing_tinygiant import TinyGiantProcessor
+
+    return TinyGiantProcessor.from_pretrained(args.checkpoint, trust_remote_code=True)  # its own code is ours
+
+
+def worker_naive(args):
+    """The plain path a user first calls (bf16, `model.generate`), bf16 decoding candidates, and agreements."""
+    result = {"load_start": load_snapshot()}
+    model, result["load_s"] = timed(lambda: TinyGiantForConditionalGeneration.from_pretrained(
+        args.checkpoint, dtype=torch.bfloat16).eval())
+    model.generation_config.eos_token_id = None
+    processor, clock = load_processor(args), WhisperClock(model.model)
+    result["rss_ready_mb"] = round(memory_mb()[0])
+    result["decode_bytes_per_token"] = decode_bytes_per_token(model)
+    first_token_from_waveform(model, processor, clock, 10, args)  # warm-up: kernels for these shapes
+    for seconds in (30, 10):
+        run = first_token_from_waveform(model, processor, clock, seconds, args)
+        run.pop("tokens")
+        result[f"clip{seconds}"] = run
+        print(f"   naive {seconds} s clip: {run}", flush=True)
+    result["peak_rss_mb"] = round(memory_mb()[1])
+    result["decoding"] = decoding_candidates(model, processor, args, args.decoding)
+
+    # Lossy steps against bf16 on one 10 s probe: logits over the question and answer start, greedy tokens.
+    audio = make_audio(10, seed=99)
+    probe = {**tensors(processor.extract_audio_features([audio], 16000)), **make_prompt(model.config, 1,
+                                                                                          args.question_tokens, seed=99)}
+    with torch.no_grad():
+        reference = model(**probe).logits[0, -(args.question_tokens + 1):].float()
+        padded = encode(model, probe)[0]
+    reference_tokens, _, _ = timed_generate(model, probe, args.agreement_tokens)
+    model.config.whisper_trim_padding = True
+    with torch.no_grad():
+        trimmed = encode(model, probe)[0]
+    result["agreement"] = {"whisper_trim_padding": {"pooled_whisper_frames_pearson_r": pearson(padded, trimmed),
+                                                    **agreement(model, probe, reference, reference_tokens, args)}}
+    model.config.whisper_trim_padding = False
+    quantize_int8(model, activations="int8")
+    result["agreement"]["w8a8"] = agreement(model, probe, reference, reference_tokens, args)
+    quantize_int8(model, activations="float")
+    result["agreement"]["int8_weight_only"] = agreement(model, probe, reference, reference_tokens, args)
     result["load_end"] = load_snapshot()
     return result
 
 
-def measure_fast_path(model, inputs, args, device):
-    """Greedy decoding with `TinyGiantForConditionalGeneration.generate_fast` (static KV cache; compiled step with
-    `--compile`, whose first call includes compilation)."""
-    out = {}
-    plain, _, _ = timed_generate(model, inputs, args.new_tokens, device)
-    start = time.perf_counter()
-    fast, _, _ = timed_generate(model, inputs, args.new_tokens, device, fast=True, compile=args.compile)
-    out["fast_first_call_s"] = round(time.perf_counter() - start, 2)
-    _, ttft, decode = timed_generate(model, inputs, args.new_tokens, device, fast=True, compile=args.compile)
-    out["fast_prefill_s"] = round(ttft, 3)
-    out["fast_decode_tokens_per_s"] = round(decode, 2)
-    out["fast_tokens_equal_plain"] = bool(torch.equal(plain, fast))
-    return out
+def worker_best(args):
+    """The best path: int8 weights and activations quantised while loading, Whisper on real frames only, and the
+    decoding candidates; the per-clip audio cache's follow-up question when the model has one."""
+    result = {"load_start": load_snapshot()}
+    model, result["load_s"] = timed(lambda: load_int8(TinyGiantForConditionalGeneration, args.checkpoint,
+                                                      torch.bfloat16, activations="int8"))
+    model.generation_config.eos_token_id = None
+    model.config.whisper_trim_padding = True
+    processor, clock = load_processor(args), WhisperClock(model.model)
+    gc.collect()
+    result["rss_ready_mb"] = round(memory_mb()[0])
+    result["peak_rss_load_mb"] = round(memory_mb()[1])
+    result["decode_bytes_per_token"] = decode_bytes_per_token(model)
+    result["int8_linears"] = sum(isinstance(m, Int8Linear) for m in model.modules())
+    first_token_from_waveform(model, processor, clock, 10, args)  # warm-up
+    for seconds in (30, 10):
+        run = first_token_from_waveform(model, processor, clock, seconds, args)
+        run.pop("tokens")
+        result[f"clip{seconds}"] = run
+        print(f"   best {seconds} s clip: {run}", flush=True)
+    result["decoding"] = decoding_candidates(model, processor, args, args.decoding)
+    result["followup"] = None
+    if hasattr(model, "enable_audio_cache"):  # the per-clip encoder cache: a second question about the same clip
+        model.enable_audio_cache()
+        first = first_token_from_waveform(model, processor, clock, 30, args)
+        again = first_token_from_waveform(model, processor, clock, 30, args)
+        result["followup"] = {"first_ttft_s": first["ttft_s"], "followup_ttft_s": again["ttft_s"]}
+    result["peak_rss_mb"] = round(memory_mb()[1])
+    result["load_end"] = load_snapshot()
+    return result
+
+
+def worker_peer(args):
+    from peer_qwen_omni import measure_peer
+
+    return measure_peer(make_audio(30, seed=30), args.question_tokens, min(args.new_tokens, 8), small=args.quick)
 
 
 def worker_training(args):
@@ -327,27 +405,26 @@ def worker_training(args):
     from tinygiant.data import TinyGiantCollator
     from tinygiant.feature_cache import AudioFeatureCache
 
-    device, result = args.device, {"load_start": load_snapshot(), "clip_s": args.train_seconds}
-    model = build_random_model(TinyGiantConfig(), torch.bfloat16, device)
-    processor, config = make_processor(), model.config
+    result = {"load_start": load_snapshot(), "clip_s": args.train_seconds}
+    model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.bfloat16)
+    processor, config = load_processor(args), model.config
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     audio = {"array": make_audio(args.train_seconds, seed=5), "sampling_rate": 16000}
-    mels = {k: torch.as_tensor(v) for k, v in processor.extract_audio_features([audio], None).items()}
+    mels = tensors(processor.extract_audio_features([audio], None))
     text = make_prompt(config, 1, args.question_tokens, answer_tokens=args.answer_tokens)
-    live = to_device({**mels, **text}, device)
+    live = {**mels, **text}
     result["sequence_tokens"] = text["input_ids"].shape[1]
 
     with tempfile.TemporaryDirectory() as cache_dir:
         collator = TinyGiantCollator(processor, feature_cache=AudioFeatureCache(cache_dir, model, processor))
         key, row = collator.feature_cache.key(audio), mels  # what the collator holds for a processed row
         # The first look-up misses: the collator runs the encoders on the row's mels and stores the features.
-        _, result["cache_fill_s_per_clip"] = timed(lambda: collator.cached_features([row], [key]), device)
+        _, result["cache_fill_s_per_clip"] = timed(lambda: collator.cached_features([row], [key]))
 
         def step(cached):
-            batch = to_device({**text, **collator.cached_features([row], [key])[0]}, device) if cached else live
-            loss = model(**batch).loss
-            loss.backward()
+            batch = {**text, **collator.cached_features([row], [key])[0]} if cached else live
+            model(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -355,107 +432,144 @@ def worker_training(args):
         times = {False: [], True: []}
         for _ in range(args.train_steps):
             for cached in (False, True):  # interleaved, so that load changes hit both alike
-                times[cached].append(timed(lambda: step(cached), device)[1])
-        result["cache_hits"], result["cache_misses"] = collator.feature_cache.hits, collator.feature_cache.misses
+                times[cached].append(timed(lambda: step(cached))[1])
     result["step_s_live_encoders"] = round(float(np.median(times[False])), 3)
     result["step_s_feature_cache"] = round(float(np.median(times[True])), 3)
     result["speedup"] = round(result["step_s_live_encoders"] / result["step_s_feature_cache"], 2)
-    result["steps_each"] = args.train_steps
-    result["peak_memory_process_mb"] = round(peak_memory_mb(device))
     result["load_end"] = load_snapshot()
     return result
 
 
-# ----------------------------------------------------------------------------- report
+WORKERS = {"limits": worker_limits, "checkpoint": worker_checkpoint, "naive": worker_naive, "best": worker_best,
+           "peer": worker_peer, "training": worker_training}
+
+
+# ----------------------------------------------------------------------------- ratios and report
+
+
+def best_decoding(decoding):
+    """The fastest decoding path among those that keep the plain path's greedy tokens: `(name, tok/s)`."""
+    exact = {name: r["decode_tokens_per_s"] for name, r in decoding.items() if r["tokens_equal_plain"]}
+    name = max(exact, key=exact.get)
+    return name, exact[name]
+
+
+def ratios(limits, naive, best, peer, whisper_config):
+    """The issue's ratios. Decode ceilings: read bandwidth / weight bytes per token. Encoder floor: the best path's
+    Whisper time on a 30 s clip / its FLOPs at the measured rate of each part's precision (1.0 = at the floor)."""
+    ceiling = lambda result: limits["read_gb_per_s"] * 1e9 / result["decode_bytes_per_token"]
+    bf16_name, bf16_decode = best_decoding(naive["decoding"])
+    int8_name, int8_decode = best_decoding(best["decoding"])
+    frames = whisper_config.max_source_positions
+    out = {
+        "decode_vs_ceiling_bf16": bf16_decode / ceiling(naive),
+        "decode_vs_ceiling_int8": int8_decode / ceiling(best),
+        "encoder_vs_floor_best": best["clip30"]["whisper_s"] / encoder_floor_s(whisper_config, frames, limits, True),
+        "encoder_vs_floor_naive": naive["clip30"]["whisper_s"] / encoder_floor_s(whisper_config, frames, limits, False),
+        "ttft30_speedup_vs_naive": naive["clip30"]["ttft_s"] / best["clip30"]["ttft_s"],
+        "ttft10_speedup_vs_naive": naive["clip10"]["ttft_s"] / best["clip10"]["ttft_s"],
+        "decode_speedup_vs_naive": int8_decode / naive["clip30"]["decode_tokens_per_s"],
+        "followup_ttft_vs_first": (best["followup"]["followup_ttft_s"] / best["followup"]["first_ttft_s"]
+                                   if best["followup"] else None),
+        "int8_peak_rss_vs_resident": best["peak_rss_mb"] / best["rss_ready_mb"],
+    }
+    out = {k: (round(v, 3) if v is not None else None) for k, v in out.items()}
+    out["best_decoding"] = {"bf16": bf16_name, "int8": int8_name}
+    if peer:
+        out["peer"] = {"name": peer["name"], "ttft30_ratio": round(best["clip30"]["ttft_s"] / peer["ttft_s"], 3),
+                       "decode_ratio": round(int8_decode / peer["decode_tokens_per_s"], 3),
+                       "peak_rss_ratio": round(best["peak_rss_mb"] / peer["peak_rss_mb"], 3)}
+    else:
+        out["peer"] = None
+    return out
+
+
+TARGETS = {"decode_vs_ceiling_bf16": ">= 0.6", "decode_vs_ceiling_int8": ">= 0.6", "ttft30_speedup_vs_naive": ">= 1.8",
+           "ttft10_speedup_vs_naive": ">= 3", "int8_peak_rss_vs_resident": "<= 1.15", "peer.decode_ratio": ">= 6",
+           "peer.peak_rss_ratio": "<= 0.3", "peer.ttft30_ratio": "<= 0.35"}
 
 
 def markdown(report):
-    lines = [f"# TinyGiant full-size benchmark ({report['name']})", "",
-             f"{report['machine']}; torch {report['torch']}, {report['threads']} threads, device {report['device']}. "
-             "Random weights; prompts of random ids with 300 audio placeholders and a "
-             f"{report['args']['question_tokens']}-token question; greedy decoding of {report['args']['new_tokens']} "
-             "tokens.", ""]
-    first = next(iter(report["inference"].values()))
-    lines += ["## Parameters", "", "| component | parameters |", "|---|---:|"]
-    lines += [f"| {k} | {v / 1e6:.1f} M |" for k, v in first["parameters"].items()] + [""]
-    lines += ["## Inference", "",
-              "| precision | batch | clip | prompt tok | feat. extr. s | Whisper s | HTS-AT tiny s | HTS-AT base s | "
-              "projector s | prefill s | TTFT s (from waveform) | decode tok/s (per seq) | fast decode tok/s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for precision, res in report["inference"].items():
-        for r in res["runs"]:
-            lines.append(
-                f"| {precision} | {r['batch']} | {r['clip_s']} s | {r['prompt_tokens']} | {r['feature_extraction_s']:.2f} | "
-                f"{r['whisper_encoder_s']:.2f} | {r['htsat_tiny_s']:.2f} | {r['htsat_base_clap_s']:.2f} | "
-                f"{r['projector_s']:.2f} | {r['prefill_s']:.2f} | {r['ttft_from_waveform_s']:.2f} | "
-                f"{r['decode_tokens_per_s_per_sequence']:.1f} | {r.get('fast_decode_tokens_per_s', '-')} |")
-    lines += ["", "Prefill: from the encoders' outputs to the first token (projector and the LLM's prompt pass). It and "
-              "decoding do not depend on the clip length (the prompt always holds the same placeholders), so they are "
-              "measured at the first clip length of each batch size. TTFT from waveform = feature extraction + encoders "
-              "(with pooling) + prefill.", ""]
-    lines += ["| precision | build s | quantize s | RSS after quantize MB | RSS ready MB | peak RSS during inference MB | "
-              "peak RSS whole process MB | load avg start / end |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for precision, res in report["inference"].items():
-        lines.append(f"| {precision} | {res['build_s']:.1f} | {res.get('quantize_s', 0):.1f} | "
-                     f"{res.get('rss_after_quantize_mb', 0):.0f} | {res['rss_ready_mb']:.0f} | "
-                     f"{res['peak_memory_inference_mb']} | {res['peak_memory_process_mb']} | "
-                     f"{res['load_start']['loadavg_1m']} / {res['load_end']['loadavg_1m']} |")
-    agreement = report["inference"].get("int8", {}).get("agreement_with_bf16")
-    if agreement:
-        lines += ["", "int8 vs bf16 (same random weights): " + ", ".join(f"{k} = {v}" for k, v in agreement.items())]
-    train = report.get("training")
-    if train:
-        lines += ["", "## Training step (batch 1, bf16, forward + backward + AdamW)", "",
-                  "| clip | tokens | live encoders s/step | feature cache s/step | speed-up | cache fill s/clip "
-                  "(encoders + write) | load avg |",
-                  "|---:|---:|---:|---:|---:|---:|---|",
-                  f"| {train['clip_s']} s | {train['sequence_tokens']} | {train['step_s_live_encoders']} | "
-                  f"{train['step_s_feature_cache']} | {train['speedup']}x | {train['cache_fill_s_per_clip']:.2f} | "
-                  f"{train['load_start']['loadavg_1m']} / {train['load_end']['loadavg_1m']} |"]
-    lines += ["", f"Load during the run (1-min load average; {report['threads']} threads used): "
-              + "; ".join(f"{k}: {v}" for k, v in report["load"].items()), ""]
+    r, lim = report["ratios"], report["limits"]
+    flat = {**{k: v for k, v in r.items() if not isinstance(v, dict)},
+            **{f"peer.{k}": v for k, v in (r["peer"] or {}).items() if k != "name"}}
+    lines = [f"# TinyGiant CPU benchmark ({report['name']})", "",
+             f"{report['machine']}; torch {report['torch']}, {report['threads']} threads; {report['wall_s']} s. "
+             "Random weights; batch 1; 100-token question; greedy.", "",
+             "| ratio | value | target |", "|---|---:|---|"]
+    lines += [f"| {k} | {v} | {TARGETS.get(k, '')} |" for k, v in flat.items()]
+    lines += ["", f"Limits: bf16 GEMM {lim['bf16_tflops']} TFLOP/s, int8 GEMM {lim['int8_tops']} TOP/s, memory read "
+              f"{lim['read_gb_per_s']} GB/s; one-row matmuls (decoding) reach "
+              + ", ".join(f"{k[5:-9].replace('_', ' ')} {v}" for k, v in lim.items() if k.startswith("gemv_"))
+              + f" GB/s. Best decoding: {r['best_decoding']}. Peer: "
+              f"{r['peer']['name'] if r['peer'] else 'not run'}.", "",
+              "| path | TTFT 30 s clip | Whisper 30 s | TTFT 10 s clip | Whisper 10 s | decode tok/s | peak RSS MB |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("naive", "best"):
+        res = report[name]
+        decode = best_decoding(res["decoding"])[1] if name == "best" else res["clip30"]["decode_tokens_per_s"]
+        lines.append(f"| {name} | {res['clip30']['ttft_s']} | {res['clip30']['whisper_s']} | {res['clip10']['ttft_s']} "
+                     f"| {res['clip10']['whisper_s']} | {decode} | {res['peak_rss_mb']} |")
+    if report.get("peer"):
+        p = report["peer"]
+        lines.append(f"| peer | {p['ttft_s']:.3f} | | | | {p['decode_tokens_per_s']:.2f} | {p['peak_rss_mb']} |")
+    lines += ["", "| decoding | bf16 tok/s | int8 tok/s | same tokens as plain (bf16 / int8) |", "|---|---:|---:|---|"]
+    for name in report["naive"]["decoding"]:
+        a, b = report["naive"]["decoding"][name], report["best"]["decoding"][name]
+        lines.append(f"| {name} | {a['decode_tokens_per_s']} | {b['decode_tokens_per_s']} | "
+                     f"{a['tokens_equal_plain']} / {b['tokens_equal_plain']} |")
+    lines += ["", "Agreement with bf16 (10 s probe): "]
+    lines += [f"- {k}: " + ", ".join(f"{m} = {v}" for m, v in a.items()) for k, a in report["naive"]["agreement"].items()]
+    if report.get("training"):
+        t = report["training"]
+        lines += ["", f"Training step (batch 1, {t['clip_s']} s clip): live encoders {t['step_s_live_encoders']} s, "
+                  f"feature cache {t['step_s_feature_cache']} s ({t['speedup']}x)."]
+    lines += ["", f"Load (1-min average) at start / end: {report['load']['start']['loadavg_1m']} / "
+              f"{report['load']['end']['loadavg_1m']}", ""]
     return "\n".join(lines)
 
 
-def run_worker(args, kind, precision=None):
+def write_atomically(path, text):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_worker(args, kind):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    command = [sys.executable, __file__, *args.passthrough, "--worker", kind, "--worker-out", out]
-    if precision:
-        command += ["--precision", precision]
-    print(f"== {kind} {precision or ''}", flush=True)
+    command = [sys.executable, __file__, *args.passthrough, "--worker", kind, "--worker-out", out,
+               "--checkpoint", args.checkpoint]
+    print(f"== {kind}", flush=True)
+    started = time.perf_counter()
     subprocess.run(command, check=True)
     result = json.loads(Path(out).read_text())
     os.unlink(out)
+    print(f"   {kind} took {time.perf_counter() - started:.0f} s", flush=True)
     return result
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10 s clip, batch 1, 8 tokens")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smoke run of every step on tiny models")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precisions", nargs="+", default=["bf16", "int8"], choices=["bf16", "int8"])
-    parser.add_argument("--seconds", nargs="+", type=float, default=None, help="clip lengths (default 10 30)")
-    parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 4)")
     parser.add_argument("--question-tokens", type=int, default=100)
-    parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens per generation (default 16)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens per generation (default 24)")
     parser.add_argument("--agreement-tokens", type=int, default=16)
-    parser.add_argument("--fast", action="store_true", help="also time `generate_fast` (static KV cache) at batch 1")
-    parser.add_argument("--compile", action="store_true", help="with --fast: torch.compile the decoding step too")
-    parser.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
+    parser.add_argument("--decoding", nargs="+", default=list(DECODING), choices=list(DECODING))
+    parser.add_argument("--no-peer", action="store_true", help="skip the peer")
+    parser.add_argument("--train", action="store_true", help="also time a training step with and without the cache")
     parser.add_argument("--train-seconds", type=float, default=10)
     parser.add_argument("--train-steps", type=int, default=1, help="measured steps each way, after a warm-up step")
     parser.add_argument("--answer-tokens", type=int, default=64)
-    parser.add_argument("--name", default=None, help="results file name (default cpu, cpu-quick or cuda)")
-    parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
+    parser.add_argument("--name", default=None, help="results file name (default cpu or cpu-quick)")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.seconds = args.seconds or ([10] if args.quick else [10, 30])
-    args.batches = args.batches or ([1] if args.quick else [1, 4])
-    args.new_tokens = args.new_tokens or (8 if args.quick else 16)
-    args.name = args.name or (args.device + ("-quick" if args.quick else ""))
+    args.new_tokens = args.new_tokens or (6 if args.quick else 24)
+    args.agreement_tokens = min(args.agreement_tokens, args.new_tokens) if args.quick else args.agreement_tokens
+    args.name = args.name or ("cpu-quick" if args.quick else "cpu")
     return args
 
 
@@ -464,27 +578,33 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
-        result = worker_training(args) if args.worker == "training" else worker_inference(args, args.precision)
-        Path(args.worker_out).write_text(json.dumps(result, indent=1))
+        Path(args.worker_out).write_text(json.dumps(WORKERS[args.worker](args), indent=1))
         return
-    args.passthrough = [a for a in argv if a not in ("--worker",)]
+    args.passthrough = argv
     started = time.time()
-    report = {"name": args.name, "device": args.device, "threads": args.threads, "torch": torch.__version__,
+    report = {"name": args.name, "threads": args.threads, "torch": torch.__version__,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "worker_out")},
-              "load": {"start": load_snapshot()}, "inference": {}}
-    for precision in args.precisions:
-        report["inference"][precision] = run_worker(args, "inference", precision)
-    if not args.no_train:
-        report["training"] = run_worker(args, "training")
+              "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "worker_out",
+                                                                       "checkpoint")},
+              "load": {"start": load_snapshot()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        args.checkpoint = str(Path(tmp) / "checkpoint")
+        report["limits"] = run_worker(args, "limits")
+        run_worker(args, "checkpoint")
+        report["naive"] = run_worker(args, "naive")
+        report["best"] = run_worker(args, "best")
+        report["peer"] = None if args.no_peer else run_worker(args, "peer")
+        if args.train:
+            report["training"] = run_worker(args, "training")
+        whisper_config = TinyGiantConfig.from_pretrained(args.checkpoint).whisper_config
+    report["ratios"] = ratios(report["limits"], report["naive"], report["best"], report["peer"], whisper_config)
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / f"{args.name}.json").write_text(json.dumps(report, indent=1))
-    (out_dir / f"{args.name}.md").write_text(markdown(report))
+    RESULTS.mkdir(exist_ok=True)
+    write_atomically(RESULTS / f"{args.name}.json", json.dumps(report, indent=1) + "\n")
+    write_atomically(RESULTS / f"{args.name}.md", markdown(report))
     print(markdown(report))
-    print(f"wrote {out_dir / args.name}.json and .md in {report['wall_s']} s")
+    print(f"wrote {RESULTS / args.name}.json and .md in {report['wall_s']} s")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 import copy
 import weakref
 
+import pytest
 import torch
 from conftest import chat, tone
 
-from int8_tinygiant import Int8Embedding, Int8Linear, quantize_int8
+from int8_tinygiant import Int8Embedding, Int8Linear, load_int8, quantize_activations, quantize_int8
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 
 GREEDY = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -73,9 +74,9 @@ def test_quantize_int8_drops_each_float_weight_as_it_goes(tiny_dir, monkeypatch)
     live_when_quantising = []
     from_linear = Int8Linear.from_linear
 
-    def counting_from_linear(linear):
+    def counting_from_linear(linear, *args):
         live_when_quantising.append(sum(w() is not None for w in float_weights))
-        return from_linear(linear)
+        return from_linear(linear, *args)
 
     monkeypatch.setattr(Int8Linear, "from_linear", counting_from_linear)
     quantize_int8(model)
@@ -84,3 +85,54 @@ def test_quantize_int8_drops_each_float_weight_as_it_goes(tiny_dir, monkeypatch)
     assert all(w() is None for w in float_weights)  # the tied embedding / LM head table included
     assert not any(p.dim() == 2 for p in model.model.language_model.parameters())
     assert sum(p.numel() * p.element_size() for p in model.parameters()) < 0.2 * float_bytes  # convs, norms, MHA
+
+
+def test_w8a8_linear_quantises_activations_per_token_and_matches_the_float_layer(monkeypatch):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    q = Int8Linear.from_linear(linear, activations="int8")
+    int_mm_calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: int_mm_calls.append((a.dtype, b.dtype)) or int_mm(a, b))
+    x = torch.randn(40, 64, dtype=torch.bfloat16)
+    x[3] *= 1000  # one loud token must not cost the others their precision (per-token scales)
+    ref, out = linear(x).float(), q(x).float()
+    assert int_mm_calls == [(torch.int8, torch.int8)]
+    for row in (0, 3, 39):
+        assert (out[row] - ref[row]).abs().max() <= 0.03 * ref[row].abs().max(), row
+    qx, scales = quantize_activations(x.float())
+    assert qx.dtype == torch.int8 and int(qx.abs().max()) == 127 and scales.shape == (40, 1)
+    q(torch.randn(1, 64, dtype=torch.bfloat16))  # a decoding-sized input takes the weight-only kernel
+    assert len(int_mm_calls) == 1
+    with pytest.raises(ValueError, match="activations"):
+        Int8Linear.from_linear(linear, activations="int4")
+
+
+def test_w8a8_model_agrees_with_float_and_generation_matches_its_fast_path(model, processor):
+    quantized = quantize_int8(copy.deepcopy(model), activations="int8")
+    assert {m.activations for m in quantized.modules() if isinstance(m, Int8Linear)} == {"int8"}
+    inputs = batch(processor, QUESTIONS[:4], [tone(2.0, freq=f) for f in (300, 900, 2500, 4000)])
+    with torch.no_grad():
+        ref_logits, q_logits = model(**inputs).logits[:, -1], quantized(**inputs).logits[:, -1]
+    r = torch.corrcoef(torch.stack([ref_logits.flatten(), q_logits.flatten()]))[0, 1]
+    assert r > 0.98, r
+    assert torch.equal(quantized.generate(**inputs, **GREEDY), quantized.generate_fast(**inputs, **GREEDY))
+
+
+def test_load_int8_gives_the_model_quantise_after_load_gives(tiny_dir):
+    after = quantize_int8(TinyGiantForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.bfloat16).eval(),
+                          activations="int8")
+    while_loading = load_int8(TinyGiantForConditionalGeneration, tiny_dir, torch.bfloat16, activations="int8")
+    expected, got = after.state_dict(), while_loading.state_dict()
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    assert dict(after.named_buffers()).keys() == dict(while_loading.named_buffers()).keys()
+    for name, buffer in after.named_buffers():  # non-persistent ones (rotary frequencies) included
+        assert torch.equal(dict(while_loading.named_buffers())[name], buffer), name
+    assert while_loading.model.language_model.embed_tokens.head is while_loading.lm_head
+
+
+def test_load_int8_names_a_folder_without_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_int8(TinyGiantForConditionalGeneration, tmp_path)

@@ -94,3 +94,69 @@ def test_hits_misses_keys_and_fingerprint(model, processor, tmp_path):
         finally:
             model.load_state_dict(clone)
     assert encoder_fingerprint(model, processor) == cache.fingerprint
+
+
+def test_whisper_padding_switch_is_shared_by_the_cache_and_inference(tiny_dir, model, processor, tmp_path):
+    trimmed = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir, whisper_trim_padding=True).eval()
+    assert trimmed.config.whisper_trim_padding and not model.config.whisper_trim_padding
+    padded_cache, trimmed_cache = AudioFeatureCache(tmp_path, model, processor), AudioFeatureCache(tmp_path, trimmed, processor)
+    assert padded_cache.fingerprint != trimmed_cache.fingerprint  # one never serves the other's features
+    audios = [tone(4.0, freq=500), tone(31.0, freq=900)]  # one window with padding; a full window + a short one
+    keys = trimmed_cache.encode([{"array": a, "sampling_rate": 16000} for a in audios])
+    mels = processor.extract_audio_features([{"array": a, "sampling_rate": 16000} for a in audios])
+    mels = {k: torch.as_tensor(v) for k, v in mels.items()}
+    encoded = dict(zip(("whisper_frames", "htsat_frames", "clap_vector"), trimmed.model.encode_audio(**mels)))
+    for name, cached in trimmed_cache.fetch(keys).items():
+        assert torch.equal(cached, encoded[name]), name
+    with torch.no_grad():
+        padded = model.model.encode_whisper(mels["whisper_input_features"], mels["whisper_lengths"])
+        cut = trimmed.model.encode_whisper(mels["whisper_input_features"], mels["whisper_lengths"])
+    frames = model.config.whisper_frames_per_window
+    real = mels["whisper_lengths"].tolist()  # [200, 1550] at 50 frames/s
+    assert torch.allclose(cut[1], padded[1], atol=1e-5)  # a full window is the same either way
+    assert not torch.allclose(cut[0, : real[0]], padded[0, : real[0]], atol=1e-3)  # a padded one is not
+    assert cut[0, real[0]:].abs().max() == 0 and cut[2, real[1] - frames:].abs().max() == 0
+    prompt = processor(text=processor.apply_chat_template(chat("How many beeps?"), add_generation_prompt=True,
+                                                          tokenize=False), audio=audios[0], sampling_rate=16000)
+    greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    text_prompt = {k: prompt[k] for k in ("input_ids", "attention_mask", "instruction_mask")}
+    assert torch.equal(trimmed.generate(**prompt, **greedy), trimmed.generate(**text_prompt, **trimmed_cache.fetch(keys[:1]), **greedy))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-a-byte", "empty"])
+def test_a_damaged_file_is_detected_and_recomputed_with_a_warning(model, processor, tmp_path, damage, caplog):
+    audio = {"array": tone(1.5, freq=500), "sampling_rate": 16000}
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    key, = cache.encode([audio])
+    good = cache.fetch([key])
+    path = cache.path(key)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":  # killed while writing, or a full disk
+        data = data[: len(data) // 2]
+    elif damage == "flip-a-byte":  # same size and a valid header, wrong numbers
+        data[-5] ^= 0xFF
+    else:
+        data = b""
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="tinygiant.feature_cache"):
+        assert cache.get(key) is None  # a miss, never wrong numbers
+    assert f"feature cache file {path} is corrupt" in caplog.text and not path.exists()
+    cache.encode([audio])  # recomputed and stored again
+    assert all(torch.equal(cache.fetch([key])[name], good[name]) for name in good)
+
+
+def test_collator_recomputes_a_damaged_cache_file(model, processor, tmp_path, caplog):
+    from tinygiant.data import TinyGiantCollator
+
+    audio = {"array": tone(1.5, freq=700), "sampling_rate": 16000}
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    key, = cache.encode([audio])
+    good = cache.fetch([key])
+    cache.path(key).write_bytes(cache.path(key).read_bytes()[:100])
+    collator = TinyGiantCollator(processor, feature_cache=cache)
+    with caplog.at_level("WARNING", logger="tinygiant.feature_cache"):
+        batch = collator([{"user": "<audio> How many beeps?", "assistant": "Three.", "audio": audio}])
+    assert "is corrupt" in caplog.text
+    assert int(batch["num_feature_cache_misses"]) == 1 and "whisper_input_features" not in batch
+    assert all(torch.equal(batch[name][0], good[name][0]) for name in good)
+    assert all(torch.equal(cache.fetch([key])[name], good[name]) for name in good)  # stored again

@@ -117,9 +117,11 @@ def test_placeholder_count_mismatch_raises(model, processor):
 def test_audio_is_encoded_once_per_generate(model, processor):
     calls = []
     hooks = [e.register_forward_hook(lambda *_: calls.append(1)) for e in model.model.audio_encoders()]
+    audio_cache, model.model.audio_cache = model.model.audio_cache, None  # a pipeline on the shared model may have set one
     try:
         model.generate(**prompt(processor, "What is it?", tone(1.0)), max_new_tokens=5, min_new_tokens=5, do_sample=False)
     finally:
+        model.model.audio_cache = audio_cache
         for h in hooks:
             h.remove()
     assert len(calls) == 3  # Whisper, HTS-AT and CLAP once each, at prefill

@@ -7,11 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tone, without
+from conftest import talkative, tone, without
 from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
@@ -22,16 +21,6 @@ from tinygiant.publish import save_checkpoint
 from tinygiant.synthetic import generate_clip
 
 GREEDY = {"max_new_tokens": 16, "do_sample": False}
-
-
-def talkative(model):
-    """Re-draw the language model's matrices with a large std: at the usual init a tiny random Qwen3 prints only
-    newlines whatever it hears, which would make "batched == one by one" hold trivially."""
-    torch.manual_seed(1)
-    for name, parameter in model.named_parameters():
-        if "language_model" in name and parameter.dim() > 1:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +216,14 @@ def test_int8_pipeline_answers_and_is_compared_with_float(hub_dir, capsys):
     assert answered["answer"] is not None
     with pytest.raises(ValueError, match="cannot be saved"):
         int8_pipe.save_pretrained(str(hub_dir.parent / "int8"))
+
+
+def test_w8a8_pipeline_quantises_activations_and_names_a_bad_mode(hub_dir):
+    w8a8 = pipeline("audio-reasoning", model=str(hub_dir), trust_remote_code=True, int8="w8a8")
+    modes = {m.activations for m in w8a8.model.modules() if type(m).__name__ == "Int8Linear"}
+    assert modes == {"int8"}
+    clip = generate_clip("count_beeps", seed=0)
+    out = w8a8({"array": clip.waveform, "sampling_rate": clip.sampling_rate}, question=clip.question, **GREEDY)
+    assert out["text"]
+    with pytest.raises(ValueError, match="int8 must be one of"):
+        pipeline("audio-reasoning", model=str(hub_dir), trust_remote_code=True, int8="int4")

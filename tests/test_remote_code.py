@@ -68,6 +68,7 @@ def test_checkpoint_ships_its_code_and_auto_map(tiny_dir):
         "AutoConfig": "configuration_tinygiant.TinyGiantConfig",
         "AutoModel": "modeling_tinygiant.TinyGiantForConditionalGeneration",
         "AutoModelForCausalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
     }
     processor_config = json.loads((tiny_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_tinygiant.TinyGiantProcessor"

@@ -13,6 +13,7 @@ Usage (or `python -m tinygiant.mmar ...`):
     tinygiant eval mmar --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
     tinygiant eval mmar --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
     tinygiant eval mmar --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+    tinygiant eval mmar ... --rubrics [--dry-run] [--judge-base-url URL --judge-model NAME]   # MMAR-Rubrics
  Generation is resumable: rerun the same command after an interruption and
 only the items missing from OUT/predictions.jsonl are answered.
 
@@ -27,6 +28,8 @@ import os
 import re
 import tarfile
 from pathlib import Path
+
+from parsing_tinygiant import format_question
 
 MODALITIES = [
     "sound",
@@ -192,9 +195,10 @@ def load_meta(path, skip_invalid=False):
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
     Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
-    for: a missing required key, an unknown modality, layer or sub-category (or a sub-category under
-    the wrong layer), fewer than 2 or more than 6 choices, an answer that is not one of the choices,
-    or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
+    for: a missing required key, an `id`, `audio_path`, `answer`, modality, layer or sub-category that is not a
+    non-empty string, an unknown modality, layer or sub-category (or a sub-category under the wrong layer), a
+    question or choices the prompt cannot take (`format_question`: 2 to 6 distinct non-empty strings), an answer
+    that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
     `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
     items = _read_json_records(path)
@@ -209,6 +213,12 @@ def load_meta(path, skip_invalid=False):
         if missing:
             problems.append(f"item {name}: missing keys {missing}")
             continue
+        wrong_type = [k for k in ("id", "audio_path", "answer", "modality", "category", "sub-category")
+                      if not isinstance(item[k], str) or not item[k].strip()]
+        if wrong_type:
+            problems.append(f"item {name}: {wrong_type} must be non-empty strings")
+            invalid.add(index)
+            continue
         if name in seen:
             problems.append(f"item {name}: duplicate id")
         seen.add(name)
@@ -219,11 +229,13 @@ def load_meta(path, skip_invalid=False):
         elif item["sub-category"] not in LAYERS[item["category"]]:
             where = "unknown" if item["sub-category"] not in SUB_CATEGORIES else f"not in {item['category']}:"
             problems.append(f"item {name}: sub-category {where} {item['sub-category']!r}")
-        choices = item["choices"]
-        if not isinstance(choices, list) or not 2 <= len(choices) <= 6:
-            problems.append(f"item {name}: needs 2 to 6 choices, got {choices!r}")
-        elif item["answer"] not in choices:
-            problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
+        try:  # the question and choices as the prompt takes them: 2 to 6 distinct non-empty strings
+            format_question(item["question"], item["choices"])
+        except ValueError as error:
+            problems.append(f"item {name}: 'question'/'choices': {error}")
+        else:
+            if item["answer"] not in item["choices"]:
+                problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
         if len(problems) > before:
             invalid.add(index)
     if problems and skip_invalid and len(invalid) == len(problems):
@@ -489,7 +501,7 @@ def _plot_groups(path, labels, series, title):
         ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=name, hatch=hatch, yerr=errors,
                capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, labels)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.legend(fontsize="small")
@@ -511,6 +523,39 @@ def _error_bars(cells):
             low.append(max(0.0, c["accuracy"] - c["ci95"][0]))
             high.append(max(0.0, c["ci95"][1] - c["accuracy"]))
     return [low, high]
+
+
+def _rubrics_section(rubrics):
+    """Report lines for the MMAR-Rubrics scores (`tinygiant.rubrics.rubric_scores`)."""
+    from tinygiant.rubrics import PAPER_RUBRICS
+
+    def row(name, cell, paper_value=None):
+        ci = "–" if cell["ci95"] is None else f"{cell['ci95'][0]:.1f}–{cell['ci95'][1]:.1f}"
+        return f"| {name} | {_pct(cell['score'], 2)} | {cell['n']} | {ci} | {_pct(paper_value, 2)} |"
+
+    header = "| {} | Rubrics score | n | 95 % CI (bootstrap) | paper's team |\n|---|---|---|---|---|"
+    judge = rubrics.get("judge", {})
+    lines = [
+        "",
+        "## MMAR-Rubrics",
+        "",
+        f"Mean item score in % (a wrong answer scores 0; a right one is graded by {rubrics['graders']} judge calls "
+        f"against the item's rubric, mean of the middle 3). Judge: {judge.get('model', '?')} at "
+        f"{judge.get('base_url', '?')}. Judged items: {rubrics['n_judged']}; items no grader could grade (left out): "
+        f"{rubrics['n_unjudged']}; judge replies recorded as errors: {rubrics['n_judge_errors']}. "
+        "Paper's team: the challenge leaderboard.",
+        "",
+        header.format("items"),
+        row("all", rubrics["overall"], PAPER_RUBRICS),
+        "",
+        header.format("modality"),
+    ]
+    lines += [row(f"{m} ({MODALITY_SHORT[m]})", rubrics["by_modality"][m]) for m in MODALITIES]
+    lines += ["", header.format("layer")]
+    lines += [row(layer, rubrics["by_layer"][layer]) for layer in LAYERS]
+    lines += ["", header.format("layer / sub-category")]
+    lines += [row(f"{layer} / {s}", rubrics["by_sub_category"][s]) for layer, subs in LAYERS.items() for s in subs]
+    return lines
 
 
 def write_report(scores, out_dir, paper=PAPER_MMAR):
@@ -562,18 +607,27 @@ def write_report(scores, out_dir, paper=PAPER_MMAR):
     for layer, subs in LAYERS.items():
         for s in subs:
             lines.append(_row(f"{layer} / {s}", scores["by_sub_category"][s], paper["by_sub_category"].get(s), paper_digits=2))
+    if "rubrics" in scores:
+        lines += _rubrics_section(scores["rubrics"])
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     cells = [scores["by_modality"][m] for m in MODALITIES] + [overall]
-    _plot_groups(
-        out / "accuracy_by_modality.png",
-        [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"],
-        [
-            ("ours (95 % CI)", [c["accuracy"] for c in cells], _error_bars(cells), None),
-            ("paper", [paper["by_modality"].get(m) for m in MODALITIES] + [paper["overall"]], None, "//"),
-        ],
-        "MMAR accuracy by modality",
-    )
+    series = [
+        ("accuracy, ours (95 % CI)", [c["accuracy"] for c in cells], _error_bars(cells), None),
+        ("accuracy, paper", [paper["by_modality"].get(m) for m in MODALITIES] + [paper["overall"]], None, "//"),
+    ]
+    title = "MMAR accuracy by modality"
+    if "rubrics" in scores:
+        from tinygiant.rubrics import PAPER_RUBRICS
+
+        rubric_cells = [scores["rubrics"]["by_modality"][m] for m in MODALITIES] + [scores["rubrics"]["overall"]]
+        series += [
+            ("Rubrics, ours (95 % CI)", [c["score"] for c in rubric_cells],
+             _error_bars([{"accuracy": c["score"], "ci95": c["ci95"]} for c in rubric_cells]), "..")]
+        series += [("Rubrics, paper's team", [None] * len(MODALITIES) + [PAPER_RUBRICS], None, "xx")]
+        title = "MMAR accuracy and MMAR-Rubrics score by modality"
+    _plot_groups(out / "accuracy_by_modality.png", [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"], series,
+                 title)
     return {name: out / name for name in ("scores.json", "report.md", "accuracy_by_modality.png")}
 
 
@@ -595,7 +649,21 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--limit", type=int, help="answer at most this many items")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
+    judge = parser.add_argument_group("MMAR-Rubrics (an LLM judge grades the reasoning of correct answers)")
+    judge.add_argument("--rubrics", action="store_true", help="also compute the MMAR-Rubrics score")
+    judge.add_argument("--judge-base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) "
+                                                "or http://localhost:11434/v1 (Ollama); default OpenAI's")
+    judge.add_argument("--judge-model", default=None, help="default gpt-4o-2024-11-20, the official judge")
+    judge.add_argument("--judge-concurrency", type=int, default=4, help="judge calls in flight at most")
+    judge.add_argument("--judge-qps", type=float, default=None, help="judge calls started per second at most")
+    judge.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
+    judge.add_argument("--dry-run", action="store_true",
+                       help="with --rubrics: print the number of judge calls and a token estimate, call nothing")
     args = parser.parse_args(argv)
+    if args.dry_run and not args.rubrics:
+        parser.error("--dry-run estimates the judge's cost: use it with --rubrics")
+    if args.judge_concurrency < 1:
+        parser.error("--judge-concurrency must be at least 1")
 
     output_dir = Path(args.output_dir)
     meta_path, audio_dir = args.meta, args.audio_dir
@@ -604,6 +672,11 @@ def main(argv=None):
             parser.error("--score-only needs --meta")
         meta_path, audio_dir = fetch_mmar(output_dir / "data")
     meta = load_meta(meta_path, skip_invalid=args.meta is None)
+    if args.rubrics:  # before any generation: the old meta has no rubrics
+        from tinygiant.rubrics import check_rubric
+
+        for item in meta:
+            check_rubric(item)
     if args.model:
         predictions_path = output_dir / "predictions.jsonl"
         predict(meta, audio_dir or Path(meta_path).parent, args.model, predictions_path, args.batch_size, args.limit,
@@ -612,6 +685,16 @@ def main(argv=None):
         predictions_path = args.score_only
     predictions = load_predictions(predictions_path, meta)
     scores = score(meta, predictions)
+    if args.rubrics:
+        from tinygiant.rubrics import JUDGE_MODEL, evaluate_rubrics
+
+        rubrics = evaluate_rubrics(meta, predictions, output_dir, concurrency=args.judge_concurrency,
+                                   dry_run=args.dry_run, base_url=args.judge_base_url,
+                                   model=args.judge_model or JUDGE_MODEL, timeout=args.judge_timeout,
+                                   qps=args.judge_qps)
+        if rubrics is None:  # a dry run: nothing judged, nothing written
+            return scores
+        scores["rubrics"] = rubrics
     paths = write_report(scores, output_dir)
 
     o, off = scores["overall"], scores["official"]
@@ -620,6 +703,12 @@ def main(argv=None):
         f"missing {scores['n_missing']}, errors {scores['n_errors']} (counted wrong)"
     )
     print(f"official-script accuracy over predicted items: {_pct(off['accuracy'], 2)} % ({off['correct']}/{off['total']})")
+    if "rubrics" in scores:
+        r = scores["rubrics"]
+        ci = r["overall"]["ci95"]
+        print(f"MMAR-Rubrics: {_pct(r['overall']['score'], 2)} (n {r['overall']['n']}, 95 % CI "
+              f"{'–' if ci is None else f'{ci[0]:.1f}–{ci[1]:.1f}'}); judged {r['n_judged']}, unjudged "
+              f"{r['n_unjudged']}, judge errors {r['n_judge_errors']}")
     print(f"report: {paths['report.md']}")
     return scores
 

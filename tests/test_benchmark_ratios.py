@@ -1,0 +1,65 @@
+"""The benchmark's ratio arithmetic (the benchmark itself is a script that prints figures, not a test)."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmark_tinygiant import best_decoding, decode_bytes_per_token, encoder_floor_s, ratios, whisper_flops
+
+from configuration_tinygiant import whisper_large_v3_turbo_config
+from int8_tinygiant import quantize_int8
+
+LIMITS = {"bf16_tflops": 0.35, "int8_tops": 0.7, "read_gb_per_s": 30.0}
+
+
+def test_whisper_window_flops_match_the_hand_count():
+    linear, other = whisper_flops(whisper_large_v3_turbo_config(), 1500)
+    assert linear + other == pytest.approx(2.27e12, rel=0.01)  # 32 layers of 1280 dims over 1500 frames
+    assert whisper_flops(whisper_large_v3_turbo_config(), 500)[0] == pytest.approx(linear / 3, rel=0.01)
+    # With int8 linears only the linear part runs at the int8 rate.
+    assert encoder_floor_s(whisper_large_v3_turbo_config(), 1500, LIMITS, True) == pytest.approx(
+        linear / 0.7e12 + other / 0.35e12)
+
+
+def test_decode_bytes_count_layers_norm_and_head_and_halve_in_int8(model):
+    lm = model.model.language_model
+    expected = sum(p.numel() * p.element_size() for m in (lm.layers, lm.norm, model.lm_head) for p in m.parameters())
+    assert decode_bytes_per_token(model) == expected
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    bf16_bytes = decode_bytes_per_token(bf16)
+    assert bf16_bytes == expected // 2
+    assert 0.5 * bf16_bytes < decode_bytes_per_token(quantize_int8(bf16)) < 0.6 * bf16_bytes  # int8 + scales
+
+
+def run(ttft30, ttft10, whisper30, decode, decoding, bytes_per_token, peak, ready, followup=None):
+    return {"clip30": {"ttft_s": ttft30, "whisper_s": whisper30, "decode_tokens_per_s": decode},
+            "clip10": {"ttft_s": ttft10}, "decoding": decoding, "decode_bytes_per_token": bytes_per_token,
+            "peak_rss_mb": peak, "rss_ready_mb": ready, "followup": followup}
+
+
+def candidate(rate, exact=True):
+    return {"decode_tokens_per_s": rate, "tokens_equal_plain": exact}
+
+
+def test_ratios_are_best_over_naive_and_against_the_limits():
+    decoding = {"generate": candidate(10.0), "static_cache": candidate(20.0), "lossy": candidate(99.0, exact=False)}
+    assert best_decoding(decoding) == ("static_cache", 20.0)  # a path that changes the tokens never counts
+    naive = run(10.0, 9.0, 8.0, 7.0, {"generate": candidate(7.0), "static_cache": candidate(12.0)}, 1.2e9, 3000, 2900)
+    best = run(5.0, 3.0, 4.0, 11.0, decoding, 0.6e9, 2300, 2000, {"first_ttft_s": 5.0, "followup_ttft_s": 1.0})
+    peer = {"name": "peer", "ttft_s": 20.0, "decode_tokens_per_s": 2.0, "peak_rss_mb": 9200}
+    r = ratios(LIMITS, naive, best, peer, whisper_large_v3_turbo_config())
+    assert r["decode_vs_ceiling_bf16"] == pytest.approx(12.0 / 25.0, abs=1e-3)  # 30 GB/s / 1.2 GB = 25 tok/s
+    assert r["decode_vs_ceiling_int8"] == pytest.approx(20.0 / 50.0, abs=1e-3)
+    assert r["ttft30_speedup_vs_naive"] == 2.0 and r["ttft10_speedup_vs_naive"] == 3.0
+    assert r["decode_speedup_vs_naive"] == pytest.approx(20.0 / 7.0, abs=1e-3)
+    assert r["followup_ttft_vs_first"] == 0.2 and r["int8_peak_rss_vs_resident"] == 1.15
+    assert r["encoder_vs_floor_best"] == pytest.approx(4.0 / encoder_floor_s(
+        whisper_large_v3_turbo_config(), 1500, LIMITS, True), abs=1e-3)
+    assert r["peer"] == {"name": "peer", "ttft30_ratio": 0.25, "decode_ratio": 10.0, "peak_rss_ratio": 0.25}
+    best["followup"] = None
+    r = ratios(LIMITS, naive, best, None, whisper_large_v3_turbo_config())
+    assert r["followup_ttft_vs_first"] is None and r["peer"] is None
