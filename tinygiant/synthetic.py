@@ -386,6 +386,11 @@ def scene(rng, sampling_rate, answers):
     them), so a model under a tight audio-token budget has to keep what the question asks about; the background
     question is about the clip as a whole, which a clip-level vector carries. Each question gets its own chain of
     thought that mentions only the part it needs. Returns `(waveform, {task: Clip})`.
+
+    Measured limits (`benchmarks/scene_probes.py`, tiny random encoders, N = 8): linear probes read every answer but
+    the count from the pooled frames alone, and the background from the frames as well as from the CLAP vector; the
+    frames are pooled to N before the projector, so the intent query can only add a question-dependent vector to the
+    tokens, not choose which parts of the clip survive pooling.
     """
     sr = sampling_rate
     n_beeps = NUMBERS.index(answers["scene_count"]) + 1
