@@ -20,17 +20,30 @@ SYSTEM_PROMPT = (
 
 
 def format_question(question, choices=None):
-    """Return the user text for `question`, listing `choices` one per line as `(a) ...`, `(b) ...`.
-
-    Raises `ValueError` for an empty question, fewer than 2 or more than 6 choices, an empty choice, or
-    duplicate choices (compared case-insensitively, ignoring surrounding spaces).
-    """
-    if not isinstance(question, str) or not question.strip():
+    """Return the user text for `question`, listing `choices` (see `check_choices`) one per line as `(a) ...`,
+    `(b) ...`. Raises `ValueError` for a question that is not a non-empty string."""
+    if not isinstance(question, str):
+        raise ValueError(f"the question must be a string, got {type(question).__name__}")
+    if not question.strip():
         raise ValueError("the question is empty")
     question = question.strip()
     if choices is None:
         return question
-    choices = [str(c).strip() for c in choices]
+    lines = [f"({LETTERS[i]}) {c}" for i, c in enumerate(check_choices(choices))]
+    return question + "\n" + "\n".join(lines)
+
+
+def check_choices(choices):
+    """Return `choices` stripped, as a list; raise `ValueError` for choices that are not a list or tuple of strings (a
+    bare string would otherwise be read as its characters), fewer than 2 or more than 6 choices, an empty choice, or
+    duplicate choices (compared case-insensitively, ignoring surrounding spaces)."""
+    if not isinstance(choices, (list, tuple)):
+        raise ValueError(f"choices must be a list or tuple of 2 to 6 strings, got {type(choices).__name__} "
+                         f"{choices!r}")
+    not_strings = [c for c in choices if not isinstance(c, str)]
+    if not_strings:
+        raise ValueError(f"every choice must be a string, got {not_strings!r}")
+    choices = [c.strip() for c in choices]
     if not 2 <= len(choices) <= 6:
         raise ValueError(f"a multiple-choice question needs 2 to 6 choices, got {len(choices)}")
     if any(not c for c in choices):
@@ -39,15 +52,17 @@ def format_question(question, choices=None):
     duplicates = sorted({c for c in choices if lowered.count(c.lower()) > 1})
     if duplicates:
         raise ValueError(f"duplicate choices: {duplicates}")
-    lines = [f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)]
-    return question + "\n" + "\n".join(lines)
+    return choices
 
 
-def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT):
+def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT, audio=None):
     """The chat messages for one audio and `user_text` (the audio first, as in CoTA), optionally with the assistant's
-    turn (`answer`, and `reasoning` for its think block). `system_prompt=None` or `""` sends no system turn."""
+    turn (`answer`, and `reasoning` for its think block). `system_prompt=None` or `""` sends no system turn. `audio`
+    (a path, URL, bytes or `{"array", "sampling_rate"}`) goes in the audio item, for `apply_chat_template(tokenize=True)`
+    and the pipeline; without it the item only marks where the audio goes."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": user_text}]})
+    audio_item = {"type": "audio"} if audio is None else {"type": "audio", "audio": audio}
+    messages.append({"role": "user", "content": [audio_item, {"type": "text", "text": user_text}]})
     if answer is not None or reasoning is not None:
         messages.append({"role": "assistant", "content": answer or "", "reasoning_content": reasoning or None})
     return messages

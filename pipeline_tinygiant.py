@@ -20,6 +20,7 @@ This file ships with the checkpoint (remote code): it imports only `transformers
 can write the `custom_pipelines` entry of `config.json`.
 """
 
+import threading
 from pathlib import Path
 
 import torch
@@ -31,19 +32,20 @@ from transformers.utils import logging
 
 try:
     from .int8_tinygiant import quantize_int8
-    from .parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
+    from .parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_response, question_messages
 except ImportError:
     if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
         raise
     from int8_tinygiant import quantize_int8  # this repository, imported as top-level modules
-    from parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
+    from parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_response, question_messages
 
 logger = logging.get_logger(__name__)
 
 TASK = "audio-reasoning"
 DEFAULT_MAX_NEW_TOKENS = 1024  # CoTA answers run to a few hundred tokens; Audio-Reasoner allowed 2048
 INT8_MODES = {False: None, True: "float", "w8a8": "int8"}  # the `int8=` choices -> `quantize_int8` activations
-
+# What a per-item input dict may hold.
+ITEM_KEYS = {"audio", "question", "choices", "sampling_rate"}
 
 
 class TinyGiantAudioReasoningPipeline(Pipeline):
@@ -84,9 +86,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         `generation_config.json`, except `max_new_tokens`, which defaults to 1024 if that file does not set it.
 
     Returns one dict per input: `{"text", "thinking", "answer"}` (and `generated_text` for a conversation) plus
-    `"choice"` (the option text the answer picks,
-    or `None`) when choices were given. An output cut off by `max_new_tokens` keeps `text` and `thinking` and has
-    `answer=None` (and `choice=None`).
+    `"choice"` (the option text the answer picks, or `None`) when choices were given. An output cut off by
+    `max_new_tokens` keeps `text` and `thinking` and has `answer=None` (and `choice=None`).
     """
 
     _load_processor = True
@@ -100,12 +101,17 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         if int8 not in INT8_MODES:
             raise ValueError(f"int8 must be one of {list(INT8_MODES)}, not {int8!r}")
         self.int8 = int8
+        # One pipeline called from several threads runs one item's preprocessing or generation at a time: the fast
+        # tokenizer refuses concurrent use ("Already borrowed") and the model's caches are not meant to be shared.
+        self.lock = threading.RLock()
         if int8:
             quantize_int8(self.model, activations=INT8_MODES[int8])
         if audio_cache:
             self.model.enable_audio_cache(audio_cache)
 
     def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            return []  # an empty batch
         # A conversation is a list of messages, not a batch of inputs: wrap it before the base class iterates lists.
         if is_conversation(inputs):
             inputs = Conversation(inputs)
@@ -132,7 +138,10 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         return preprocess, forward, {}
 
     def preprocess(self, inputs, question=None, choices=None, system_prompt=SYSTEM_PROMPT, sampling_rate=None):
-        choices = None if choices is None else list(choices)
+        with self.lock:
+            return self._preprocess(inputs, question, choices, system_prompt, sampling_rate)
+
+    def _preprocess(self, inputs, question, choices, system_prompt, sampling_rate):
         if isinstance(inputs, Conversation):
             if question is not None:
                 raise ValueError("a conversation carries its own questions: put the question in its last user message")
@@ -141,12 +150,18 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
                 messages = [{"role": "system", "content": system_prompt}, *messages]
             model_inputs = self.processor.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                               add_generation_prompt=True)
+            choices = None if choices is None else check_choices(choices)
             return {**model_inputs, "choices": choices, "conversation": inputs.messages}
         if isinstance(inputs, dict) and "audio" in inputs:
+            unknown = sorted(set(inputs) - ITEM_KEYS, key=str)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} in an input dict; it takes {sorted(ITEM_KEYS)}")
             question = inputs.get("question", question)
             choices = inputs.get("choices", choices)
             sampling_rate = inputs.get("sampling_rate", sampling_rate)
             inputs = inputs["audio"]
+        elif isinstance(inputs, dict) and {"question", "choices"} & set(inputs):
+            raise ValueError(f"an input dict with a question needs its audio under 'audio', got keys {sorted(inputs)}")
         if question is None:
             raise ValueError("no question: pass `question=` or give each input as {'audio': ..., 'question': ...}")
         messages = question_messages(question, choices, system_prompt)  # raises on an empty question or bad choices
@@ -173,7 +188,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             generate_kwargs["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         prompt_length = model_inputs["input_ids"].shape[1]
-        sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        with self.lock:
+            sequences = self.model.generate(**model_inputs, **generate_kwargs)
         new_tokens = sequences[:, prompt_length:]
         # A row without an end-of-sequence token stopped at the length limit: its answer is missing.
         eos = generate_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)

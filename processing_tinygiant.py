@@ -73,6 +73,11 @@ CHAT_TEMPLATE = """\
 """
 
 
+# What an audio dict may hold: a decoded `datasets.Audio` value ({"array", "sampling_rate", "path"}) or an undecoded
+# one ({"bytes", "path"}).
+AUDIO_DICT_KEYS = {"array", "sampling_rate", "path", "bytes"}
+
+
 def load_audio(audio, sampling_rate=None):
     """Return `(mono float32 waveform, sampling_rate)` for one audio input: the one audio reader of the project.
 
@@ -81,9 +86,13 @@ def load_audio(audio, sampling_rate=None):
     decodes audio columns), or a numpy/torch array together with `sampling_rate`. Files carry their own rate; an array
     never gets a guessed one (a 16 kHz clip read as 48 kHz would be three times shorter), so an array without
     `sampling_rate` is a `ValueError`. Multichannel audio is averaged to mono (for a 2-D array the shorter axis is
-    taken as channels); integer PCM is scaled to [-1, 1].
+    taken as channels); integer PCM is scaled to [-1, 1]. Arrays must hold real numbers, integer or floating
+    (complex, boolean, object or string arrays are refused), and `sampling_rate` must be a positive whole number.
     """
     if isinstance(audio, dict):
+        unknown = sorted(set(audio) - AUDIO_DICT_KEYS, key=str)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in an audio dict; it takes {sorted(AUDIO_DICT_KEYS)}")
         if "array" in audio:
             audio, sampling_rate = audio["array"], audio.get("sampling_rate", sampling_rate)
         elif audio.get("bytes") is not None:
@@ -102,21 +111,30 @@ def load_audio(audio, sampling_rate=None):
     if isinstance(audio, (str, Path, io.BytesIO)):
         name = "audio bytes" if isinstance(audio, io.BytesIO) else f"audio file {audio}"
         if not isinstance(audio, io.BytesIO) and not Path(audio).is_file():
-            raise FileNotFoundError(f"{name} does not exist")
+            raise FileNotFoundError(f"{name} does not exist" if not Path(audio).exists() else f"{name} is not a file")
         try:
             waveform, sampling_rate = soundfile.read(audio, dtype="float32", always_2d=True)
         except Exception as error:  # libsndfile names the format problem; keep its words
             raise ValueError(f"cannot decode {name}: {error}") from error
         return _check(waveform.mean(axis=1), sampling_rate)
     if not isinstance(audio, (np.ndarray, torch.Tensor, list)):
+        # A list given to the pipeline is a batch: a list of samples arrives here one number at a time.
+        hint = " (a list is a batch of inputs: pass a clip's samples as an array)" if isinstance(
+            audio, (int, float, np.number)) else ""
         raise TypeError(
-            f"unsupported audio input of type {type(audio).__name__}: pass a file path or URL, the file's bytes, a "
+            f"unsupported audio input of type {type(audio).__name__}{hint}: pass a file path or URL, the file's bytes, a "
             "numpy array or torch tensor with its `sampling_rate`, or a {'array', 'sampling_rate'} dict"
         )
     if sampling_rate is None:
         raise ValueError("a raw audio array needs its `sampling_rate` (pass {'array': ..., 'sampling_rate': ...}); "
                          "arrays are never given a guessed rate")
-    waveform = audio.detach().cpu().float().numpy() if hasattr(audio, "detach") else np.asarray(audio)
+    if hasattr(audio, "detach"):  # a torch tensor; numpy has no bfloat16
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.dtype == torch.bfloat16 else audio).numpy()
+    waveform = np.asarray(audio)
+    if not (np.issubdtype(waveform.dtype, np.integer) or np.issubdtype(waveform.dtype, np.floating)):
+        raise ValueError(f"audio samples must be real numbers (integer or floating point), got an array of "
+                         f"{waveform.dtype}")
     if np.issubdtype(waveform.dtype, np.integer):
         info = np.iinfo(waveform.dtype)
         waveform = (waveform.astype(np.float64) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
@@ -159,8 +177,9 @@ def chat_audio(item):
 
 
 def _check(waveform, sampling_rate):
-    if not sampling_rate or sampling_rate <= 0:
-        raise ValueError(f"invalid sampling_rate {sampling_rate}")
+    if (isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.integer, np.floating))
+            or not sampling_rate > 0 or not float(sampling_rate).is_integer()):
+        raise ValueError(f"invalid sampling_rate {sampling_rate!r}: it must be a positive whole number of Hz")
     if waveform.shape[0] < 2:
         raise ValueError(f"audio has {waveform.shape[0]} samples; it needs at least 2")
     if not np.isfinite(waveform).all():

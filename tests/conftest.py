@@ -68,6 +68,16 @@ def model(tiny_dir):
     return TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval()
 
 
+def talkative(model):
+    """Re-draw the language model's matrices with a large std: at the usual init a tiny random Qwen3 prints only
+    newlines whatever it hears, which would make "batched == one by one" hold trivially."""
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "language_model" in name and parameter.dim() > 1:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return model
+
+
 def tone(seconds, sampling_rate=16000, freq=440.0, amplitude=0.3):
     t = np.arange(int(seconds * sampling_rate)) / sampling_rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)

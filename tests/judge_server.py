@@ -7,7 +7,7 @@ Each request is matched to its item by the "Question: ..." line of the prompt; t
 used up: a list of scores (one per criterion, in the prompt's order, replied as the judge's JSON list), "429" (rate
 limited, with a short Retry-After), "500", "timeout" (no reply before the client gives up), "malformed" (a reply
 that is not JSON). When an item's script is used up, `default` scores are replied. `calls` counts the requests per
-question, `requests` keeps their bodies.
+question, `requests` keeps their bodies, `arrivals` their times; `most_in_flight` is the most served at once.
 """
 
 import json
@@ -26,6 +26,7 @@ class ScriptedJudge:
         self.script = {question: list(entries) for question, entries in (script or {}).items()}
         self.default, self.delay, self.timeout_sleep = default, delay, timeout_sleep
         self.calls, self.requests = Counter(), []
+        self.arrivals, self.in_flight, self.most_in_flight = [], 0, 0
         self.lock = threading.Lock()
         judge = self
 
@@ -62,8 +63,18 @@ class ScriptedJudge:
         with self.lock:
             self.calls[question] += 1
             self.requests.append(body)
+            self.arrivals.append(time.monotonic())
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
             entries = self.script.get(question)
             entry = entries.pop(0) if entries else self.default
+        try:
+            return self.reply(entry, body, prompt, question, names)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def reply(self, entry, body, prompt, question, names):
         if self.delay:
             time.sleep(self.delay)
         if entry == "429":

@@ -5,11 +5,10 @@ import functools
 import http.server
 import threading
 
-import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tone
+from conftest import talkative, tone
 from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
@@ -147,11 +146,7 @@ def test_audio_cache_skips_the_encoders_and_keeps_greedy_tokens(tiny_dir, proces
 
 @pytest.fixture(scope="module")
 def pipe(tiny_dir, processor):
-    model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval()
-    torch.manual_seed(1)  # a talkative LLM: at the usual init a tiny random Qwen3 prints only newlines
-    for name, parameter in model.named_parameters():
-        if "language_model" in name and parameter.dim() > 1:
-            torch.nn.init.normal_(parameter, std=0.5)
+    model = talkative(TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval())
     return TinyGiantAudioReasoningPipeline(model=model, processor=processor)
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import tone
-from test_pipeline import talkative
+from conftest import talkative, tone
 
 from tinygiant import cli as tinygiant_cli
 from modeling_tinygiant import TinyGiantForConditionalGeneration

@@ -121,3 +121,42 @@ def test_whisper_padding_switch_is_shared_by_the_cache_and_inference(tiny_dir, m
     greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
     text_prompt = {k: prompt[k] for k in ("input_ids", "attention_mask", "instruction_mask")}
     assert torch.equal(trimmed.generate(**prompt, **greedy), trimmed.generate(**text_prompt, **trimmed_cache.fetch(keys[:1]), **greedy))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-a-byte", "empty"])
+def test_a_damaged_file_is_detected_and_recomputed_with_a_warning(model, processor, tmp_path, damage, caplog):
+    audio = {"array": tone(1.5, freq=500), "sampling_rate": 16000}
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    key, = cache.encode([audio])
+    good = cache.fetch([key])
+    path = cache.path(key)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":  # killed while writing, or a full disk
+        data = data[: len(data) // 2]
+    elif damage == "flip-a-byte":  # same size and a valid header, wrong numbers
+        data[-5] ^= 0xFF
+    else:
+        data = b""
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="tinygiant.feature_cache"):
+        assert cache.get(key) is None  # a miss, never wrong numbers
+    assert f"feature cache file {path} is corrupt" in caplog.text and not path.exists()
+    cache.encode([audio])  # recomputed and stored again
+    assert all(torch.equal(cache.fetch([key])[name], good[name]) for name in good)
+
+
+def test_collator_recomputes_a_damaged_cache_file(model, processor, tmp_path, caplog):
+    from tinygiant.data import TinyGiantCollator
+
+    audio = {"array": tone(1.5, freq=700), "sampling_rate": 16000}
+    cache = AudioFeatureCache(tmp_path, model, processor)
+    key, = cache.encode([audio])
+    good = cache.fetch([key])
+    cache.path(key).write_bytes(cache.path(key).read_bytes()[:100])
+    collator = TinyGiantCollator(processor, feature_cache=cache)
+    with caplog.at_level("WARNING", logger="tinygiant.feature_cache"):
+        batch = collator([{"user": "<audio> How many beeps?", "assistant": "Three.", "audio": audio}])
+    assert "is corrupt" in caplog.text
+    assert int(batch["num_feature_cache_misses"]) == 1 and "whisper_input_features" not in batch
+    assert all(torch.equal(batch[name][0], good[name][0]) for name in good)
+    assert all(torch.equal(cache.fetch([key])[name], good[name]) for name in good)  # stored again

@@ -4,11 +4,10 @@ and no shipped file imports them."""
 import ast
 from pathlib import Path
 
-from tinygiant.publish import SHIPPED_CODE
+from tinygiant.publish import ROOT_SCRIPTS, SHIPPED_CODE
+from tinygiant.space import SPACE_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
-# Root scripts that are not remote code: the TRL-style training script, run from a clone.
-ROOT_SCRIPTS = {"train_sft.py"}
 
 
 def imported_modules(path):
@@ -24,7 +23,7 @@ def imported_modules(path):
 
 def test_every_root_module_is_shipped_remote_code_or_a_known_script():
     root_modules = {p.name for p in ROOT.glob("*.py")}
-    assert root_modules - ROOT_SCRIPTS == set(SHIPPED_CODE)
+    assert root_modules - set(ROOT_SCRIPTS) == set(SHIPPED_CODE)
 
 
 def test_shipped_code_imports_only_siblings_and_installed_libraries():
@@ -41,3 +40,11 @@ def test_shipped_code_imports_only_siblings_and_installed_libraries():
 def test_tools_are_a_package_that_is_not_shipped():
     assert (ROOT / "tinygiant" / "__init__.py").is_file()
     assert not {p.name for p in (ROOT / "tinygiant").glob("*.py")} & set(SHIPPED_CODE)
+
+
+def test_the_web_app_runs_without_the_tools():
+    """A Space holds `app.py` and the siblings it imports, never the `tinygiant` package."""
+    imports = imported_modules(ROOT / "app.py")
+    assert "tinygiant" not in imports
+    siblings = {name.removesuffix(".py") for name in (*SHIPPED_CODE, *ROOT_SCRIPTS)}
+    assert {f"{name}.py" for name in imports & siblings} == set(SPACE_CODE) - {"app.py"}

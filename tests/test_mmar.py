@@ -321,17 +321,3 @@ def test_cli_requires_a_mode(mmar_files):
     meta_path, _ = mmar_files
     with pytest.raises(SystemExit):
         ev.main(["--meta", str(meta_path)])
-
-
-def test_write_ablation_report(mmar_files, tmp_path):
-    meta_path, predictions_path = mmar_files
-    meta = ev.load_meta(meta_path)
-    full = ev.score(meta, ev.load_predictions(predictions_path, meta))
-    vanilla = ev.score(meta, {})  # everything missing
-    paths = ev.write_ablation_report({"vanilla": vanilla, "full": full}, tmp_path / "abl")
-    table = paths["ablation.md"].read_text(encoding="utf-8")
-    assert "| modality | vanilla | full | paper: Vanilla | paper: w/o IQ | paper: w/o CLAP | paper: Full | n |" in table
-    assert "| overall | 0.0 [" in table and "| 41.7 [" in table
-    assert "| 38.00 | 39.70 | 42.70 | 46.40 | 12 |" in table
-    assert "| 9.09 | 18.18 | 36.36 | 45.45 | 1 |" in table  # mix-sound-music row
-    assert paths["ablation_by_modality.png"].read_bytes()[:4] == b"\x89PNG"

@@ -7,11 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tone, without
+from conftest import talkative, tone, without
 from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
@@ -22,16 +21,6 @@ from tinygiant.publish import save_checkpoint
 from tinygiant.synthetic import generate_clip
 
 GREEDY = {"max_new_tokens": 16, "do_sample": False}
-
-
-def talkative(model):
-    """Re-draw the language model's matrices with a large std: at the usual init a tiny random Qwen3 prints only
-    newlines whatever it hears, which would make "batched == one by one" hold trivially."""
-    torch.manual_seed(1)
-    for name, parameter in model.named_parameters():
-        if "language_model" in name and parameter.dim() > 1:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return model
 
 
 @pytest.fixture(scope="module")

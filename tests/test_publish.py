@@ -77,3 +77,21 @@ def test_saving_again_replaces_stale_code(tiny_dir, processor, tmp_path):
     model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir)
     save_checkpoint(model, processor, tmp_path)
     assert "stale" not in (tmp_path / "pipeline_tinygiant.py").read_text()
+
+
+def test_space_folder_runs_the_app_with_its_examples(tmp_path):
+    from huggingface_hub import SpaceCard
+
+    from tinygiant import cli
+    from tinygiant.space import SPACE_CODE
+
+    assert cli.main(["publish", "--space", str(tmp_path / "space"), "--repo-id", "someone/tinygiant"]) == 0
+    space = tmp_path / "space"
+    assert {*SPACE_CODE, "requirements.txt", "README.md", "space.json", "examples"} <= {p.name for p in space.iterdir()}
+    card = SpaceCard.load(space / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.models == ["someone/tinygiant"]
+    assert any(line.startswith("gradio>=6") for line in (space / "requirements.txt").read_text().splitlines())
+    assert json.loads((space / "space.json").read_text()) == {"model": "someone/tinygiant"}
+    examples = json.loads((space / "examples" / "examples.json").read_text())
+    assert examples and all((space / "examples" / row["audio"]).is_file() and row["question"] for row in examples)
+    assert cli.main(["publish", "--space", str(space), "ckpt", "out"]) == 1  # a Space folder takes no checkpoint

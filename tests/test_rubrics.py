@@ -72,6 +72,8 @@ def test_middle_mean_and_grade_parsing():
     reply = '```json\n[{"name": "melody", "score": 2}, {"name": "rhythm", "score": "0"}]\n```'
     grade, scores = parse_grade(reply, META[1]["rubric"])
     assert grade == pytest.approx(2 / 3) and scores == {"melody": 2, "rhythm": 0.0}
+    thinking = '<think>Criteria [1] and [2]...</think>\n[{"name": "melody", "score": 1}, {"name": "rhythm", "score": 1}]'
+    assert parse_grade(thinking, META[1]["rubric"])[0] == pytest.approx(2 / 3)
     for bad, problem in [
         ("fine", "no JSON list"),
         ('[{"name": "melody", "score": 2}]', "no score for criterion 'rhythm'"),
@@ -136,6 +138,21 @@ def test_hand_computed_scores_every_grouping_retries_and_errors(tmp_path, capsys
         again = mmar.main([*write_inputs(tmp_path), "--output-dir", str(tmp_path / "out"), "--rubrics",
                            "--judge-base-url", judge.base_url, *JUDGE_OPTIONS])
     assert sum(judge.calls.values()) == 0 and again["rubrics"]["items"] == r["items"]
+
+
+def test_concurrency_and_qps_are_bounded(tmp_path):
+    meta = [item(f"Q{i}", f"What barks in Q{i}?", "sound", "Signal Layer", "Anomaly Detection") for i in range(2)]
+    predictions = [{"id": x["id"], "thinking_prediction": "bark", "answer_prediction": "a dog"} for x in meta]
+    args = write_inputs(tmp_path, meta, predictions)
+    with ScriptedJudge(default=[1, 1, 0, 0, 0], delay=0.3) as judge:
+        scores = mmar.main([*args, "--output-dir", str(tmp_path / "a"), "--rubrics", "--judge-base-url", judge.base_url,
+                            "--judge-concurrency", "3"])
+    assert judge.most_in_flight == 3 and scores["rubrics"]["overall"]["score"] == pytest.approx(40.0)
+    with ScriptedJudge(default=[1, 1, 0, 0, 0]) as judge:
+        mmar.main([*args, "--output-dir", str(tmp_path / "b"), "--rubrics", "--judge-base-url", judge.base_url,
+                   "--judge-concurrency", "4", "--judge-qps", "20"])
+    starts = sorted(judge.arrivals)
+    assert len(starts) == 10 and min(b - a for a, b in zip(starts, starts[1:])) > 0.04  # 20 per second: 50 ms apart
 
 
 def test_dry_run_estimates_without_calling(tmp_path, capsys):

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,3 +324,107 @@ def test_cli(tmp_path):
     )
     summary = json.loads(result.stdout)
     assert summary["seed"] == 2 and len(read_jsonl(tmp_path / "train.jsonl")) == 4
+
+
+# ----------------------------------------------------------------------------- scenes: one clip, five questions
+
+N_SCENE_TRAIN, N_SCENE_HELDOUT = 16, 8
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes")
+    summary = syn.make_scene_dataset(str(out), n_train=N_SCENE_TRAIN, n_heldout=N_SCENE_HELDOUT, seed=0)
+    rows = {split: read_jsonl(out / f"{split}.jsonl") for split in ("train", "heldout")}
+    return out, summary, rows
+
+
+def band_envelope(wave, sr, low, high):
+    """Energy between `low` and `high` Hz per 10 ms frame."""
+    n = int(0.01 * sr)
+    frames = wave[: len(wave) // n * n].reshape(-1, n)
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    power = np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2
+    return power[:, (freqs >= low) & (freqs <= high)].sum(axis=1)
+
+
+def runs_above(envelope, fraction=0.2):
+    active = envelope > fraction * envelope.max()
+    edges = np.diff(np.concatenate([[0], active.astype(int), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def test_scene_clips_are_asked_every_question(scenes):
+    _, summary, rows = scenes
+    assert summary["tasks"] == syn.scene_tasks()
+    assert syn.scene_tasks() == (syn.SCENE_TASKS if SPEECH else [t for t in syn.SCENE_TASKS if t != "scene_speech"])
+    for split, n in [("train", N_SCENE_TRAIN), ("heldout", N_SCENE_HELDOUT)]:
+        by_clip = {}
+        for row in rows[split]:
+            by_clip.setdefault(row["audio"], []).append(row["task"])
+            assert row["choices"] is not None and row["answer"] in row["choices"]
+            assert sorted(row["choices"]) == sorted(syn.TASK_OPTIONS[row["task"]])
+            assert ASSISTANT.fullmatch(row["assistant"]) and row["user"].startswith("<audio>")
+            assert parse_response(row["assistant"], row["choices"])["choice"] == row["answer"]
+        assert len(by_clip) == n and all(sorted(t) == sorted(summary["tasks"]) for t in by_clip.values())
+    meta = read_jsonl(Path(summary["paths"]["mmar_meta"]))
+    assert [m["id"] for m in meta] == [r["id"] for r in rows["heldout"]]
+
+
+def test_scene_answers_are_balanced_and_independent(scenes):
+    _, _, rows = scenes
+    for split in ("train", "heldout"):
+        for task in {r["task"] for r in rows[split]}:
+            counts = Counter(r["answer"] for r in rows[split] if r["task"] == task)
+            spread = [counts.get(o, 0) for o in syn.TASK_OPTIONS[task]]
+            assert max(spread) - min(spread) <= 1, (split, task, counts)
+    # No question's answer gives another's away: over many planned clips, every pair of answers occurs.
+    plan = syn._scene_plan(syn.SCENE_TASKS, 256, np.random.default_rng(0))
+    for a in syn.SCENE_TASKS:
+        for b in syn.SCENE_TASKS:
+            if a < b:
+                pairs = Counter((p[a], p[b]) for p in plan)
+                assert len(pairs) == len(syn.TASK_OPTIONS[a]) * len(syn.TASK_OPTIONS[b]), (a, b)
+
+
+def test_scene_answers_are_in_the_audio(scenes):
+    out, _, rows = scenes
+    checked = Counter()
+    for row in rows["train"] + rows["heldout"]:
+        wave, sr = load(out, row)
+        assert len(wave) == syn.SCENE_SECONDS * sr
+        task, answer = row["task"], row["answer"]
+        block = int(syn.SCENE_BLOCK * sr)
+        beeps = runs_above(band_envelope(wave, sr, 2700, 3300))
+        tones = runs_above(band_envelope(wave, sr, 200, 2100)[: 2 * block // int(0.01 * sr)])
+        if task == "scene_count":
+            assert len(beeps) == syn.NUMBERS.index(answer) + 1, row["id"]
+        elif task == "scene_order":
+            assert (beeps[0][0] < tones[0][0]) == (answer == "the beeps"), row["id"]
+        elif task == "scene_higher":
+            (a0, a1), (b0, b1) = tones[0], tones[-1]
+            n = int(0.01 * sr)
+            first, second = (dominant_frequency(wave[s * n:e * n], sr) for s, e in [(a0, a1), (b0, b1)])
+            assert (second > first) == (answer == "the second"), row["id"]
+        elif task == "scene_speech":
+            tail = wave[2 * block:]
+            n = int(0.05 * sr)
+            loudness = np.sqrt((tail[: len(tail) // n * n].reshape(-1, n) ** 2).mean(axis=1)).max()
+            assert (loudness > 0.08) == (answer == "yes"), (row["id"], loudness)  # the background stays below 0.04
+        elif task == "scene_background":
+            freqs, power = spectrum(wave, sr)
+            share = power[freqs > 5000].sum() / power.sum()  # the foreground sounds sit below 3.5 kHz
+            assert (share > 0.01) == (answer == "a high hiss"), (row["id"], share)
+        checked[task] += 1
+    assert set(checked) == set(syn.scene_tasks())
+
+
+def test_scene_train_and_heldout_clips_are_disjoint(scenes):
+    out, _, rows = scenes
+
+    def digests(split):
+        return {hashlib.sha256((out / r["audio"]).read_bytes()).hexdigest() for r in rows[split]}
+
+    train, heldout = digests("train"), digests("heldout")
+    assert len(train) == N_SCENE_TRAIN and len(heldout) == N_SCENE_HELDOUT
+    assert not train & heldout

@@ -3,13 +3,15 @@
     tinygiant ask AUDIO "question" [--choices A B C] [--model PATH_OR_REPO] [--json] [--max-new-tokens N]
     tinygiant tiny-checkpoint OUT_DIR          # a tiny random checkpoint, for trying things offline
     tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
+    tinygiant publish --space DIR [--repo-id you/tinygiant]   # a Hugging Face Space folder for the web app
+    tinygiant serve [--model PATH_OR_REPO] [--port 7860] ...   # the web app (app.py), see `tinygiant serve --help`
     tinygiant demo ...                         # see `tinygiant demo --help`
     tinygiant eval mmar ...                    # MMAR evaluation, see `tinygiant eval mmar --help`
 
 `ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
 object and nothing else on stdout. Progress and timings go to stderr.
 
-The model for `ask` is, in order: `--model`; the `TINYGIANT_MODEL` environment variable; `runs/demo/model` (what
+The model for `ask` and `serve` is, in order: `--model`; the `TINYGIANT_MODEL` environment variable; `runs/demo/model` (what
 `tinygiant demo` trains, by default) if it exists in the current directory; else a tiny random checkpoint built once in
 `$TINYGIANT_CACHE/tiny-random` (default `~/.cache/tinygiant/tiny-random`): untrained, it answers junk, with a warning.
 """
@@ -27,6 +29,7 @@ DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
     "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
+    "serve": ("tinygiant.space", "the web app (`tinygiant serve --help`)"),
 }
 
 
@@ -60,10 +63,16 @@ def ask(args):
 
     from pipeline_tinygiant import load_pipeline
 
+    if not Path(args.audio).is_file():  # before the model loads
+        raise FileNotFoundError(f"audio file {args.audio} does not exist" if not Path(args.audio).exists()
+                                else f"{args.audio} is not a file")
     model = args.model or default_model()
     start = time.perf_counter()
     log(f"loading {model} ...")
-    pipe = load_pipeline(model, int8=args.int8)
+    try:
+        pipe = load_pipeline(model, int8=args.int8)
+    except OSError as error:  # transformers' words for a missing folder, a bad repo id or an unreadable config
+        raise RuntimeError(f"cannot load the model {model}: {error}") from error
     log(f"loaded in {time.perf_counter() - start:.1f} s")
 
     call_kwargs = {}
@@ -92,6 +101,16 @@ def ask(args):
 
 
 def publish(args):
+    if args.space:
+        from tinygiant.space import write_space
+
+        if args.checkpoint or args.out_dir:
+            raise ValueError("--space DIR writes a Space folder; it takes no CHECKPOINT or OUT_DIR (name the model "
+                             "with --repo-id)")
+        print(f"wrote {write_space(args.space, repo_id=args.repo_id)}")
+        return
+    if not (args.checkpoint and args.out_dir):
+        raise ValueError("publish needs CHECKPOINT and OUT_DIR (or --space DIR)")
     from modeling_tinygiant import TinyGiantForConditionalGeneration
     from processing_tinygiant import TinyGiantProcessor
     from tinygiant.publish import push_to_hub, save_checkpoint
@@ -123,9 +142,10 @@ def build_parser():
     p.set_defaults(run=ask)
 
     p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")
-    p.add_argument("checkpoint", help="a TinyGiant checkpoint folder")
-    p.add_argument("out_dir")
-    p.add_argument("--repo-id", help="push the folder to this Hub model repo")
+    p.add_argument("checkpoint", nargs="?", help="a TinyGiant checkpoint folder")
+    p.add_argument("out_dir", nargs="?")
+    p.add_argument("--space", metavar="DIR", help="write a Hugging Face Space folder for the web app instead")
+    p.add_argument("--repo-id", help="push the folder to this Hub model repo (with --space: the model it runs)")
     p.add_argument("--private", action="store_true", default=None)
     p.add_argument("--training-summary", help="a JSON file whose contents go in the model card")
     p.set_defaults(run=publish)

@@ -13,6 +13,7 @@ asks in.
 
 import itertools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -154,17 +155,24 @@ class TinyGiantCollator:
         text, (waveform, rate) = self.prepare(row)
         audio = {"array": waveform, "sampling_rate": rate}
         key = None if self.feature_cache is None else self.feature_cache.key(audio)
-        cached = key is not None and key in self.feature_cache  # then no mels: the model will not run its encoders
+        cached = None if key is None else self.feature_cache.get(key)  # then no mels: the encoders will not run
         encoded = self.truncate(self.processor(text=text, audio=audio, return_labels=True,
-                                               extract_audio_features=not cached))
+                                               extract_audio_features=cached is None))
         if key is not None:
             encoded["audio_key"] = key
+        if cached is not None:
+            encoded["audio_features"] = cached
         return encoded
 
     def prepare(self, row):
-        """`(rendered text, (waveform, rate))` for one row, or raise `BadRow`."""
+        """`(rendered text, (waveform, rate))` for one row, or raise `BadRow` naming the field at fault."""
+        if not isinstance(row, Mapping):
+            raise BadRow(f"row is a {type(row).__name__}, not a mapping of columns")
         if row.get("audio") is None:
             raise BadRow("row has no audio")
+        for field in ("user", "assistant"):
+            if not isinstance(row.get(field), str):
+                raise BadRow(f"row's {field!r} is {type(row.get(field)).__name__}, not text")
         messages = cota_to_messages(row.get("user"), row.get("assistant"), self.system_prompt)
         if not messages[-1]["content"] and not messages[-1]["reasoning_content"]:
             raise BadRow("row has an empty assistant turn")
@@ -180,7 +188,7 @@ class TinyGiantCollator:
                 waveform, rate = load_audio(np.asarray(audio, dtype=np.float32), COTA_ARRAY_RATE)
             else:
                 waveform, rate = load_audio(audio)
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
+        except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
             raise BadRow(f"audio cannot be decoded: {error}") from error
         if self.zero_audio:
             waveform = np.zeros_like(waveform)
@@ -203,7 +211,8 @@ class TinyGiantCollator:
         """Right-padded batch (`TinyGiantProcessor.pad`); with a feature cache, the encoders' outputs replace the mels."""
         if self.feature_cache is None:
             return dict(self.processor.pad(encoded, padding_side="right"))
-        text = [{k: v for k, v in e.items() if k not in (*AUDIO_INPUTS, "audio_key")} for e in encoded]
+        text = [{k: v for k, v in e.items() if k not in (*AUDIO_INPUTS, "audio_key", "audio_features")}
+                for e in encoded]
         batch = dict(self.processor.pad(text, padding_side="right"))
         features, misses = self.cached_features(encoded, [e["audio_key"] for e in encoded])
         batch.update(features, num_feature_cache_hits=torch.tensor(len(encoded) - misses),
@@ -211,10 +220,10 @@ class TinyGiantCollator:
         return batch
 
     def cached_features(self, encoded, keys):
-        """`(features, misses)`: the rows' encoder features from the feature cache, and how many clips were not in it
-        (those are encoded first, from the mels the processor made for them, and stored)."""
-        features = {key: self.feature_cache.get(key) for key in dict.fromkeys(keys)}
-        missing = {key: e for key, e in zip(keys, encoded) if features[key] is None}
+        """`(features, misses)`: the rows' encoder features (read from the feature cache by `encode_row`), and how many
+        clips were not in it (those are encoded now, from the mels the processor made for them, and stored)."""
+        features = {key: e["audio_features"] for key, e in zip(keys, encoded) if "audio_features" in e}
+        missing = {key: e for key, e in zip(keys, encoded) if key not in features}
         if missing:
             mels = {name: torch.cat([e[name] for e in missing.values()]) for name in AUDIO_INPUTS}
             features.update(self.feature_cache.encode_features(list(missing), **mels))

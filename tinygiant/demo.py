@@ -14,6 +14,10 @@
 The frozen encoders are random here, so whatever the model learns about a clip has to come through the projector
 from random-feature projections of it. The control run sees the same questions and answers but no audio: it can only
 learn the answer priors, so it should stay near chance, and the gap between the two runs is what the audio path carries.
+
+    tinygiant demo --ablation --seeds 3 [--output-dir runs/ablation]
+
+trains the paper's four Table 3 variants with each seed on the scene benchmark instead (`tinygiant.ablation`).
 """
 
 import argparse
@@ -31,6 +35,9 @@ TRAIN_SCRIPT = ROOT / "train_sft.py"
 # It needs about 2000 optimizer steps: the chain-of-thought template is learnt within a few hundred, reading the
 # audio through the projector only later (the loss keeps falling slowly while the held-out accuracy rises).
 PRESET = dict(n_train=1600, n_heldout=100, num_audio_tokens=32, epochs=10, batch_size=8, llm_lr=1e-3, projector_lr=3e-3)
+# `--ablation`: scene clips (n_train / n_heldout count clips, five questions each) under a tight audio-token budget,
+# so that what the projector passes on has to depend on the question; small enough for 12 runs in about 30 minutes.
+ABLATION_PRESET = dict(PRESET, n_train=800, n_heldout=40, num_audio_tokens=8, epochs=1)
 PROGRESS_EVERY_S = 20  # a progress line per run at most this often (train_sft prints one per logging step)
 # Asked as the runs were trained: no system turn, and room for the short synthetic chains of thought.
 GENERATE = {"max_new_tokens": 256, "system_prompt": None}
@@ -93,13 +100,14 @@ def evaluate(run_dir, data_dir, out_dir, zero_audio=False):
     return scores
 
 
-def per_task(scores, data_dir):
-    """The harness's sub-category cells of the synthetic tasks (one sub-category each), with each one's chance."""
+def per_task(scores, data_dir, task_names):
+    """The harness's sub-category cells of the synthetic tasks `task_names` (one sub-category each), with each one's
+    chance."""
     from tinygiant.mmar import load_meta
     from tinygiant.synthetic import MMAR_LABELS
 
     meta = load_meta(data_dir / "mmar-meta.jsonl")
-    tasks = {sub: task for task, (_, _, sub) in MMAR_LABELS.items()}
+    tasks = {MMAR_LABELS[task][2]: task for task in task_names}
     cells = {}
     for sub, cell in scores["by_sub_category"].items():
         if cell["total"]:
@@ -139,45 +147,21 @@ def ask_pipeline(model_dir, seed):
     return {"question": clip.question, "choices": clip.choices, "true_answer": clip.answer, **out}
 
 
-# The paper's Table 3 variants.
-ABLATIONS = {
-    "Vanilla": dict(use_intent_query=False, use_clap_gate=False),
-    "w/o IQ": dict(use_intent_query=False),
-    "w/o CLAP": dict(use_clap_gate=False),
-    "Full": {},
-}
-
-
-def run_ablation(out, data_dir, preset, seed):
-    """Train the four Table 3 variants with the preset and score each through the MMAR harness on the held-out
-    multiple-choice rows (`mmar-meta.jsonl`); writes `ablation/ablation.md` and its chart."""
-    from tinygiant.mmar import write_ablation_report
-    from tinygiant.tiny_checkpoint import write_tiny_checkpoint
-
-    slugs = {name: name.lower().replace("/", "").replace(" ", "-") for name in ABLATIONS}
-    for name, switches in ABLATIONS.items():  # one at a time: model loading is not thread-safe
-        write_tiny_checkpoint(out / f"tiny-{slugs[name]}", seed=seed, num_audio_tokens=preset["num_audio_tokens"],
-                              **switches)
-    train_in_parallel({name: dict(run_dir=out / slugs[name], model_dir=out / f"tiny-{slugs[name]}",
-                                  data_file=data_dir / "train.jsonl", preset=preset, seed=seed) for name in ABLATIONS})
-    results = {}
-    for name in ABLATIONS:
-        results[name] = evaluate(out / slugs[name], data_dir, out / "ablation" / slugs[name])
-        print(f"{name}: {results[name]['overall']['accuracy']:.1f} % on {results[name]['overall']['total']} items")
-    return write_ablation_report(results, out / "ablation")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-control", action="store_true", help="skip the zeroed-audio control run")
     parser.add_argument("--ablation", action="store_true",
-                        help="instead: train the paper's four Table 3 variants and compare them through the MMAR harness")
+                        help="instead: train the paper's four Table 3 variants on the scene benchmark, --seeds times "
+                             "each, and compare them through the MMAR harness (tinygiant.ablation)")
+    parser.add_argument("--seeds", type=int, default=3, help="with --ablation: training seeds per variant")
     for key, value in PRESET.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
+                            help=f"default {value}, with --ablation {ABLATION_PRESET[key]}")
     args = parser.parse_args(argv)
-    preset = {k: getattr(args, k) for k in PRESET}
+    defaults = ABLATION_PRESET if args.ablation else PRESET
+    preset = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in PRESET}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -188,11 +172,16 @@ def main(argv=None):
     t0 = time.time()
     out = Path(args.output_dir).resolve()
     data_dir, tiny_dir = out / "data", out / "tiny"
-    summary = make_synthetic_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"], seed=args.seed)
     if args.ablation:
-        paths = run_ablation(out, data_dir, preset, args.seed)
+        from tinygiant.ablation import run_protocol
+        from tinygiant.synthetic import make_scene_dataset
+
+        summary = make_scene_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"], seed=args.seed)
+        paths = run_protocol(out, data_dir, summary, preset, seeds=range(args.seed, args.seed + args.seeds),
+                             parts_seed=args.seed)
         print(f"wrote {', '.join(map(str, paths.values()))} in {time.time() - t0:.0f} s")
         return paths
+    summary = make_synthetic_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"], seed=args.seed)
     # Fewer audio tokens per clip than the paper's 300: a faster demo.
     write_tiny_checkpoint(tiny_dir, seed=args.seed, num_audio_tokens=preset["num_audio_tokens"])
     runs = {"model": False} if args.no_control else {"model": False, "control": True}
@@ -209,7 +198,8 @@ def main(argv=None):
         with open(out / name / "mmar" / "predictions.jsonl") as f:
             example = json.loads(f.readline())
         chance = 100 * summary["heldout_chance_accuracy"]["overall"]
-        metrics[name] = {"overall": {**scores["overall"], "chance": chance}, "per_task": per_task(scores, data_dir),
+        metrics[name] = {"overall": {**scores["overall"], "chance": chance},
+                         "per_task": per_task(scores, data_dir, summary["tasks"]),
                          "final_loss": [h["loss"] for h in histories[name] if "loss" in h][-1], "example": example}
         m = metrics[name]["overall"]
         label = "trained on audio" if not zero_audio else "control, trained and asked on silence"

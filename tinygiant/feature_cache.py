@@ -16,16 +16,30 @@ The projector and the LLM still run (and train) on every step.
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from modeling_tinygiant import ENCODED_AUDIO_INPUTS as FEATURE_NAMES
 from processing_tinygiant import load_audio
 
-CACHE_FORMAT = 1  # bump when the stored layout changes
+CACHE_FORMAT = 2  # bump when the stored layout changes (2: a checksum in each file's metadata)
+
+logger = logging.getLogger(__name__)
+
+
+def features_checksum(features):
+    """SHA-256 over the names, dtypes, shapes and bytes of a clip's feature tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(features):
+        tensor = features[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def audio_key(audio, sampling_rate=None):
@@ -87,13 +101,33 @@ class AudioFeatureCache:
         return self.path(key).is_file()
 
     def get(self, key):
-        """The cached features of one clip as a dict of tensors, or None (a miss)."""
+        """The cached features of one clip as a dict of tensors, or None (a miss; a corrupt file counts as one)."""
+        features = self.load(key)
+        if features is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return features
+
+    def load(self, key):
+        """The clip's features if its file is there and intact, else None. A file that is cut short or altered (a
+        killed write, a full disk) fails its checksum or the safetensors load: it is deleted with a warning, so the
+        features are recomputed rather than read as wrong numbers."""
         path = self.path(key)
         if not path.is_file():
-            self.misses += 1
             return None
-        self.hits += 1
-        return load_file(path)
+        try:
+            with safe_open(path, framework="pt") as stored:
+                expected = (stored.metadata() or {}).get("sha256")
+                features = {name: stored.get_tensor(name) for name in stored.keys()}
+            if expected != features_checksum(features):
+                raise ValueError("checksum mismatch" if expected else "no checksum")
+        except Exception as error:  # safetensors raises its own error types for a damaged header or data
+            logger.warning("feature cache file %s is corrupt (%s: %s); recomputing it", path,
+                           type(error).__name__, error)
+            path.unlink(missing_ok=True)
+            return None
+        return features
 
     def fetch(self, keys, device=None):
         """Batched features for the model's `whisper_frames` / `htsat_frames` / `clap_vector` inputs, one row per key.
@@ -115,7 +149,7 @@ class AudioFeatureCache:
         keys = [self.key(audio, sampling_rate) for audio in audios]
         todo = {}
         for key, audio in zip(keys, audios):
-            if key in self or key in todo:
+            if key in todo or self.load(key) is not None:
                 self.hits += 1
             else:
                 self.misses += 1
@@ -148,6 +182,6 @@ class AudioFeatureCache:
             path = self.path(key)
             path.parent.mkdir(exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file(features[key], partial)
+            save_file(features[key], partial, metadata={"sha256": features_checksum(features[key])})
             os.replace(partial, path)  # atomic: concurrent writers (DDP ranks) or a crash never leave half a file
         return features

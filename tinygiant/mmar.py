@@ -13,6 +13,7 @@ Usage (or `python -m tinygiant.mmar ...`):
     tinygiant eval mmar --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
     tinygiant eval mmar --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
     tinygiant eval mmar --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+    tinygiant eval mmar ... --rubrics [--dry-run] [--judge-base-url URL --judge-model NAME]   # MMAR-Rubrics
  Generation is resumable: rerun the same command after an interruption and
 only the items missing from OUT/predictions.jsonl are answered.
 
@@ -27,6 +28,8 @@ import os
 import re
 import tarfile
 from pathlib import Path
+
+from parsing_tinygiant import format_question
 
 MODALITIES = [
     "sound",
@@ -192,9 +195,10 @@ def load_meta(path, skip_invalid=False):
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
     Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
-    for: a missing required key, an unknown modality, layer or sub-category (or a sub-category under
-    the wrong layer), fewer than 2 or more than 6 choices, an answer that is not one of the choices,
-    or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
+    for: a missing required key, an `id`, `audio_path`, `answer`, modality, layer or sub-category that is not a
+    non-empty string, an unknown modality, layer or sub-category (or a sub-category under the wrong layer), a
+    question or choices the prompt cannot take (`format_question`: 2 to 6 distinct non-empty strings), an answer
+    that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
     `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
     items = _read_json_records(path)
@@ -209,6 +213,12 @@ def load_meta(path, skip_invalid=False):
         if missing:
             problems.append(f"item {name}: missing keys {missing}")
             continue
+        wrong_type = [k for k in ("id", "audio_path", "answer", "modality", "category", "sub-category")
+                      if not isinstance(item[k], str) or not item[k].strip()]
+        if wrong_type:
+            problems.append(f"item {name}: {wrong_type} must be non-empty strings")
+            invalid.add(index)
+            continue
         if name in seen:
             problems.append(f"item {name}: duplicate id")
         seen.add(name)
@@ -219,11 +229,13 @@ def load_meta(path, skip_invalid=False):
         elif item["sub-category"] not in LAYERS[item["category"]]:
             where = "unknown" if item["sub-category"] not in SUB_CATEGORIES else f"not in {item['category']}:"
             problems.append(f"item {name}: sub-category {where} {item['sub-category']!r}")
-        choices = item["choices"]
-        if not isinstance(choices, list) or not 2 <= len(choices) <= 6:
-            problems.append(f"item {name}: needs 2 to 6 choices, got {choices!r}")
-        elif item["answer"] not in choices:
-            problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
+        try:  # the question and choices as the prompt takes them: 2 to 6 distinct non-empty strings
+            format_question(item["question"], item["choices"])
+        except ValueError as error:
+            problems.append(f"item {name}: 'question'/'choices': {error}")
+        else:
+            if item["answer"] not in item["choices"]:
+                problems.append(f"item {name}: answer {item['answer']!r} is not one of the choices")
         if len(problems) > before:
             invalid.add(index)
     if problems and skip_invalid and len(invalid) == len(problems):
@@ -617,57 +629,6 @@ def write_report(scores, out_dir, paper=PAPER_MMAR):
     _plot_groups(out / "accuracy_by_modality.png", [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"], series,
                  title)
     return {name: out / name for name in ("scores.json", "report.md", "accuracy_by_modality.png")}
-
-
-def write_ablation_report(results, out_dir, paper=PAPER_MMAR):
-    """Put several variants' `score()` results side by side with the paper's Table 3.
-
-    `results` maps a variant name to its scores. Writes `ablation.md` (accuracy [95 % CI] by modality
-    and overall, then the paper's four Table 3 columns) and `ablation_by_modality.png`; returns their paths.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ours, theirs = list(results), list(paper["ablation"])
-    rows = [(f"{m} ({MODALITY_SHORT[m]})", m) for m in MODALITIES] + [("overall", None)]
-
-    def cell_of(scores, key):
-        return scores["overall"] if key is None else scores["by_modality"][key]
-
-    def paper_of(variant, key):
-        table = paper["ablation"][variant]
-        return table["overall"] if key is None else table["by_modality"].get(key)
-
-    columns = ours + [f"paper: {v}" for v in theirs]
-    lines = [
-        "# MMAR ablation",
-        "",
-        f"Ours: accuracy % [95 % CI], n per row in the last column. Paper: Table 3 of {paper['source']}.",
-        "Items without a prediction count as wrong. The paper's w/o IQ cells do not add up to its "
-        "39.70 overall (by modality they give 394/1000 correct); shown as published.",
-        "",
-        "| modality | " + " | ".join(columns) + " | n |",
-        "|---" * (len(columns) + 2) + "|",
-    ]
-    for label, key in rows:
-        values = [f"{_pct(cell_of(results[v], key)['accuracy'])} [{_ci(cell_of(results[v], key))}]" for v in ours]
-        values += [_pct(paper_of(v, key), 2) for v in theirs]
-        totals = sorted({cell_of(results[v], key)["total"] for v in ours})
-        lines.append(f"| {label} | " + " | ".join(values) + f" | {'/'.join(map(str, totals))} |")
-    (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    series = []
-    for v in ours:
-        cells = [cell_of(results[v], key) for _, key in rows]
-        series.append((v, [c["accuracy"] for c in cells], _error_bars(cells), None))
-    for v in theirs:
-        series.append((f"paper: {v}", [paper_of(v, key) for _, key in rows], None, "//"))
-    _plot_groups(
-        out / "ablation_by_modality.png",
-        [MODALITY_SHORT[m] for m in MODALITIES] + ["Overall"],
-        series,
-        "MMAR ablation by modality",
-    )
-    return {name: out / name for name in ("ablation.md", "ablation_by_modality.png")}
 
 
 # ---------------------------------------------------------------------------------------------------

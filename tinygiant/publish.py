@@ -29,6 +29,9 @@ SHIPPED_CODE = (
     "int8_tinygiant.py",
     "pipeline_tinygiant.py",
 )
+# Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
+# clone or a Space folder (`tinygiant.space`).
+ROOT_SCRIPTS = ("train_sft.py", "app.py")
 REQUIRED_FILES = (
     *SHIPPED_CODE,
     "config.json",
@@ -60,7 +63,8 @@ def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=No
     The folder is written beside `out_dir` first and only then moved into place, so a save killed halfway never
     leaves a folder that loads half a model: a new `out_dir` appears whole by one rename; into an existing one (e.g.
     `train_sft.py`'s output_dir, which also holds its checkpoints and logs) the files move one by one with
-    `config.json`, without which nothing loads, removed first and put back last. `training_summary` (a dict, rendered
+    `config.json` and `processor_config.json`, without which neither the model nor the processor loads, removed first
+    and put back last. `training_summary` (a dict, rendered
     as a table, or markdown text) becomes a "Training" section of the model card; `repo_id` goes in its snippet.
     """
     out = Path(out_dir)
@@ -76,10 +80,10 @@ def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=No
     if not out.exists():
         os.rename(staging, out)
         return out
-    (out / "config.json").unlink(missing_ok=True)
-    for name in SHIPPED_CODE:  # never leave code from an earlier save that this one does not ship
+    last = ("processor_config.json", "config.json")
+    for name in (*last, *SHIPPED_CODE):  # never leave code from an earlier save that this one does not ship
         (out / name).unlink(missing_ok=True)
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+    for path in sorted(staging.iterdir(), key=lambda p: last.index(p.name) + 1 if p.name in last else 0):
         os.replace(path, out / path.name)
     staging.rmdir()
     return out
@@ -158,22 +162,8 @@ answers.{size}
 
 ## Usage
 
-The model runs with remote code (`trust_remote_code=True`), with `transformers>=5`, `soundfile` and `soxr`.
-
-```python
-from transformers import pipeline
-
-pipe = pipeline("audio-reasoning", model="{repo_id}", trust_remote_code=True)
-out = pipe("clip.wav", question="Which instrument plays the melody?", choices=["piano", "violin", "flute"])
-print(out["thinking"])  # the chain of thought
-print(out["answer"], out["choice"])  # the final answer and the option it picks
-
-# Several clips in one batched generate call; per-item questions as dicts.
-pipe([{{"audio": "a.wav", "question": "How many beeps?"}}, {{"audio": "b.wav", "question": "Is there speech?"}}],
-     batch_size=2, max_new_tokens=512, do_sample=False)
-```
-
-Without the pipeline:
+The model runs with remote code (`trust_remote_code=True`), with `transformers>=5`, `soundfile` and `soxr`. Audio goes
+inside the chat messages (`"path"`, `"url"`, or `"audio"` with an array and its `"sampling_rate"`):
 
 ```python
 from transformers import AutoModel, AutoProcessor
@@ -181,12 +171,36 @@ from transformers import AutoModel, AutoProcessor
 processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
 model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
 
-messages = [{{"role": "user", "content": [{{"type": "audio"}}, {{"type": "text", "text": "What is the sound?"}}]}}]
-prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-inputs = processor(text=prompt, audio="clip.wav")
+conversation = [{{"role": "user", "content": [{{"type": "audio", "path": "clip.wav"}},
+                                             {{"type": "text", "text": "What is the sound?"}}]}}]
+inputs = processor.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                       return_tensors="pt")
 output = model.generate(**inputs, max_new_tokens=512)
-print(processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
+
+The pipeline parses the reasoning and the answer, continues conversations, and encodes each clip once:
+
+```python
+from transformers import pipeline
+
+pipe = pipeline("audio-reasoning", model="{repo_id}", trust_remote_code=True)   # int8=True for int8 weights on CPU
+out = pipe("clip.wav", question="Which instrument plays the melody?", choices=["piano", "violin", "flute"])
+print(out["thinking"])  # the chain of thought
+print(out["answer"], out["choice"])  # the final answer and the option it picks
+
+out = pipe(conversation)  # out["generated_text"]: the conversation with the new assistant turn
+pipe(out["generated_text"] + [{{"role": "user", "content": "Is it loud?"}}])  # a follow-up; the clip is not re-encoded
+
+# Several clips in one batched generate call; per-item questions as dicts.
+pipe([{{"audio": "a.wav", "question": "How many beeps?"}}, {{"audio": "b.wav", "question": "Is there speech?"}}],
+     batch_size=2, max_new_tokens=512, do_sample=False)
+```
+
+transformers' generic task works too: `pipeline("any-to-any", model="{repo_id}", trust_remote_code=True)(text=conversation)`.
+
+A web app (Gradio; record or upload, streamed reasoning, follow-ups) runs this checkpoint with
+`python app.py --model {repo_id}` from the TinyGiant repository, or as a Space (`tinygiant publish --space DIR`).
 
 The pipeline's default system prompt is Audio-Reasoner's, with `<think>` markup
 (`parsing_tinygiant.SYSTEM_PROMPT`); pass `system_prompt=` to change it.

@@ -119,10 +119,12 @@ def judge_messages(item, prediction):
 def parse_grade(reply, rubric):
     """The grade in [0, 1] that a judge `reply` gives, and its per-criterion scores.
 
-    The reply must hold a JSON list (optionally inside a ``` fence or after some text) with one `{"name", "score"}`
+    The reply must hold a JSON list (optionally inside a ``` fence, or after some text or a `<think>` block) with one
+    `{"name", "score"}`
     per criterion of `rubric`, each score one of that criterion's `choices`. Raises `JudgeReplyError` otherwise.
     """
-    text = (reply or "").strip()
+    # Reasoning judges (Qwen3, DeepSeek-R1 behind vLLM or Ollama) may think aloud first, brackets included.
+    text = re.sub(r"<think>.*?</think>", "", reply or "", flags=re.DOTALL).strip()
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     if fenced:
         text = fenced.group(1).strip()

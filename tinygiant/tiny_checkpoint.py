@@ -104,14 +104,16 @@ def save_tiny_components(out_dir, seed=0):
 TINY_PROJECTOR = dict(projector_heads=4, cgmlp_dim=96, ffn_dim=128)
 
 
-def write_tiny_checkpoint(out_dir, seed=0, **config_kwargs):
+def write_tiny_checkpoint(out_dir, seed=0, projector_seed=None, **config_kwargs):
     """Assemble a tiny TinyGiant from tiny parts and save it with its processor; returns `(model, processor)`.
 
-    `config_kwargs` override the tiny projector settings or the ablation switches.
+    `seed` draws the four "pretrained" parts, `projector_seed` (default: `seed`) the projector's initial weights, so
+    several training seeds can share the same encoders (and their cached features). `config_kwargs` override the tiny
+    projector settings or the ablation switches.
     """
     with tempfile.TemporaryDirectory() as parts_dir:
         parts = save_tiny_components(parts_dir, seed=seed)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed if projector_seed is None else projector_seed)
         model, processor = from_components(**parts, **{**TINY_PROJECTOR, **config_kwargs})
     save_checkpoint(model, processor, out_dir, training_summary="Untrained: tiny random parts, for tests and demos.")
     return model, processor

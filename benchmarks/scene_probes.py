@@ -1,0 +1,99 @@
+"""Which frozen feature carries the answer to each scene question? Linear probes on the projector's inputs.
+
+    tinygiant demo --ablation --seeds 3 --output-dir runs/ablation      # writes the data and the tiny checkpoints
+    python benchmarks/scene_probes.py runs/ablation/tiny-full-seed0 runs/ablation/data
+
+For every scene clip, the frozen encoders' outputs as the projector receives them (`TinyGiantModel.encode_audio`:
+Whisper and HTS-AT frames pooled to N steps, the CLAP vector) are computed once; then, per question, a softmax
+regression is fitted on the training clips and scored on the held-out clips, on each carrier: the N pooled Whisper
+frames, the N HTS-AT frames, their time average, and the CLAP vector. Prints the table and writes
+`results/scene-probes.json`. A task the CLAP vector answers and the frames do not is one the gate has a job on; a
+task the frames answer only when all N steps are kept is one where pooling further would lose it.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modeling_tinygiant import TinyGiantForConditionalGeneration
+from processing_tinygiant import TinyGiantProcessor
+
+
+def encode_clips(model, processor, data_dir, split):
+    """`(features by carrier, rows)` for the clips of `split`: each carrier is (clips, dim); rows are the jsonl rows."""
+    rows = [json.loads(line) for line in open(Path(data_dir) / f"{split}.jsonl", encoding="utf-8")]
+    clips = list(dict.fromkeys(row["audio"] for row in rows))
+    carriers = {"whisper frames": [], "htsat frames": [], "frames, time average": [], "clap vector": []}
+    start = time.perf_counter()
+    for i, clip in enumerate(clips):
+        mels = processor.extract_audio_features([str(Path(data_dir) / clip)])
+        whisper, htsat, clap = model.model.encode_audio(*(torch.as_tensor(mels[k]) for k in (
+            "whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")))
+        carriers["whisper frames"].append(whisper[0].flatten().numpy())
+        carriers["htsat frames"].append(htsat[0].flatten().numpy())
+        carriers["frames, time average"].append(torch.cat([whisper[0].mean(0), htsat[0].mean(0)]).numpy())
+        carriers["clap vector"].append(clap[0].numpy())
+        if (i + 1) % 50 == 0:
+            elapsed = time.perf_counter() - start
+            print(f"  {split}: {i + 1}/{len(clips)} clips, ETA {elapsed / (i + 1) * (len(clips) - i - 1):.0f} s",
+                  flush=True)
+    index = {clip: i for i, clip in enumerate(clips)}
+    return {k: np.stack(v) for k, v in carriers.items()}, rows, index
+
+
+def probe(train_x, train_y, test_x, test_y, classes, steps=500):
+    """Held-out accuracy (%) of an L2-regularised softmax regression on standardised features."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x, tx = (torch.tensor((a - mean) / std, dtype=torch.float32) for a in (train_x, test_x))
+    y, ty = torch.tensor(train_y), torch.tensor(test_y)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(linear(x), y).backward()
+        optimizer.step()
+    return 100 * (linear(tx).argmax(1) == ty).float().mean().item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a tiny checkpoint with the CLAP tower (e.g. runs/ablation/tiny-full-seed0)")
+    parser.add_argument("data", help="the scene data folder (train.jsonl, heldout.jsonl, audio/)")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "scene-probes.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = TinyGiantForConditionalGeneration.from_pretrained(args.model).eval()
+    if model.model.clap_encoder is None:
+        raise ValueError(f"{args.model} has no CLAP tower (use_clap_gate=False); probe a Full or w/o IQ checkpoint")
+    processor = TinyGiantProcessor.from_pretrained(args.model, trust_remote_code=True)
+    train, train_rows, train_index = encode_clips(model, processor, args.data, "train")
+    test, test_rows, test_index = encode_clips(model, processor, args.data, "heldout")
+    tasks = list(dict.fromkeys(row["task"] for row in train_rows))
+    results = {}
+    for task in tasks:
+        def labels(rows, index):
+            picked = [r for r in rows if r["task"] == task]
+            options = sorted({r["answer"] for r in train_rows if r["task"] == task})
+            return [index[r["audio"]] for r in picked], [options.index(r["answer"]) for r in picked], len(options)
+
+        (ti, ty, classes), (hi, hy, _) = labels(train_rows, train_index), labels(test_rows, test_index)
+        results[task] = {name: probe(train[name][ti], ty, test[name][hi], hy, classes) for name in train}
+        results[task]["chance"] = 100 / classes
+    names = list(train)
+    print("\nheld-out accuracy % of a linear probe | " + " | ".join(names) + " | chance")
+    for task, cells in results.items():
+        print(f"{task:18s} | " + " | ".join(f"{cells[n]:5.1f}" for n in names) + f" | {cells['chance']:.1f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"num_audio_tokens": model.config.num_audio_tokens,
+                                             "n_train_clips": len(train_index),
+                                             "n_heldout_clips": len(test_index), "probes": results}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

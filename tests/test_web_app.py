@@ -1,0 +1,188 @@
+"""The web app in a real browser: `app.py` serves a tiny checkpoint on 127.0.0.1, headless Chromium uses it.
+
+Set `WEB_APP_SCREENSHOT=docs/web_app.png` to refresh the README's screenshot (by default it goes to the test's
+temporary folder), `WEB_APP_MODEL=<checkpoint>` to serve a trained model instead of a tiny random one, and
+`WEB_APP_MAX_NEW_TOKENS` (default 12) to let it finish its reasoning.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import talkative
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from modeling_tinygiant import TinyGiantForConditionalGeneration
+from parsing_tinygiant import conversation, format_question, parse_response
+from pipeline_tinygiant import load_pipeline
+from tinygiant.publish import save_checkpoint
+from tinygiant.space import write_examples
+from tinygiant.synthetic import generate_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# The app is started with the same settings; no system turn, as the offline demo's model is trained.
+GENERATION = {"max_new_tokens": int(os.environ.get("WEB_APP_MAX_NEW_TOKENS", 12)), "do_sample": False,
+              "system_prompt": ""}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_dir, processor):
+    if os.environ.get("WEB_APP_MODEL"):
+        return Path(os.environ["WEB_APP_MODEL"])
+    model = talkative(TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).eval())
+    return save_checkpoint(model, processor, tmp_path_factory.mktemp("web") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """`tinygiant serve` (which runs `app.py`) on a free port, with the synthetic examples."""
+    examples = write_examples(tmp_path_factory.mktemp("examples"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tinygiant", "serve", "--model", str(checkpoint), "--port", str(port), "--no-int8",
+         "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]), "--greedy",
+         "--system-prompt", ""],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                process.kill()
+                pytest.fail(f"the app did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
+        "the browser test needs Debian's chromium and chromium-driver (install.sh installs them as root)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1200"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_app(browser, url):
+    browser.get(url)
+    WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+
+
+def upload(browser, path):
+    browser.find_element(By.CSS_SELECTOR, "#clip input[type=file]").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#clip audio, #clip .waveform-container"))
+
+
+def ask(browser, question, choices="", timeout=120):
+    """Type the question (and choices), press Ask, wait until the app says it is done; returns the status text."""
+    boxes = {name: browser.find_element(By.CSS_SELECTOR, f"#{name} textarea") for name in ("question", "choices")}
+    for name, text in (("question", question), ("choices", choices)):
+        boxes[name].send_keys(Keys.CONTROL + "a")  # select and delete as a user would: clear() sends no input event
+        boxes[name].send_keys(Keys.DELETE)
+        if text:
+            boxes[name].send_keys(text)
+    before = status(browser)
+    browser.find_element(By.ID, "ask").click()
+    # Every final status is new: an answer's names its question number, an error starts with a warning sign.
+    WebDriverWait(browser, timeout).until(lambda b: status(b) != before and ("follow-up" in status(b) or "⚠" in status(b)))
+    return status(browser)
+
+
+def status(browser):
+    return browser.find_element(By.ID, "status").text
+
+
+def chat_text(browser):
+    return " ".join(browser.find_element(By.ID, "chat").text.split())
+
+
+def words(text):
+    """The text's letters and digits only: markdown rendering and token spacing change nothing else that matters."""
+    return re.sub(r"\W+", "", text)
+
+
+def test_ask_and_follow_up_in_the_browser(server, browser, checkpoint, tmp_path):
+    clip = generate_clip("count_beeps", seed=3)
+    wav = tmp_path / "beeps.wav"
+    soundfile.write(wav, clip.waveform, clip.sampling_rate)
+    # What the model answers, asked directly through the pipeline with the same settings.
+    pipe = load_pipeline(str(checkpoint))
+    first = conversation(format_question(clip.question, clip.choices), system_prompt=None, audio=str(wav))
+    expected = pipe(first, choices=clip.choices, **GENERATION)
+    follow_up = pipe(expected["generated_text"] + [{"role": "user", "content": "Are you sure?"}], **GENERATION)
+
+    open_app(browser, server)
+    upload(browser, wav)
+    assert "follow-up" in ask(browser, clip.question, ", ".join(clip.choices))
+    if expected["thinking"] is not None:  # the finished reasoning is folded: open it as a reader would
+        browser.find_element(By.XPATH, "//*[@id='chat']//*[normalize-space(text())='Reasoning']").click()
+        time.sleep(0.5)
+    shown = words(chat_text(browser))
+    assert words(format_question(clip.question, clip.choices)) in shown
+    # The reasoning (each CoTA section's text, under a heading) and the answer, as the pipeline gave them.
+    for part in [*re.split(r"</?\w+>", expected["thinking"] or ""), expected["answer"] or ""]:
+        assert words(part)[:60] in shown
+    if expected["answer"] is None:
+        assert words("reached the length limit") in shown
+
+    screenshot = Path(os.environ.get("WEB_APP_SCREENSHOT") or tmp_path / "web_app.png")
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
+
+    assert "follow-up" in ask(browser, "Are you sure?")  # the same clip, not uploaded again
+    answer = words(parse_response(follow_up["text"])["answer"] or follow_up["text"])[:60]
+    try:  # the status and the chat are separate page updates: give the chat a moment to catch up on a busy machine
+        WebDriverWait(browser, 20).until(lambda b: answer in words(chat_text(b)))
+    except TimeoutException:
+        pass  # the assertions below say what is shown instead
+    shown = words(chat_text(browser))
+    assert words("Are you sure?") in shown
+    assert answer in shown
+
+
+def test_bad_input_is_explained_in_the_page(server, browser, tmp_path):
+    open_app(browser, server)
+    assert "Record or upload a clip first" in ask(browser, "What is it?")
+
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("these are notes, not sound\n" * 20)
+    browser.find_element(By.CSS_SELECTOR, "#clip input[type=file]").send_keys(str(not_audio))
+    WebDriverWait(browser, 30).until(lambda b: "notes" in (b.find_element(By.ID, "clip").text + b.page_source))
+    assert "Could not read notes.wav as audio" in ask(browser, "What is it?")
+
+    open_app(browser, server)
+    long = tmp_path / "lecture.wav"
+    soundfile.write(long, np.zeros(20 * 60 * 1000, dtype=np.int16), 1000)  # 20 minutes, a small file
+    upload(browser, long)
+    assert "The clip is 20.0 minutes long" in ask(browser, "What is it?")
+    assert "Traceback" not in browser.page_source

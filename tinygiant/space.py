@@ -1,0 +1,98 @@
+"""The web app's files: example clips from the synthetic generator, and a Hugging Face Space folder.
+
+    tinygiant serve [app options]            # examples in $TINYGIANT_CACHE/examples, then `app.py`
+    tinygiant publish --space DIR [--repo-id you/tinygiant]
+
+`app.py` (the app, at the repository root as Spaces expect) never imports this package: the examples are written
+here, as wavs plus `examples.json`, and the app only reads them.
+"""
+
+import json
+import os
+import runpy
+import shutil
+from pathlib import Path
+
+import soundfile
+from huggingface_hub import SpaceCard, SpaceCardData
+
+from tinygiant.synthetic import generate_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+# The root files a Space runs: the app and the one sibling it imports (the prompt format).
+SPACE_CODE = ("app.py", "parsing_tinygiant.py")
+# One clip per task whose sounds a listener can check by ear, seeded so every run writes the same files.
+EXAMPLE_TASKS = (("count_beeps", 3), ("higher_tone", 1), ("chord_or_note", 2))
+SPACE_REQUIREMENTS = ["gradio>=6,<7", "transformers>=5.24,<6", "torch>=2.4", "soundfile", "soxr", "numpy>=1.26"]
+
+
+def write_examples(out_dir):
+    """Write the example clips and their `examples.json` into `out_dir` (idempotent); returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task, seed in EXAMPLE_TASKS:
+        clip = generate_clip(task, seed=seed)
+        name = f"{task}.wav"
+        soundfile.write(out / name, clip.waveform, clip.sampling_rate, subtype="PCM_16")
+        rows.append({"audio": name, "question": clip.question, "choices": clip.choices})
+    _write_atomic(out / "examples.json", json.dumps(rows, indent=2) + "\n")
+    return out
+
+
+def app_file(name="app.py"):
+    path = ROOT / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} is not beside the tinygiant package ({ROOT}); run from a clone of the repository")
+    return path
+
+
+def write_space(out_dir, repo_id=None):
+    """A Space folder: `app.py`, its sibling, `requirements.txt`, a README with Spaces front matter, the examples and
+    `space.json` naming the model (`repo_id`; else set the Space variable `TINYGIANT_MODEL`). Returns the folder."""
+    import gradio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SPACE_CODE:
+        shutil.copyfile(app_file(name), out / name)
+    _write_atomic(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
+    _write_atomic(out / "space.json", json.dumps({"model": repo_id}) + "\n")
+    write_examples(out / "examples")
+    data = SpaceCardData(title="TinyGiant", sdk="gradio", sdk_version=gradio.__version__, app_file="app.py",
+                         license="apache-2.0", models=[repo_id] if repo_id else None, emoji="🔊",
+                         colorFrom="indigo", colorTo="blue", pinned=False,
+                         short_description="Ask questions about sounds, music and speech")
+    model = f"[`{repo_id}`](https://huggingface.co/{repo_id})" if repo_id else "the model in the `TINYGIANT_MODEL` variable"
+    card = SpaceCard(f"""---
+{data.to_yaml()}
+---
+
+# TinyGiant
+
+Record or upload a sound and ask about it: TinyGiant, a compact audio-language model ({model}), reasons in a
+collapsible block and then answers. Follow-up questions in the same chat are about the same clip.
+
+On CPU hardware the model runs with int8 weights. One request runs at a time.
+""")
+    card.save(out / "README.md")
+    return out
+
+
+def main(argv=None):
+    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the `tinygiant` default model."""
+    from tinygiant.cli import cache_dir, default_model
+
+    argv = list(argv or [])
+    asks_help = {"-h", "--help"} & set(argv)
+    if not asks_help and not any(a == "--model" or a.startswith("--model=") for a in argv):
+        argv += ["--model", default_model()]
+    if not asks_help and not any(a.startswith("--examples") for a in argv):
+        argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
+    runpy.run_path(str(app_file()), run_name="tinygiant_app")["main"](argv)
+
+
+def _write_atomic(path, text):
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
