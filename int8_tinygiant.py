@@ -146,6 +146,9 @@ def quantize_int8(model, modules=None, activations="float"):
             model.model.language_model.embed_tokens = Int8Embedding(model.lm_head, dtype, embeddings.padding_idx)
         del lm_head, embeddings  # the float table goes now, not when this function returns
     _release_freed_memory()
+    audio_cache = getattr(getattr(model, "model", None), "audio_cache", None)
+    if audio_cache is not None:  # its entries came from the encoders' previous weights or activation mode
+        audio_cache.clear()
     return model
 
 

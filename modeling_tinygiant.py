@@ -141,7 +141,9 @@ class AudioEncoderCache:
 
     A follow-up question about the same clip then skips the three encoders (most of the time to first token); the
     projector still runs, since its intent query (eq. 11-13) depends on the question. The key hashes the audio's
-    mels and lengths, so equal audio hits whatever object it came in, and any change to the audio misses.
+    mels and lengths, so equal audio hits whatever object it came in, and any change to the audio misses; it also
+    holds `whisper_trim_padding`, which changes the Whisper frames. Changing the encoders' weights (`quantize_int8`
+    does) calls `clear`.
     """
 
     def __init__(self, max_items=32):
@@ -154,14 +156,17 @@ class AudioEncoderCache:
     def __len__(self):
         return len(self.entries)
 
+    def clear(self):
+        self.entries.clear()
+
     @staticmethod
-    def key(whisper_features, clap_features, whisper_length, htsat_length):
+    def key(whisper_features, clap_features, whisper_length, htsat_length, whisper_trim_padding=False):
         digest = hashlib.blake2b(digest_size=16)
         for tensor in (whisper_features, clap_features):
             tensor = tensor.detach().cpu().contiguous()
             digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        digest.update(f"{int(whisper_length)},{int(htsat_length)}".encode())
+        digest.update(f"{int(whisper_length)},{int(htsat_length)},{bool(whisper_trim_padding)}".encode())
         return digest.hexdigest()
 
     def get(self, key):
@@ -284,7 +289,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         htsat_windows = windows_per_audio(htsat_lengths, self.config.htsat_frames_per_window).tolist()
         whisper_per_audio = whisper_input_features.split(whisper_windows)
         clap_per_audio = clap_input_features.split(htsat_windows)
-        keys = [self.audio_cache.key(*audio) for audio in
+        keys = [self.audio_cache.key(*audio, self.config.whisper_trim_padding) for audio in
                 zip(whisper_per_audio, clap_per_audio, whisper_lengths.tolist(), htsat_lengths.tolist())]
         entries = [self.audio_cache.get(key) for key in keys]
         missing = [i for i, entry in enumerate(entries) if entry is None]

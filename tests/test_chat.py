@@ -138,6 +138,17 @@ def test_audio_cache_skips_the_encoders_and_keeps_greedy_tokens(tiny_dir, proces
     model.generate(**tokenized(processor, [user(clip, "Once more?")]), **GREEDY)
     assert len(calls) == 3  # `other` came from the cache, `clip` was encoded again
 
+    # Entries never outlive what made them: the padding switch is part of the key, quantising empties the cache.
+    misses = cache.misses
+    model.config.whisper_trim_padding = True
+    model.generate(**tokenized(processor, [user(other, "And this?")]), **GREEDY)
+    model.config.whisper_trim_padding = False
+    assert cache.misses == misses + 1  # `other` is cached, but with the padded Whisper frames
+    from int8_tinygiant import quantize_int8
+
+    quantize_int8(model)
+    assert len(cache) == 0
+
     model.disable_audio_cache()
     assert model.model.audio_cache is None
     with pytest.raises(ValueError, match="max_items"):
