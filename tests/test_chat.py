@@ -11,6 +11,7 @@ import torch
 from conftest import talkative, tone
 from transformers import TextIteratorStreamer, pipeline
 
+from int8_tinygiant import quantize_int8
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import SYSTEM_PROMPT
 from pipeline_tinygiant import Conversation, TinyGiantAudioReasoningPipeline
@@ -144,8 +145,6 @@ def test_audio_cache_skips_the_encoders_and_keeps_greedy_tokens(tiny_dir, proces
     model.generate(**tokenized(processor, [user(other, "And this?")]), **GREEDY)
     model.config.whisper_trim_padding = False
     assert cache.misses == misses + 1  # `other` is cached, but with the padded Whisper frames
-    from int8_tinygiant import quantize_int8
-
     quantize_int8(model)
     assert len(cache) == 0
 
