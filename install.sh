@@ -14,4 +14,6 @@ fi
 # The project accepts any torch>=2.4; this pin picks the CPU build here. On a GPU machine, install your CUDA
 # build of torch first and drop this line.
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test]"
+# llama-cpp-python compiles llama.cpp for this CPU (about 5 min on 2 cores); only its library is needed.
+CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF}" \
+  .venv/bin/pip install -q -e ".[test]"

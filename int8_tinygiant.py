@@ -24,8 +24,7 @@ def _quantize_rows(weight):
     Rounds in float32, a few rows at a time: a float32 copy of a whole matrix would be the largest allocation of
     the quantisation (600 MB for Qwen3's embedding table).
     """
-    low, high = torch.aminmax(weight.detach(), dim=1)  # not `weight.abs()`: that would copy the whole matrix
-    scales = torch.maximum(high, -low).float().clamp(min=1e-8) / 127
+    scales = _absmax_rows(weight.detach())[:, 0].float().clamp(min=1e-8) / 127
     qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     rows_per_chunk = max(1, 2**22 // weight.shape[1])  # 16 MB of float32
     for start in range(0, weight.shape[0], rows_per_chunk):
@@ -34,13 +33,18 @@ def _quantize_rows(weight):
     return qweight, scales.to(weight.dtype)
 
 
+def _absmax_rows(x):
+    """Largest magnitude per row, shape (rows, 1). Not `x.abs()`: that would copy the matrix; not `torch.aminmax`:
+    on CPU it is about 6x slower than `amax` and `amin` apart (1500 x 5120 bf16: 11 ms against 1.8 ms)."""
+    return torch.maximum(x.amax(-1, keepdim=True), -x.amin(-1, keepdim=True))
+
+
 def quantize_activations(x):
     """Symmetric per-row (token) int8 of a 2-D activation: `(int8 rows, float32 scales of shape (rows, 1))`.
 
     The range is [-127, 127], not [-128, 127], so that the int8 product of two extremes never overflows its sign.
     """
-    low, high = torch.aminmax(x, dim=-1, keepdim=True)
-    scales = torch.maximum(high, -low).float().clamp_(min=1e-8) / 127
+    scales = _absmax_rows(x).float().clamp_(min=1e-8) / 127
     return (x.float() / scales).round_().clamp_(-127, 127).to(torch.int8), scales
 
 
@@ -86,7 +90,8 @@ class Int8Linear(nn.Module):
         if self.activations == "int8" and x.device.type == "cpu":
             qx, row_scales = quantize_activations(x.reshape(rows, self.in_features))
             accumulated = torch._int_mm(qx, self.qweight.t())  # int32: 127 * 127 * in_features stays below 2**31
-            out = (accumulated.float() * row_scales * self.scales.float()).to(x.dtype).reshape(*x.shape[:-1], -1)
+            # In place: each pass over the (rows, out) product costs about as much as quantising the input.
+            out = accumulated.float().mul_(row_scales).mul_(self.scales.float()).to(x.dtype).reshape(*x.shape[:-1], -1)
             return out if self.bias is None else out + self.bias.to(x.dtype)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 

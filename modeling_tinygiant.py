@@ -370,6 +370,40 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         audios_per_sample = placeholder_mask.sum(1) // self.config.num_audio_tokens
         return per_sample.repeat_interleave(audios_per_sample, dim=0)
 
+    def embed_inputs(
+        self,
+        input_ids=None,
+        inputs_embeds=None,
+        whisper_input_features=None,
+        clap_input_features=None,
+        whisper_lengths=None,
+        htsat_lengths=None,
+        instruction_mask=None,
+        whisper_frames=None,
+        htsat_frames=None,
+        clap_vector=None,
+    ):
+        """The LLM's input embeddings: the tokens' embeddings with each audio's N projector outputs scattered into its
+        placeholders (eq. 15's input). `forward` runs on them; other LLM runtimes can too (`llamacpp_tinygiant`)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if whisper_input_features is not None or whisper_frames is not None:
+            num_audios = len(whisper_frames) if whisper_frames is not None else len(whisper_lengths)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, num_audios=num_audios)
+            intent_query = None
+            if self.config.use_intent_query:
+                intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask)
+            audio_embeds = self.get_audio_features(
+                whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query,
+                whisper_frames=whisper_frames, htsat_frames=htsat_frames, clap_vector=clap_vector,
+            ).pooler_output
+            inputs_embeds = inputs_embeds.masked_scatter(
+                placeholder_mask[..., None].expand_as(inputs_embeds), audio_embeds.to(inputs_embeds.dtype)
+            )
+        return inputs_embeds
+
     def forward(
         self,
         input_ids=None,
@@ -396,25 +430,10 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         whisper_frames, htsat_frames, clap_vector (*optional*): the frozen encoders' precomputed pooled outputs per
             audio (see `get_audio_features`), instead of the mels: the encoders are skipped.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-
-        if whisper_input_features is not None or whisper_frames is not None:
-            num_audios = len(whisper_frames) if whisper_frames is not None else len(whisper_lengths)
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, num_audios=num_audios)
-            intent_query = None
-            if self.config.use_intent_query:
-                intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask)
-            audio_embeds = self.get_audio_features(
-                whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query,
-                whisper_frames=whisper_frames, htsat_frames=htsat_frames, clap_vector=clap_vector,
-            ).pooler_output
-            inputs_embeds = inputs_embeds.masked_scatter(
-                placeholder_mask[..., None].expand_as(inputs_embeds), audio_embeds.to(inputs_embeds.dtype)
-            )
-
+        inputs_embeds = self.embed_inputs(
+            input_ids, inputs_embeds, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths,
+            instruction_mask, whisper_frames, htsat_frames, clap_vector,
+        )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

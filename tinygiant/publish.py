@@ -27,6 +27,7 @@ SHIPPED_CODE = (
     "processing_tinygiant.py",
     "parsing_tinygiant.py",
     "int8_tinygiant.py",
+    "llamacpp_tinygiant.py",
     "pipeline_tinygiant.py",
 )
 # Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
