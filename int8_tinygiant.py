@@ -16,6 +16,8 @@ from torch import nn
 # above it the weight is dequantised for the float matmul, or with int8 activations both go through `torch._int_mm`.
 INT8_KERNEL_MAX_ROWS = 16
 ACTIVATION_MODES = ("float", "int8")
+# Freed float weights are handed back to the OS after about this many bytes (a trim costs a few milliseconds).
+TRIM_EVERY_BYTES = 2**26
 
 
 def _quantize_rows(weight):
@@ -140,7 +142,7 @@ def quantize_int8(model, modules=None, activations="float"):
             freed_bytes += linear.weight.nbytes
             del linear  # its float weight is freed here
             # Without a trim now and then the heap fragments and grows; trimming after every layer costs seconds.
-            if freed_bytes > 2**28:
+            if freed_bytes > TRIM_EVERY_BYTES:
                 _release_freed_memory()
                 freed_bytes = 0
     if modules is None and type(lm_head) is nn.Linear:
@@ -190,6 +192,7 @@ def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
     tied = config.tie_word_embeddings
     linears = {name for name, module in model.named_modules() if type(module) is nn.Linear}
     embed_name = "model.language_model.embed_tokens"
+    read_bytes = 0
     for file in files:
         with open(path / file, "rb") as stream:
             header = _safetensors_header(stream)
@@ -208,7 +211,13 @@ def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
                     _set_submodule(model, embed_name, Int8Embedding(model.lm_head, dtype, padding_idx))
                 elif not (tied and key == "lm_head.weight"):
                     set_module_tensor_to_device(model, key, "cpu", value=tensor)
+                read_bytes += tensor.nbytes
                 del tensor
+                # glibc keeps the freed float tensors in its heap: without a trim now and then, resident memory
+                # climbs to about the float model's size during the load (measured: 2.9 GB peak for 1.7 GB int8).
+                if read_bytes > TRIM_EVERY_BYTES:
+                    _release_freed_memory()
+                    read_bytes = 0
     missing = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if missing:
         raise ValueError(f"the checkpoint in {path} lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")

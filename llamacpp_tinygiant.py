@@ -289,6 +289,18 @@ class LlamaCppDecoder:
         return self._decode(batch, 1)
 
     @torch.no_grad()
+    def teacher_forced_logits(self, model, continuation, input_ids, attention_mask=None, **inputs):
+        """Logits after the prompt and after each token of `continuation` (1-D), for one sample: shape
+        (len(continuation) + 1, vocab), the rows `model(prompt + continuation).logits[prompt_length - 1:]` would give.
+        For measuring agreement with PyTorch."""
+        if len(input_ids) != 1:
+            raise ValueError("teacher forcing takes one sample")
+        embeds = model.model.embed_inputs(input_ids=input_ids, **inputs)[0]
+        if attention_mask is not None:
+            embeds = embeds[attention_mask[0].bool()]
+        return torch.stack([self.prefill(embeds)] + [self.step(int(token)) for token in continuation])
+
+    @torch.no_grad()
     def generate(self, model, input_ids, attention_mask=None, streamer=None, logits_processor=None, generator=None,
                  **kwargs):
         """`model.generate` for a TinyGiant whose LLM runs here: returns (batch, prompt + new) token ids, each row

@@ -7,19 +7,21 @@ path, and a peer side by side, all with random full-size weights (nothing is dow
 
 Steps, each in a process of its own so that its peak memory is its own:
 1. limits: bf16 GEMM TFLOP/s and int8 `torch._int_mm` TOP/s on Whisper's FFN shape, memory read GB/s (`sum` over a
-   1 GB array, float32 and bf16, best of 5), with the benchmark's threads; also the GB/s that one-row matmuls
-   (decoding's) reach on Qwen3's shapes, which is what keeps decoding below the bandwidth ceiling;
-2. a random full-size checkpoint is written to a temporary folder (the processor included), so that both paths
-   load it as a user would;
+   1 GB array, float32 and bf16, best of 5), with the benchmark's threads; also the GB/s that PyTorch's one-row
+   matmuls (decoding's) reach on Qwen3's shapes, which is what keeps PyTorch's decoding below the ceiling;
+2. a random full-size checkpoint is written to a temporary folder (the processor included), so that every path
+   loads it as a user would, with its language model as GGUF (bf16 and Q8_0) for llama.cpp;
 3. naive: `from_pretrained(dtype=bf16)` and the plain `model.generate` on the processor's output, as a user first
-   calls it; then bf16 decoding candidates, and the agreement of the lossy steps with bf16 (W8A8, padding switch);
-4. best: `load_int8(..., activations="int8")` (W8A8 encoders and prefill, quantised while loading) with
-   `whisper_trim_padding` on, and each decoding candidate; the fastest one that keeps the plain greedy tokens counts;
-5. peer: Qwen2.5-Omni-3B's thinker (`peer_qwen_omni.py`) on the same 30 s clip and 100-token question.
+   calls it; then the bf16 decoding candidates, and the agreement of the lossy steps with bf16 (W8A8, padding);
+4. int8: `load_int8(..., activations="int8")` (W8A8 encoders and prompt pass, quantised while loading) with
+   `whisper_trim_padding` on and the LLM in PyTorch; its load's peak memory, and each int8 decoding candidate;
+5. best: the int8 path with the fastest acceptable int8 decoding (`acceptable`: the plain greedy tokens, or for
+   llama.cpp close teacher-forced agreement), end to end: time to first token, decoding, a follow-up question
+   about the same clip through the per-clip audio cache (`followup_ttft.py`), peak memory;
+6. peer: Qwen2.5-Omni-3B's thinker (`peer_qwen_omni.py`) on the same 30 s clip and 100-token question.
 
 Time to first token is from the waveform (feature extraction, encoders, projector, prompt pass). The ratios are
-named as in `ratios()` below; `followup_ttft_vs_first` needs the model's per-clip audio cache (`enable_audio_cache`)
-and is null without it.
+named as in `ratios()` below.
 """
 
 import argparse
@@ -152,7 +154,7 @@ def decode_rate(times):
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
 
 
-def timed_generate(model, inputs, new_tokens, decoding="generate", start=None):
+def timed_generate(model, inputs, new_tokens, decoding="generate", start=None, checkpoint=None):
     """Greedy generation of exactly `new_tokens` with one of `DECODING`; returns (new tokens, seconds from `start`
     (default: now) to the first token, decoding tokens/s)."""
     from transformers import LogitsProcessorList
@@ -160,17 +162,63 @@ def timed_generate(model, inputs, new_tokens, decoding="generate", start=None):
     clock = StepClock()
     start = time.perf_counter() if start is None else start
     with torch.no_grad():
-        out = DECODING[decoding](model)(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                        do_sample=False, logits_processor=LogitsProcessorList([clock]))
+        out = generate_with(model, decoding, checkpoint)(
+            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            logits_processor=LogitsProcessorList([clock]))
     return out[:, inputs["input_ids"].shape[1]:], clock.times[0] - start, decode_rate(clock.times)
 
 
-# The decoding paths tried: the plain one users call, the static KV cache, and the static cache with a compiled step.
-DECODING = {
-    "generate": lambda model: model.generate,
-    "static_cache": lambda model: model.generate_fast,
-    "static_cache_compiled": lambda model: lambda **kw: model.generate_fast(compile=True, **kw),
-}
+# The decoding paths tried: the plain one users call, the static KV cache, the static cache with a compiled step,
+# and the language model on llama.cpp (`llamacpp_tinygiant`), from GGUFs the checkpoint step writes: bf16 weights
+# next to the bf16 model, Q8_0 next to the int8 one. llama.cpp's arithmetic differs from PyTorch's, so its tokens are
+# judged by agreement (`acceptable`), not equality.
+TORCH_DECODING = ("generate", "static_cache", "static_cache_compiled")
+GGUF_FILES = {"llama_cpp_bf16": "qwen3-bf16.gguf", "llama_cpp_q8_0": "qwen3-q8_0.gguf"}
+DECODING = (*TORCH_DECODING, *GGUF_FILES)
+FLOAT_DECODING, INT8_DECODING = DECODING[:-1], (*TORCH_DECODING, "llama_cpp_q8_0")
+LLAMA_DECODERS = {}  # decoding name -> LlamaCppDecoder, one per process
+
+
+def generate_with(model, name, checkpoint=None):
+    """The `generate`-like callable of decoding path `name` for `model`."""
+    if name == "generate":
+        return model.generate
+    if name == "static_cache":
+        return model.generate_fast
+    if name == "static_cache_compiled":
+        return lambda **kw: model.generate_fast(compile=True, **kw)
+    if name not in LLAMA_DECODERS:
+        from llamacpp_tinygiant import LlamaCppDecoder
+
+        LLAMA_DECODERS[name] = LlamaCppDecoder(Path(checkpoint) / GGUF_FILES[name])
+    return lambda **kw: LLAMA_DECODERS[name].generate(model, **kw)
+
+
+def gguf_bytes(path):
+    """Bytes of the tensors in a GGUF: what llama.cpp reads per decoding step (the tied table is the LM head)."""
+    from gguf import GGUFReader
+
+    return int(sum(tensor.n_bytes for tensor in GGUFReader(path).tensors))
+
+
+def teacher_forced_agreement(model, decoder, inputs, tokens):
+    """llama.cpp against PyTorch on the same prompt and the plain path's greedy `tokens`, position by position: the
+    share of positions whose top-1 token agrees, and the lowest Pearson r of the logits."""
+    audio = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    full = torch.cat([inputs["input_ids"], tokens], dim=1)
+    with torch.no_grad():
+        reference = model(input_ids=full, attention_mask=torch.ones_like(full), **audio).logits[0]
+    reference = reference[inputs["input_ids"].shape[1] - 1:].float()
+    ours = decoder.teacher_forced_logits(model, tokens[0], inputs["input_ids"], **audio)
+    return {"teacher_forced_top1_agreement": round(float((ours.argmax(-1) == reference.argmax(-1)).float().mean()), 4),
+            "teacher_forced_min_pearson_r": min(pearson(a, b) for a, b in zip(ours, reference))}
+
+
+def acceptable(result):
+    """A decoding path counts if it keeps the plain greedy tokens, or (lossy paths) agrees with the plain path's
+    logits at 95 % of the positions with r >= 0.99 everywhere."""
+    return result["tokens_equal_plain"] or (result.get("teacher_forced_top1_agreement", 0) >= 0.95
+                                            and result.get("teacher_forced_min_pearson_r", 0) >= 0.99)
 
 
 def tensors(batch):
@@ -197,14 +245,16 @@ def first_token_from_waveform(model, processor, whisper_clock, seconds, args, de
     audio, text = make_audio(seconds, seed=int(seconds)), make_prompt(model.config, 1, args.question_tokens)
     start = time.perf_counter()
     inputs = {**tensors(processor.extract_audio_features([audio], 16000)), **text}
-    tokens, ttft, decode = timed_generate(model, inputs, args.new_tokens, decoding, start=start)
+    tokens, ttft, decode = timed_generate(model, inputs, args.new_tokens, decoding, start=start,
+                                          checkpoint=args.checkpoint)
     return {"ttft_s": round(ttft, 3), "whisper_s": round(whisper_clock.seconds[-1], 3),
             "decode_tokens_per_s": round(decode, 2), "tokens": tokens}
 
 
 def decoding_candidates(model, processor, args, names):
     """Each decoding path on the same 30 s prompt: decode tok/s (a second call, after any compilation), the first
-    call's seconds (compilation included) and whether its greedy tokens equal the plain path's."""
+    call's seconds (compilation included), the weight bytes one step reads, whether its greedy tokens equal the
+    plain path's and, for llama.cpp, its teacher-forced agreement with the plain path."""
     audio = make_audio(30, seed=30)
     inputs = {**tensors(processor.extract_audio_features([audio], 16000)), **make_prompt(model.config, 1,
                                                                                           args.question_tokens)}
@@ -214,11 +264,17 @@ def decoding_candidates(model, processor, args, names):
     plain, results = None, {}
     for name in names:
         print(f"   decoding: {name}", flush=True)
-        (tokens, _, _), first_call_s = timed(lambda: timed_generate(model, inputs, args.new_tokens, name))
-        tokens, prefill, decode = timed_generate(model, inputs, args.new_tokens, name)
+        run = lambda: timed_generate(model, inputs, args.new_tokens, name, checkpoint=args.checkpoint)
+        (tokens, _, _), first_call_s = timed(run)
+        tokens, prefill, decode = run()
         plain = tokens if plain is None else plain
         results[name] = {"decode_tokens_per_s": round(decode, 2), "prefill_s": round(prefill, 3),
                          "first_call_s": round(first_call_s, 1), "tokens_equal_plain": bool(torch.equal(tokens, plain))}
+        if name in GGUF_FILES:
+            results[name]["bytes_per_token"] = gguf_bytes(Path(args.checkpoint) / GGUF_FILES[name])
+            results[name].update(teacher_forced_agreement(model, LLAMA_DECODERS[name], inputs, plain))
+        else:
+            results[name]["bytes_per_token"] = decode_bytes_per_token(model)
     return results
 
 
@@ -305,14 +361,23 @@ def worker_checkpoint(args):
     """A random full-size (or, with --quick, tiny) checkpoint with its processor, saved as the project saves one."""
     from tinygiant.publish import save_checkpoint
 
+    from llamacpp_tinygiant import export_gguf
+
     if args.quick:
         from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
         write_tiny_checkpoint(args.checkpoint)
+        model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.bfloat16)
     else:
         model = build_random_model(TinyGiantConfig())
         save_checkpoint(model, make_processor(), args.checkpoint, training_summary="Random weights, for benchmarks.")
-    return {}
+    # The language model as GGUF for llama.cpp, written once from the bf16 weights, as a publisher would.
+    result = {}
+    for name, file in GGUF_FILES.items():
+        weights = name.removeprefix("llama_cpp_")
+        _, seconds = timed(lambda: export_gguf(model, Path(args.checkpoint) / file, weights))
+        result[f"{name}_export_s"] = round(seconds, 1)
+    return result
 
 
 def load_processor(args):
@@ -337,7 +402,7 @@ def worker_naive(args):
         result[f"clip{seconds}"] = run
         print(f"   naive {seconds} s clip: {run}", flush=True)
     result["peak_rss_mb"] = round(memory_mb()[1])
-    result["decoding"] = decoding_candidates(model, processor, args, args.decoding)
+    result["decoding"] = decoding_candidates(model, processor, args, [d for d in FLOAT_DECODING if d in args.decoding])
 
     # Lossy steps against bf16 on one 10 s probe: logits over the question and answer start, greedy tokens.
     audio = make_audio(10, seed=99)
@@ -361,9 +426,9 @@ def worker_naive(args):
     return result
 
 
-def worker_best(args):
-    """The best path: int8 weights and activations quantised while loading, Whisper on real frames only, and the
-    decoding candidates; the per-clip audio cache's follow-up question when the model has one."""
+def worker_int8(args):
+    """int8 weights with int8 activations, quantised while loading, Whisper on real frames only, the LLM in PyTorch:
+    the load's peak memory, time to first token, and the int8 decoding candidates (llama.cpp's Q8_0 among them)."""
     result = {"load_start": load_snapshot()}
     model, result["load_s"] = timed(lambda: load_int8(TinyGiantForConditionalGeneration, args.checkpoint,
                                                       torch.bfloat16, activations="int8"))
@@ -373,21 +438,50 @@ def worker_best(args):
     gc.collect()
     result["rss_ready_mb"] = round(memory_mb()[0])
     result["peak_rss_load_mb"] = round(memory_mb()[1])
-    result["decode_bytes_per_token"] = decode_bytes_per_token(model)
     result["int8_linears"] = sum(isinstance(m, Int8Linear) for m in model.modules())
     first_token_from_waveform(model, processor, clock, 10, args)  # warm-up
     for seconds in (30, 10):
         run = first_token_from_waveform(model, processor, clock, seconds, args)
         run.pop("tokens")
         result[f"clip{seconds}"] = run
-        print(f"   best {seconds} s clip: {run}", flush=True)
-    result["decoding"] = decoding_candidates(model, processor, args, args.decoding)
-    result["followup"] = None
-    if hasattr(model, "enable_audio_cache"):  # the per-clip encoder cache: a second question about the same clip
-        model.enable_audio_cache()
-        first = first_token_from_waveform(model, processor, clock, 30, args)
-        again = first_token_from_waveform(model, processor, clock, 30, args)
-        result["followup"] = {"first_ttft_s": first["ttft_s"], "followup_ttft_s": again["ttft_s"]}
+        print(f"   int8, PyTorch LLM, {seconds} s clip: {run}", flush=True)
+    result["decoding"] = decoding_candidates(model, processor, args, [d for d in INT8_DECODING if d in args.decoding])
+    result["load_end"] = load_snapshot()
+    return result
+
+
+def worker_best(args):
+    """The best path end to end, in a process of its own: `load_int8` (W8A8, Whisper on real frames) with the int8
+    worker's best decoding; for llama.cpp the PyTorch decoder layers are freed first (`LlamaCppDecoder.from_model`).
+    Time to first token, decoding, a follow-up question about the same clip (the audio cache), peak memory."""
+    from followup_ttft import followup_ttft
+
+    result = {"load_start": load_snapshot(), "decoding_name": args.best_decoding}
+    model, result["load_s"] = timed(lambda: load_int8(TinyGiantForConditionalGeneration, args.checkpoint,
+                                                      torch.bfloat16, activations="int8"))
+    if args.best_decoding in GGUF_FILES:
+        from llamacpp_tinygiant import LlamaCppDecoder
+
+        LLAMA_DECODERS[args.best_decoding], seconds = timed(lambda: LlamaCppDecoder.from_model(
+            model, gguf=Path(args.checkpoint) / GGUF_FILES[args.best_decoding]))
+        result["load_s"] = round(result["load_s"] + seconds, 2)
+    model.generation_config.eos_token_id = None
+    model.config.whisper_trim_padding = True
+    processor, clock = load_processor(args), WhisperClock(model.model)
+    gc.collect()
+    result["rss_ready_mb"] = round(memory_mb()[0])
+    first_token_from_waveform(model, processor, clock, 10, args, args.best_decoding)  # warm-up
+    for seconds in (30, 10):
+        run = first_token_from_waveform(model, processor, clock, seconds, args, args.best_decoding)
+        run.pop("tokens")
+        result[f"clip{seconds}"] = run
+        print(f"   best ({args.best_decoding}) {seconds} s clip: {run}", flush=True)
+    generate = generate_with(model, args.best_decoding, args.checkpoint)
+    followup = followup_ttft(model, processor, make_audio(30, seed=31), generate=generate,
+                             question_tokens=(args.question_tokens, 30), compare_without_cache=False)
+    result["followup"] = {"first_ttft_s": round(followup["first_s"], 3),
+                          "followup_ttft_s": round(followup["followup_s"], 3),
+                          "prompt_tokens": followup["prompt_tokens"]}
     result["peak_rss_mb"] = round(memory_mb()[1])
     result["load_end"] = load_snapshot()
     return result
@@ -440,41 +534,43 @@ def worker_training(args):
     return result
 
 
-WORKERS = {"limits": worker_limits, "checkpoint": worker_checkpoint, "naive": worker_naive, "best": worker_best,
-           "peer": worker_peer, "training": worker_training}
+WORKERS = {"limits": worker_limits, "checkpoint": worker_checkpoint, "naive": worker_naive, "int8": worker_int8,
+           "best": worker_best, "peer": worker_peer, "training": worker_training}
 
 
 # ----------------------------------------------------------------------------- ratios and report
 
 
 def best_decoding(decoding):
-    """The fastest decoding path among those that keep the plain path's greedy tokens: `(name, tok/s)`."""
-    exact = {name: r["decode_tokens_per_s"] for name, r in decoding.items() if r["tokens_equal_plain"]}
-    name = max(exact, key=exact.get)
-    return name, exact[name]
+    """The fastest `acceptable` decoding path: `(name, tok/s, weight bytes read per token)`."""
+    name = max((n for n, r in decoding.items() if acceptable(r)), key=lambda n: decoding[n]["decode_tokens_per_s"])
+    return name, decoding[name]["decode_tokens_per_s"], decoding[name]["bytes_per_token"]
 
 
-def ratios(limits, naive, best, peer, whisper_config):
-    """The issue's ratios. Decode ceilings: read bandwidth / weight bytes per token. Encoder floor: the best path's
-    Whisper time on a 30 s clip / its FLOPs at the measured rate of each part's precision (1.0 = at the floor)."""
-    ceiling = lambda result: limits["read_gb_per_s"] * 1e9 / result["decode_bytes_per_token"]
-    bf16_name, bf16_decode = best_decoding(naive["decoding"])
-    int8_name, int8_decode = best_decoding(best["decoding"])
+def ratios(limits, naive, int8, best, peer, whisper_config):
+    """The issue's ratios. Decode ceilings: read bandwidth / weight bytes the decoding path reads per token. Encoder
+    floor: the int8 path's Whisper time on a 30 s clip / its FLOPs at the measured rate of each part's precision
+    (1.0 = at the floor). The best path is the int8 one with its best decoding, end to end in its own process."""
+    vs_ceiling = lambda tok_s, bytes_per_token: tok_s / (limits["read_gb_per_s"] * 1e9 / bytes_per_token)
+    bf16_name, bf16_decode, bf16_bytes = best_decoding(naive["decoding"])
+    int8_name, int8_decode, int8_bytes = best_decoding(int8["decoding"])
     frames = whisper_config.max_source_positions
     out = {
-        "decode_vs_ceiling_bf16": bf16_decode / ceiling(naive),
-        "decode_vs_ceiling_int8": int8_decode / ceiling(best),
-        "encoder_vs_floor_best": best["clip30"]["whisper_s"] / encoder_floor_s(whisper_config, frames, limits, True),
+        "decode_vs_ceiling_bf16": vs_ceiling(bf16_decode, bf16_bytes),
+        "decode_vs_ceiling_int8": vs_ceiling(int8_decode, int8_bytes),
+        "encoder_vs_floor_best": int8["clip30"]["whisper_s"] / encoder_floor_s(whisper_config, frames, limits, True),
         "encoder_vs_floor_naive": naive["clip30"]["whisper_s"] / encoder_floor_s(whisper_config, frames, limits, False),
         "ttft30_speedup_vs_naive": naive["clip30"]["ttft_s"] / best["clip30"]["ttft_s"],
         "ttft10_speedup_vs_naive": naive["clip10"]["ttft_s"] / best["clip10"]["ttft_s"],
+        # Same for the int8 path with the LLM left in PyTorch (its prompt pass is faster than llama.cpp's).
+        "ttft30_speedup_vs_naive_pytorch_llm": naive["clip30"]["ttft_s"] / int8["clip30"]["ttft_s"],
+        "ttft10_speedup_vs_naive_pytorch_llm": naive["clip10"]["ttft_s"] / int8["clip10"]["ttft_s"],
         # The plain path's own decoding candidate: a second call, like every candidate it is compared with.
         "decode_speedup_vs_naive": int8_decode / naive["decoding"]["generate"]["decode_tokens_per_s"],
-        "followup_ttft_vs_first": (best["followup"]["followup_ttft_s"] / best["followup"]["first_ttft_s"]
-                                   if best["followup"] else None),
-        "int8_peak_rss_vs_resident": best["peak_rss_mb"] / best["rss_ready_mb"],
+        "followup_ttft_vs_first": best["followup"]["followup_ttft_s"] / best["followup"]["first_ttft_s"],
+        "int8_peak_rss_vs_resident": int8["peak_rss_load_mb"] / int8["rss_ready_mb"],
     }
-    out = {k: (round(v, 3) if v is not None else None) for k, v in out.items()}
+    out = {k: round(v, 3) for k, v in out.items()}
     out["best_decoding"] = {"bf16": bf16_name, "int8": int8_name}
     if peer:
         out["peer"] = {"name": peer["name"], "ttft30_ratio": round(best["clip30"]["ttft_s"] / peer["ttft_s"], 3),
@@ -506,19 +602,24 @@ def markdown(report):
               f"{r['peer']['name'] if r['peer'] else 'not run'}.", "",
               "| path | TTFT 30 s clip | Whisper 30 s | TTFT 10 s clip | Whisper 10 s | decode tok/s | peak RSS MB |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in ("naive", "best"):
+    paths = {"naive (bf16, generate)": "naive", "int8 W8A8, PyTorch LLM": "int8",
+             f"best (int8 W8A8, {report['best']['decoding_name']})": "best"}
+    for label, name in paths.items():
         res = report[name]
-        decode = best_decoding(res["decoding"])[1] if name == "best" else res["decoding"]["generate"]["decode_tokens_per_s"]
-        lines.append(f"| {name} | {res['clip30']['ttft_s']} | {res['clip30']['whisper_s']} | {res['clip10']['ttft_s']} "
-                     f"| {res['clip10']['whisper_s']} | {decode} | {res['peak_rss_mb']} |")
+        peak = res.get("peak_rss_mb", res.get("peak_rss_load_mb"))
+        lines.append(f"| {label} | {res['clip30']['ttft_s']} | {res['clip30']['whisper_s']} | {res['clip10']['ttft_s']} "
+                     f"| {res['clip10']['whisper_s']} | {res['clip30']['decode_tokens_per_s']} | {peak} |")
     if report.get("peer"):
         p = report["peer"]
         lines.append(f"| peer | {p['ttft_s']:.3f} | | | | {p['decode_tokens_per_s']:.2f} | {p['peak_rss_mb']} |")
-    lines += ["", "| decoding | bf16 tok/s | int8 tok/s | same tokens as plain (bf16 / int8) |", "|---|---:|---:|---|"]
-    for name in report["naive"]["decoding"]:
-        a, b = report["naive"]["decoding"][name], report["best"]["decoding"][name]
-        lines.append(f"| {name} | {a['decode_tokens_per_s']} | {b['decode_tokens_per_s']} | "
-                     f"{a['tokens_equal_plain']} / {b['tokens_equal_plain']} |")
+    lines += ["", "| model | decoding | tok/s | GB read per token | vs ceiling | prompt pass s | same tokens as plain "
+              "| teacher-forced top-1 agreement |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    for model_name in ("naive", "int8"):
+        for name, d in report[model_name]["decoding"].items():
+            ceiling = lim["read_gb_per_s"] * 1e9 / d["bytes_per_token"]
+            lines.append(f"| {model_name} | {name} | {d['decode_tokens_per_s']} | {d['bytes_per_token'] / 1e9:.3f} | "
+                         f"{d['decode_tokens_per_s'] / ceiling:.2f} | {d['prefill_s']} | {d['tokens_equal_plain']} | "
+                         f"{d.get('teacher_forced_top1_agreement', '')} |")
     lines += ["", "Agreement with bf16 (10 s probe): "]
     lines += [f"- {k}: " + ", ".join(f"{m} = {v}" for m, v in a.items()) for k, a in report["naive"]["agreement"].items()]
     if report.get("training"):
@@ -540,7 +641,7 @@ def run_worker(args, kind):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     command = [sys.executable, __file__, *args.passthrough, "--worker", kind, "--worker-out", out,
-               "--checkpoint", args.checkpoint]
+               "--checkpoint", args.checkpoint, "--best-decoding", getattr(args, "best_decoding", None) or "generate"]
     print(f"== {kind}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -557,7 +658,8 @@ def parse_args(argv=None):
     parser.add_argument("--question-tokens", type=int, default=100)
     parser.add_argument("--new-tokens", type=int, default=None, help="greedy tokens per generation (default 24)")
     parser.add_argument("--agreement-tokens", type=int, default=16)
-    parser.add_argument("--decoding", nargs="+", default=list(DECODING), choices=list(DECODING))
+    parser.add_argument("--decoding", nargs="+", default=list(DECODING), choices=list(DECODING),
+                        help="decoding paths to try (generate, the plain one, always runs first)")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer")
     parser.add_argument("--train", action="store_true", help="also time a training step with and without the cache")
     parser.add_argument("--train-seconds", type=float, default=10)
@@ -567,7 +669,9 @@ def parse_args(argv=None):
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--best-decoding", choices=DECODING, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.decoding = ["generate", *[d for d in args.decoding if d != "generate"]]  # the plain path is the reference
     args.new_tokens = args.new_tokens or (6 if args.quick else 24)
     args.agreement_tokens = min(args.agreement_tokens, args.new_tokens) if args.quick else args.agreement_tokens
     args.name = args.name or ("cpu-quick" if args.quick else "cpu")
@@ -586,19 +690,22 @@ def main(argv=None):
     report = {"name": args.name, "threads": args.threads, "torch": torch.__version__,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "worker_out",
-                                                                       "checkpoint")},
+                                                                       "checkpoint", "best_decoding")},
               "load": {"start": load_snapshot()}}
     with tempfile.TemporaryDirectory() as tmp:
         args.checkpoint = str(Path(tmp) / "checkpoint")
         report["limits"] = run_worker(args, "limits")
         run_worker(args, "checkpoint")
         report["naive"] = run_worker(args, "naive")
+        report["int8"] = run_worker(args, "int8")
+        args.best_decoding = best_decoding(report["int8"]["decoding"])[0]
         report["best"] = run_worker(args, "best")
         report["peer"] = None if args.no_peer else run_worker(args, "peer")
         if args.train:
             report["training"] = run_worker(args, "training")
         whisper_config = TinyGiantConfig.from_pretrained(args.checkpoint).whisper_config
-    report["ratios"] = ratios(report["limits"], report["naive"], report["best"], report["peer"], whisper_config)
+    report["ratios"] = ratios(report["limits"], report["naive"], report["int8"], report["best"], report["peer"],
+                              whisper_config)
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
     RESULTS.mkdir(exist_ok=True)

@@ -35,31 +35,42 @@ def test_decode_bytes_count_layers_norm_and_head_and_halve_in_int8(model):
     assert 0.5 * bf16_bytes < decode_bytes_per_token(quantize_int8(bf16)) < 0.6 * bf16_bytes  # int8 + scales
 
 
-def run(ttft30, ttft10, whisper30, decode, decoding, bytes_per_token, peak, ready, followup=None):
-    return {"clip30": {"ttft_s": ttft30, "whisper_s": whisper30, "decode_tokens_per_s": decode},
-            "clip10": {"ttft_s": ttft10}, "decoding": decoding, "decode_bytes_per_token": bytes_per_token,
-            "peak_rss_mb": peak, "rss_ready_mb": ready, "followup": followup}
+def run(ttft30, ttft10, whisper30, decoding, peak=None, ready=None, load_peak=None, followup=None):
+    return {"clip30": {"ttft_s": ttft30, "whisper_s": whisper30}, "clip10": {"ttft_s": ttft10}, "decoding": decoding,
+            "peak_rss_mb": peak, "rss_ready_mb": ready, "peak_rss_load_mb": load_peak, "followup": followup}
 
 
-def candidate(rate, exact=True):
-    return {"decode_tokens_per_s": rate, "tokens_equal_plain": exact}
+def candidate(rate, bytes_per_token, exact=True, **agreement):
+    return {"decode_tokens_per_s": rate, "bytes_per_token": bytes_per_token, "tokens_equal_plain": exact, **agreement}
+
+
+def test_best_decoding_keeps_the_tokens_or_agrees_closely():
+    agreeing = dict(teacher_forced_top1_agreement=0.96, teacher_forced_min_pearson_r=0.995)
+    decoding = {"generate": candidate(10.0, 1e9), "static_cache": candidate(20.0, 1e9),
+                "lossy": candidate(99.0, 1e9, exact=False),  # changes the tokens, no agreement measured: never counts
+                "drifting": candidate(80.0, 1e9, exact=False, teacher_forced_top1_agreement=0.8,
+                                      teacher_forced_min_pearson_r=0.999)}
+    assert best_decoding(decoding) == ("static_cache", 20.0, 1e9)
+    decoding["llama"] = candidate(40.0, 0.5e9, exact=False, **agreeing)
+    assert best_decoding(decoding) == ("llama", 40.0, 0.5e9)
 
 
 def test_ratios_are_best_over_naive_and_against_the_limits():
-    decoding = {"generate": candidate(10.0), "static_cache": candidate(20.0), "lossy": candidate(99.0, exact=False)}
-    assert best_decoding(decoding) == ("static_cache", 20.0)  # a path that changes the tokens never counts
-    naive = run(10.0, 9.0, 8.0, 1.0, {"generate": candidate(7.0), "static_cache": candidate(12.0)}, 1.2e9, 3000, 2900)
-    best = run(5.0, 3.0, 4.0, 11.0, decoding, 0.6e9, 2300, 2000, {"first_ttft_s": 5.0, "followup_ttft_s": 1.0})
+    naive = run(10.0, 9.0, 8.0, {"generate": candidate(7.0, 1.2e9), "static_cache": candidate(12.0, 1.2e9)})
+    int8 = run(6.0, 4.5, 4.0, {"generate": candidate(9.0, 0.6e9), "static_cache": candidate(20.0, 0.6e9)},
+               ready=2000, load_peak=2300)
+    best = run(5.0, 3.0, 4.0, None, peak=2300, followup={"first_ttft_s": 5.0, "followup_ttft_s": 1.0})
     peer = {"name": "peer", "ttft_s": 20.0, "decode_tokens_per_s": 2.0, "peak_rss_mb": 9200}
-    r = ratios(LIMITS, naive, best, peer, whisper_large_v3_turbo_config())
+    r = ratios(LIMITS, naive, int8, best, peer, whisper_large_v3_turbo_config())
     assert r["decode_vs_ceiling_bf16"] == pytest.approx(12.0 / 25.0, abs=1e-3)  # 30 GB/s / 1.2 GB = 25 tok/s
     assert r["decode_vs_ceiling_int8"] == pytest.approx(20.0 / 50.0, abs=1e-3)
     assert r["ttft30_speedup_vs_naive"] == 2.0 and r["ttft10_speedup_vs_naive"] == 3.0
+    assert r["ttft30_speedup_vs_naive_pytorch_llm"] == pytest.approx(10.0 / 6.0, abs=1e-3)
+    assert r["ttft10_speedup_vs_naive_pytorch_llm"] == 2.0
     assert r["decode_speedup_vs_naive"] == pytest.approx(20.0 / 7.0, abs=1e-3)
     assert r["followup_ttft_vs_first"] == 0.2 and r["int8_peak_rss_vs_resident"] == 1.15
     assert r["encoder_vs_floor_best"] == pytest.approx(4.0 / encoder_floor_s(
         whisper_large_v3_turbo_config(), 1500, LIMITS, True), abs=1e-3)
+    assert r["best_decoding"] == {"bf16": "static_cache", "int8": "static_cache"}
     assert r["peer"] == {"name": "peer", "ttft30_ratio": 0.25, "decode_ratio": 10.0, "peak_rss_ratio": 0.25}
-    best["followup"] = None
-    r = ratios(LIMITS, naive, best, None, whisper_large_v3_turbo_config())
-    assert r["followup_ttft_vs_first"] is None and r["peer"] is None
+    assert ratios(LIMITS, naive, int8, best, None, whisper_large_v3_turbo_config())["peer"] is None

@@ -19,20 +19,14 @@ def lively(model):
     return talkative(copy.deepcopy(model))
 
 
-def audio_free_kwargs(inputs):
-    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-
-
 def teacher_forced_logits(decoder, model, inputs, continuation):
-    """llama.cpp's logits after the prompt and after each token of `continuation`, against PyTorch's for the same."""
+    """llama.cpp's logits after the prompt and after each token of `continuation`, and PyTorch's for the same."""
+    audio = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    ours = decoder.teacher_forced_logits(model, continuation, inputs["input_ids"], **audio)
+    full = torch.cat([inputs["input_ids"], continuation[None]], dim=1)
     with torch.no_grad():
-        embeds = model.model.embed_inputs(input_ids=inputs["input_ids"], **audio_free_kwargs(inputs))[0]
-        full = torch.cat([inputs["input_ids"], continuation[None]], dim=1)
-        mask = torch.ones_like(full)
-        reference = model(input_ids=full, attention_mask=mask, **audio_free_kwargs(inputs)).logits[0]
-    ours = [decoder.prefill(embeds)] + [decoder.step(int(t)) for t in continuation]
-    prompt_length = inputs["input_ids"].shape[1]
-    return torch.stack(ours), reference[prompt_length - 1:].float()
+        reference = model(input_ids=full, attention_mask=torch.ones_like(full), **audio).logits[0]
+    return ours, reference[inputs["input_ids"].shape[1] - 1:].float()
 
 
 @pytest.mark.parametrize("weights, min_r", [("bf16", 0.9999), ("q8_0", 0.999)])

@@ -70,7 +70,7 @@ def ask(args):
     start = time.perf_counter()
     log(f"loading {model} ...")
     try:
-        pipe = load_pipeline(model, int8=args.int8)
+        pipe = load_pipeline(model, int8=args.int8, llama_cpp=args.llama_cpp)
     except OSError as error:  # transformers' words for a missing folder, a bad repo id or an unreadable config
         raise RuntimeError(f"cannot load the model {model}: {error}") from error
     log(f"loaded in {time.perf_counter() - start:.1f} s")
@@ -139,6 +139,8 @@ def build_parser():
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
     p.add_argument("--system-prompt", help="default: Audio-Reasoner's prompt; '' for none")
     p.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (the pipeline's `int8=True`)")
+    p.add_argument("--llama-cpp", action="store_true",
+                   help="the language model on llama.cpp, for faster CPU decoding (the pipeline's `llama_cpp=True`)")
     p.set_defaults(run=ask)
 
     p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")

@@ -649,6 +649,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--limit", type=int, help="answer at most this many items")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (the pipeline's int8=True)")
+    parser.add_argument("--llama-cpp", action="store_true",
+                        help="the language model on llama.cpp, for faster CPU decoding (the pipeline's llama_cpp=True)")
     judge = parser.add_argument_group("MMAR-Rubrics (an LLM judge grades the reasoning of correct answers)")
     judge.add_argument("--rubrics", action="store_true", help="also compute the MMAR-Rubrics score")
     judge.add_argument("--judge-base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) "
@@ -679,7 +682,12 @@ def main(argv=None):
             check_rubric(item)
     if args.model:
         predictions_path = output_dir / "predictions.jsonl"
-        predict(meta, audio_dir or Path(meta_path).parent, args.model, predictions_path, args.batch_size, args.limit,
+        model = args.model
+        if args.llama_cpp or args.int8:
+            from pipeline_tinygiant import load_pipeline
+
+            model = load_pipeline(args.model, int8=args.int8, llama_cpp=args.llama_cpp)
+        predict(meta, audio_dir or Path(meta_path).parent, model, predictions_path, args.batch_size, args.limit,
                 {"max_new_tokens": args.max_new_tokens})
     else:
         predictions_path = args.score_only
