@@ -186,11 +186,13 @@ def _rope_theta(config):
 class LlamaCppDecoder:
     """A llama.cpp context over a GGUF from `export_gguf`: prompt embeddings in, greedy tokens out.
 
-    `n_ctx` bounds prompt + new tokens; `n_threads` defaults to PyTorch's thread count. Not thread-safe: one
-    generation at a time (the pipeline holds a lock).
+    `n_ctx` bounds prompt + new tokens. By default the context grows with the requests (from 1024 tokens, doubling,
+    up to the model's trained length): its KV cache costs 114 KB per token for Qwen3-0.6B, so a fixed 4096 would hold
+    0.35 GB more than a 30 s clip's question needs. `n_threads` defaults to PyTorch's thread count. Not thread-safe:
+    one generation at a time (the pipeline holds a lock).
     """
 
-    def __init__(self, path, n_ctx=4096, n_threads=None, n_batch=512):
+    def __init__(self, path, n_ctx=None, n_threads=None, n_batch=512):
         lc = _llama_cpp()
         if not Path(path).is_file():
             raise FileNotFoundError(f"no GGUF at {path} (write one with export_gguf)")
@@ -198,20 +200,36 @@ class LlamaCppDecoder:
         self._model = lc.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise ValueError(f"llama.cpp could not load {path}")
-        threads = n_threads or torch.get_num_threads()
-        params = lc.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
-        params.n_threads = params.n_threads_batch = threads
-        params.n_seq_max = 1
-        self._ctx = lc.llama_init_from_model(self._model, params)
-        if not self._ctx:
-            raise ValueError(f"llama.cpp could not create a context of {n_ctx} tokens for {path}")
-        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self._lc, self._ctx, self.path = lc, None, path
+        self.n_batch, self.n_threads = n_batch, n_threads or torch.get_num_threads()
+        self.max_ctx = n_ctx or lc.llama_model_n_ctx_train(self._model)
         self.hidden_size = lc.llama_model_n_embd(self._model)
         self.vocab_size = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
-        self._lc = lc
         self._embd_batch = lc.llama_batch_init(n_batch, self.hidden_size, 1)
         self._token_batch = lc.llama_batch_init(1, 0, 1)
+        self._make_context(n_ctx or min(1024, self.max_ctx))
+
+    def _make_context(self, n_ctx):
+        if self._ctx:
+            self._lc.llama_free(self._ctx)
+        params = self._lc.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, self.n_batch, self.n_batch
+        params.n_threads = params.n_threads_batch = self.n_threads
+        params.n_seq_max = 1
+        self._ctx = self._lc.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise ValueError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
+        self.n_ctx = n_ctx
+
+    def _reserve(self, n_tokens):
+        """Make the context hold `n_tokens` (prompt + new tokens), growing it if it may."""
+        if n_tokens > self.max_ctx:
+            raise ValueError(f"{n_tokens} tokens (prompt + new tokens) do not fit the {self.max_ctx}-token context")
+        if n_tokens > self.n_ctx:
+            n_ctx = self.n_ctx
+            while n_ctx < n_tokens:
+                n_ctx *= 2
+            self._make_context(min(n_ctx, self.max_ctx))
 
     @classmethod
     def from_model(cls, model, gguf=None, weights="q8_0", **kwargs):
@@ -258,12 +276,12 @@ class LlamaCppDecoder:
         logits = self._lc.llama_get_logits_ith(self._ctx, n_tokens - 1)
         return torch.from_numpy(np.ctypeslib.as_array(logits, shape=(self.vocab_size,)).copy())
 
-    def prefill(self, inputs_embeds):
-        """Forget any earlier sequence, read `inputs_embeds` (prompt length, hidden) and return the last logits."""
+    def prefill(self, inputs_embeds, new_tokens=1):
+        """Forget any earlier sequence, read `inputs_embeds` (prompt length, hidden) and return the last logits;
+        the context is made to hold `new_tokens` more."""
         if inputs_embeds.shape[-1] != self.hidden_size:
             raise ValueError(f"embeddings of width {inputs_embeds.shape[-1]} for a model of width {self.hidden_size}")
-        if len(inputs_embeds) >= self.n_ctx:
-            raise ValueError(f"a {len(inputs_embeds)}-token prompt does not fit the {self.n_ctx}-token context")
+        self._reserve(len(inputs_embeds) + new_tokens)
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
         embeddings = inputs_embeds.detach().float().contiguous().numpy()
         batch = self._embd_batch
@@ -298,7 +316,7 @@ class LlamaCppDecoder:
         embeds = model.model.embed_inputs(input_ids=input_ids, **inputs)[0]
         if attention_mask is not None:
             embeds = embeds[attention_mask[0].bool()]
-        return torch.stack([self.prefill(embeds)] + [self.step(int(token)) for token in continuation])
+        return torch.stack([self.prefill(embeds, len(continuation) + 1)] + [self.step(int(token)) for token in continuation])
 
     @torch.no_grad()
     def generate(self, model, input_ids, attention_mask=None, streamer=None, logits_processor=None, generator=None,
@@ -341,7 +359,7 @@ class LlamaCppDecoder:
                 streamer.put(input_ids[row:row + 1].cpu())
             # The sequence as transformers' processors see it: the full (padded) prompt, then the new tokens.
             sequence = input_ids[row:row + 1]
-            logits = self.prefill(embeds[row][mask[row]])
+            logits = self.prefill(embeds[row][mask[row]], max_new)
             for _ in range(max_new):
                 scores = processors(sequence, logits[None])
                 if config.do_sample:

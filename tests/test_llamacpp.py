@@ -137,3 +137,20 @@ def test_pipeline_on_llama_cpp_answers_like_the_pytorch_pipeline(tiny_dir, tmp_p
         fast.save_pretrained(tmp_path / "saved")
     with pytest.raises(ValueError, match="llama_cpp must be"):
         pipeline("audio-reasoning", model=str(tiny_dir), trust_remote_code=True, llama_cpp="q4_0")
+
+
+def test_the_context_grows_with_the_request_and_a_fixed_one_refuses_what_does_not_fit(lively, processor, tmp_path):
+    inputs = batch(processor, QUESTIONS[:1], [tone(1.0, freq=300)])
+    path = export_gguf(lively, tmp_path / "lm.gguf", "bf16")
+    greedy = dict(do_sample=False, eos_token_id=None)
+    prompt = inputs["input_ids"].shape[1]
+    small = LlamaCppDecoder(path, n_ctx=prompt + 4)
+    assert small.generate(lively, **inputs, max_new_tokens=4, **greedy).shape[1] == prompt + 4
+    with pytest.raises(ValueError, match="do not fit"):
+        small.generate(lively, **inputs, max_new_tokens=5, **greedy)
+    growing = LlamaCppDecoder(path)
+    start = growing.n_ctx
+    needed = start + 1 - prompt  # one token past the first context: it must double, keeping the sequence right
+    out = growing.generate(lively, **inputs, max_new_tokens=needed, **greedy)
+    assert growing.n_ctx == min(2 * start, growing.max_ctx) and out.shape[1] == prompt + needed
+    assert torch.equal(out[:, :prompt + 4], small.generate(lively, **inputs, max_new_tokens=4, **greedy))
