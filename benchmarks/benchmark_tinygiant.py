@@ -1,7 +1,7 @@
 """TinyGiant CPU performance as ratios measured in one run: the machine's limits, the naive path against the best
 path, and a peer side by side, all with random full-size weights (nothing is downloaded).
 
-    python benchmarks/benchmark_tinygiant.py           # full run (about 7 min on 2 cores): results/cpu.json + cpu.md
+    python benchmarks/benchmark_tinygiant.py           # full run (about 10 min on 2 cores): results/cpu.json + cpu.md
     python benchmarks/benchmark_tinygiant.py --quick   # smoke run of every step on tiny models (about 1.5 min)
     python benchmarks/benchmark_tinygiant.py --train   # also a training step: live encoders vs the feature cache
 
