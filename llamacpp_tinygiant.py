@@ -316,7 +316,8 @@ class LlamaCppDecoder:
         embeds = model.model.embed_inputs(input_ids=input_ids, **inputs)[0]
         if attention_mask is not None:
             embeds = embeds[attention_mask[0].bool()]
-        return torch.stack([self.prefill(embeds, len(continuation) + 1)] + [self.step(int(token)) for token in continuation])
+        logits = [self.prefill(embeds, len(continuation) + 1)]
+        return torch.stack(logits + [self.step(int(token)) for token in continuation])
 
     @torch.no_grad()
     def generate(self, model, input_ids, attention_mask=None, streamer=None, logits_processor=None, generator=None,

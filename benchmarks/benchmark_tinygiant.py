@@ -175,7 +175,7 @@ def timed_generate(model, inputs, new_tokens, decoding="generate", start=None, c
 TORCH_DECODING = ("generate", "static_cache", "static_cache_compiled")
 GGUF_FILES = {"llama_cpp_bf16": "qwen3-bf16.gguf", "llama_cpp_q8_0": "qwen3-q8_0.gguf"}
 DECODING = (*TORCH_DECODING, *GGUF_FILES)
-FLOAT_DECODING, INT8_DECODING = DECODING[:-1], (*TORCH_DECODING, "llama_cpp_q8_0")
+FLOAT_DECODING, INT8_DECODING = (*TORCH_DECODING, "llama_cpp_bf16"), (*TORCH_DECODING, "llama_cpp_q8_0")
 LLAMA_DECODERS = {}  # decoding name -> LlamaCppDecoder, one per process
 
 
