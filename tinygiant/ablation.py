@@ -261,6 +261,8 @@ def finished(report_dir, variant, seed):
 def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     """Train and score every variant x seed not yet scored, two at a time; then write the report into
     `out / "ablation"`. Returns the report's paths."""
+    from transformers.utils import logging as transformers_logging
+
     from tinygiant.demo import evaluate, train
     from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
@@ -270,10 +272,16 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     todo = [(v, s) for v, s in runs if not finished(report_dir, v, s)]
     print(f"ablation: {len(runs)} runs ({len(VARIANTS)} variants x {len(seeds)} seeds), {len(runs) - len(todo)} "
           f"already scored, {len(todo)} to train", flush=True)
-    for v, s in todo:  # one at a time: model building is not thread-safe
-        if not (out / f"tiny-{slug(v, s)}" / "config.json").is_file():
-            write_tiny_checkpoint(out / f"tiny-{slug(v, s)}", seed=parts_seed, projector_seed=s,
-                                  num_audio_tokens=preset["num_audio_tokens"], **VARIANTS[v])
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a dozen saving / loading bars would bury the progress lines
+    try:
+        for v, s in todo:  # one at a time: model building is not thread-safe
+            if not (out / f"tiny-{slug(v, s)}" / "config.json").is_file():
+                write_tiny_checkpoint(out / f"tiny-{slug(v, s)}", seed=parts_seed, projector_seed=s,
+                                      num_audio_tokens=preset["num_audio_tokens"], **VARIANTS[v])
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
     evaluating, done, lock = threading.Lock(), [], threading.Lock()
 
     def report():
