@@ -20,6 +20,21 @@ def test_t_interval_and_mcnemar():
     assert ablation.mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
     assert ablation.mcnemar_exact(9, 1) == ablation.mcnemar_exact(1, 9)
     assert ablation.mcnemar_exact(3, 3) == 1.0 and ablation.mcnemar_exact(0, 0) == 1.0
+    # Binomial upper tail: 3 or more right of 3 at chance 1/2, and at least 0 right, which is certain.
+    assert ablation.above_chance_p(3, 3, 0.5) == pytest.approx(1 / 8)
+    assert ablation.above_chance_p(2, 3, 0.5) == pytest.approx(4 / 8)
+    assert ablation.above_chance_p(0, 200, 0.45) == pytest.approx(1.0)
+
+
+def test_run_level_test_and_accuracy_intervals_stay_in_range():
+    # A bimodal variant: one seed reads the audio (every item right), two answer from the prior (half right).
+    tasks = {f"clip{i}-{t}": t for i in range(40) for t in ("scene_speech", "scene_background")}
+    prior = {item: i % 2 == 0 for i, item in enumerate(sorted(tasks))}
+    correct = {"Full": {0: dict.fromkeys(tasks, True), 1: prior, 2: dict(prior)}}
+    full = ablation.summarise(correct, tasks, chance=0.5)["variants"]["Full"]
+    assert full["seeds"]["0"]["above_chance_p"] < 1e-20 and full["seeds"]["1"]["above_chance_p"] > 0.4
+    assert full["ci95"][1] == 100.0 and full["ci95"][0] >= 0.0  # the raw t-interval runs past 100
+    assert "above_chance_p" not in ablation.summarise(correct, tasks)["variants"]["Full"]["seeds"]["0"]
 
 
 def outcomes(rng, tasks, accuracy):
@@ -91,6 +106,7 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
     assert saved["paired"]["Full - Vanilla"]["overall"]["only_first_right"] == 2 * n_items
     assert saved["protocol"]["runs_trained"] == 8
     assert "| **overall** |" in paths["ablation.md"].read_text()
+    assert "| Full | 100.0 * | 100.0 * | 2 of 2 |" in paths["ablation.md"].read_text()
     assert paths["ablation.png"].read_bytes()[:4] == b"\x89PNG"
 
     # Run again: everything is scored already, so nothing is retrained; an unfinished run is retrained, alone.

@@ -10,7 +10,10 @@ features are computed once per encoder set and reused by all runs (one feature c
 retrained when the command is run again.
 
 Statistics (`summarise`):
-- seed level: the mean over seeds of each seed's accuracy, with a t-based 95 % interval over seeds (`ci95`);
+- run level: whether each run reads the audio at all, by an exact binomial test of its accuracy against chance
+  (`above_chance_p`): in this toy a run either reads the audio or answers from the prior, exactly at chance;
+- seed level: the mean over seeds of each seed's accuracy, with a t-based 95 % interval over seeds (`ci95`,
+  clipped to 0-100 %);
 - item level: a bootstrap over held-out items of the seed-averaged accuracy (`item_ci95`);
 - paired, between two variants on the same items: the seed-averaged per-item difference with a paired bootstrap
   interval, and McNemar's exact test on the (item, seed) pairs where exactly one of the two is right.
@@ -36,6 +39,7 @@ VARIANTS = {
 # Full against each ablation, then each mechanism alone against Vanilla.
 PAIRS = [("Full", "Vanilla"), ("Full", "w/o IQ"), ("Full", "w/o CLAP"), ("w/o CLAP", "Vanilla"), ("w/o IQ", "Vanilla")]
 BOOTSTRAP_SAMPLES = 10_000
+ABOVE_CHANCE_P = 0.01  # a run whose overall accuracy is this unlikely at chance reads the audio
 # Two-sided 95 % quantiles of Student's t for 1-30 degrees of freedom (numpy has no t quantile function).
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
@@ -59,6 +63,14 @@ def t_interval(values):
     return mean, [mean - half, mean + half]
 
 
+def above_chance_p(n_correct, n_items, chance):
+    """One-sided exact binomial p-value of `n_correct` or more right out of `n_items` if each were right with
+    probability `chance`: whether one run reads the audio at all (a run that ignores it answers each question with
+    one fixed option and scores exactly chance on balanced items)."""
+    return float(sum(math.comb(n_items, k) * chance ** k * (1 - chance) ** (n_items - k)
+                     for k in range(n_correct, n_items + 1)))
+
+
 def bootstrap_interval(per_item, rng, samples=BOOTSTRAP_SAMPLES):
     """Percentile 95 % interval of the mean of `per_item` (one value per held-out item), resampling items."""
     per_item = np.asarray(per_item, dtype=float)
@@ -75,10 +87,11 @@ def mcnemar_exact(only_a, only_b):
     return min(1.0, 2 * tail)
 
 
-def summarise(correct, tasks, seed=0):
+def summarise(correct, tasks, seed=0, chance=None):
     """The ablation summary (the format of `ablation.json`) from per-run item outcomes.
 
     `correct[variant][seed]` maps held-out item id -> bool; `tasks` maps item id -> task name. Accuracies are in %.
+    With `chance` (the held-out chance accuracy, a fraction), each run also gets `above_chance_p`.
     Variants may have different seeds (a partial protocol); pairs are compared on the seeds both have.
     """
     rng = np.random.default_rng(seed)
@@ -99,12 +112,15 @@ def summarise(correct, tasks, seed=0):
         for row, s in zip(m, sorted(runs)):
             seeds[str(s)] = {"accuracy": 100 * row.mean(),
                              "per_task": {t: 100 * row[subset(t)].mean() for t in task_names}}
+            if chance is not None:
+                seeds[str(s)]["above_chance_p"] = above_chance_p(int(row.sum()), len(row), chance)
         mean, ci95 = t_interval(m.mean(axis=1) * 100)
+        ci95 = _accuracy_range(ci95)
         per_task = {}
         for t in task_names:
             cols = m[:, subset(t)]
             task_mean, task_ci = t_interval(cols.mean(axis=1) * 100)
-            per_task[t] = {"mean": task_mean, "ci95": task_ci,
+            per_task[t] = {"mean": task_mean, "ci95": _accuracy_range(task_ci),
                            "item_ci95": [100 * v for v in bootstrap_interval(cols.mean(axis=0), rng)]}
         summary["variants"][variant] = {
             "seeds": seeds, "mean": mean, "ci95": ci95,
@@ -135,6 +151,11 @@ def summarise(correct, tasks, seed=0):
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def _accuracy_range(ci):
+    """A t-interval over 3 seeds of a bimodal accuracy can reach past 0 or 100 %; accuracies cannot."""
+    return [max(0.0, ci[0]), min(100.0, ci[1])]
 
 
 def _interval(ci):
@@ -188,12 +209,16 @@ def write_report(summary, out_dir, chance, meta):
             lines.append("| paper (Table 3), MMAR overall | | "
                          + " | ".join(f"{paper[v]['overall']:.2f}" for v in variants) + " |")
         lines.append("")
-    lines += ["Per seed (overall accuracy %):", "",
-              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+    lines += [f"Per seed (overall accuracy %; * : above chance, one-sided exact binomial p < {ABOVE_CHANCE_P}, "
+              "i.e. the run reads the audio):", "",
+              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | runs above chance |",
+              "|---|" + "---:|" * (len(seeds) + 1)]
     for v in variants:
         per_seed = summary["variants"][v]["seeds"]
-        lines.append(f"| {v} | " + " | ".join(f"{per_seed[s]['accuracy']:.1f}" if s in per_seed else "not run"
-                                              for s in seeds) + " |")
+        above = [s for s, r in per_seed.items() if r.get("above_chance_p", 1.0) < ABOVE_CHANCE_P]
+        lines.append(f"| {v} | " + " | ".join(
+            f"{per_seed[s]['accuracy']:.1f}{' *' if s in above else ''}" if s in per_seed else "not run"
+            for s in seeds) + f" | {len(above)} of {len(per_seed)} |")
     lines += ["", "Paired differences on the same items (points; bootstrap 95 % interval over items of the "
               "seed-averaged difference; McNemar exact p over (item, seed) pairs, with the discordant counts):", "",
               "| pair | " + " | ".join(["overall", *tasks]) + " |", "|---|" + "---:|" * (len(tasks) + 1)]
@@ -329,4 +354,4 @@ def write_protocol_report(out, data_dir, summary, preset, runs, runs_trained=0, 
             "steps_per_run": preset["epochs"] * -(-n_train_rows // preset["batch_size"]),
             "chance_overall": chance["overall"], "run_seconds_total": sum(run_seconds),
             "runs_trained": runs_trained, "wall_seconds": wall_seconds}
-    return write_report(summarise(correct, tasks), report_dir, chance["per_task"], meta)
+    return write_report(summarise(correct, tasks, chance=chance["overall"]), report_dir, chance["per_task"], meta)
