@@ -234,16 +234,20 @@ def write_report(summary, out_dir, chance, meta):
 
 
 def plot(summary, chance, chance_overall, path):
-    """Grouped bars per task: each variant's mean with its seed-level interval, seeds as dots, chance as a tick."""
+    """Grouped bars per task: each variant's mean with its seed-level interval, seeds as dots, chance as a tick; and
+    beside them, in the same colours, the paper's Table 3 (MMAR overall accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tinygiant.mmar import PAPER_MMAR
+
     variants = list(summary["variants"])
     tasks = ["overall", *next(iter(summary["variants"].values()))["per_task"]]
     width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 1, 4.2))
+    fig, (ax, paper_ax) = plt.subplots(1, 2, figsize=(1.6 * len(tasks) + 2.6, 4.2), sharey=True,
+                                       gridspec_kw={"width_ratios": [len(tasks), 1.2]})
     for k, v in enumerate(variants):
         entry = summary["variants"][v]
         cells = [entry if t == "overall" else entry["per_task"][t] for t in tasks]
@@ -262,6 +266,13 @@ def plot(summary, chance, chance_overall, path):
            title="Table 3 variants on the scene benchmark (mean, 95 % t-interval over seeds, dots = seeds, dashes = chance)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, ncols=len(variants), loc="lower right")
+    paper = PAPER_MMAR["ablation"]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, v in enumerate(variants):
+        paper_ax.bar(k, paper[v]["overall"], 0.8, color=colours[k % len(colours)])
+        paper_ax.text(k, paper[v]["overall"] + 1, f"{paper[v]['overall']:.1f}", ha="center", fontsize=7)
+    paper_ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=7)
+    paper_ax.set_title("paper, Table 3 (MMAR)", fontsize=9)
     fig.tight_layout()
     partial = Path(path).with_suffix(".tmp.png")
     fig.savefig(partial, dpi=120)
