@@ -1,7 +1,8 @@
-"""Which frozen feature carries the answer to each scene question? Linear probes on the projector's inputs.
+"""Which feature carries the answer to each synthetic question (scene or demo data)? Linear probes.
 
     tinygiant demo --ablation --seeds 3 --output-dir runs/ablation      # writes the data and the tiny checkpoints
     python benchmarks/scene_probes.py runs/ablation/tiny-full-seed0 runs/ablation/data
+    python benchmarks/scene_probes.py runs/ablation/tiny-full-seed0 runs/ablation/data --trained runs/ablation/*-seed?
 
 For every scene clip, the frozen encoders' outputs as the projector receives them (`TinyGiantModel.encode_audio`:
 Whisper and HTS-AT frames pooled to N steps, the CLAP vector) are computed once; then, per question, a softmax
@@ -9,6 +10,11 @@ regression is fitted on the training clips and scored on the held-out clips, on 
 frames, the N HTS-AT frames, their time average, and the CLAP vector. Prints the table and writes
 `results/scene-probes.json`. A task the CLAP vector answers and the frames do not is one the gate has a job on; a
 task the frames answer only when all N steps are kept is one where pooling further would lose it.
+
+`--trained RUN ...` also probes what each trained run's projector hands the LLM: its N audio embeddings for each clip,
+with that task's question as the intent query (the frozen encoders are the same in every run of the protocol, so
+the first checkpoint's features serve all). A run whose audio embeddings answer a question that its LLM gets wrong
+lost it in the LLM, not in the projector.
 """
 
 import argparse
@@ -20,19 +26,23 @@ import numpy as np
 import torch
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
+from parsing_tinygiant import question_messages
 from processing_tinygiant import TinyGiantProcessor
 
 
 def encode_clips(model, processor, data_dir, split):
-    """`(features by carrier, rows)` for the clips of `split`: each carrier is (clips, dim); rows are the jsonl rows."""
+    """`(features by carrier, rows, clip index, encoded)` for the clips of `split`: each carrier is (clips, dim); rows
+    are the jsonl rows; `encoded` holds each clip's `(whisper, htsat, clap)` as the projector takes them."""
     rows = [json.loads(line) for line in open(Path(data_dir) / f"{split}.jsonl", encoding="utf-8")]
     clips = list(dict.fromkeys(row["audio"] for row in rows))
     carriers = {"whisper frames": [], "htsat frames": [], "frames, time average": [], "clap vector": []}
+    encoded = []
     start = time.perf_counter()
     for i, clip in enumerate(clips):
         mels = processor.extract_audio_features([str(Path(data_dir) / clip)])
         whisper, htsat, clap = model.model.encode_audio(*(torch.as_tensor(mels[k]) for k in (
             "whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")))
+        encoded.append((whisper, htsat, clap))
         carriers["whisper frames"].append(whisper[0].flatten().numpy())
         carriers["htsat frames"].append(htsat[0].flatten().numpy())
         carriers["frames, time average"].append(torch.cat([whisper[0].mean(0), htsat[0].mean(0)]).numpy())
@@ -42,7 +52,26 @@ def encode_clips(model, processor, data_dir, split):
             print(f"  {split}: {i + 1}/{len(clips)} clips, ETA {elapsed / (i + 1) * (len(clips) - i - 1):.0f} s",
                   flush=True)
     index = {clip: i for i, clip in enumerate(clips)}
-    return {k: np.stack(v) for k, v in carriers.items()}, rows, index
+    return {k: np.stack(v) for k, v in carriers.items()}, rows, index, encoded
+
+
+@torch.no_grad()
+def audio_embeddings(run, data_dir, task_row, encoded):
+    """(clips, N * d_model): the audio embeddings `run`'s projector gives each encoded clip under `task_row`'s
+    question (as the MMAR harness asks it: no system turn)."""
+    model = TinyGiantForConditionalGeneration.from_pretrained(run).eval()
+    processor = TinyGiantProcessor.from_pretrained(run, trust_remote_code=True)
+    messages = question_messages(task_row["question"], task_row["choices"], system_prompt=None)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = processor(text=text, audio=[str(Path(data_dir) / task_row["audio"])], extract_audio_features=False)
+    ids, mask = prompt["input_ids"], prompt["instruction_mask"]
+    placeholders = model.model.get_placeholder_mask(ids, None, num_audios=1)[0]
+    out = []
+    for whisper, htsat, clap in encoded:
+        embeds = model.model.embed_inputs(input_ids=ids, instruction_mask=mask, whisper_frames=whisper,
+                                          htsat_frames=htsat, clap_vector=clap if model.config.use_clap_gate else None)
+        out.append(embeds[0, placeholders].flatten().float().numpy())
+    return np.stack(out)
 
 
 def probe(train_x, train_y, test_x, test_y, classes, steps=500):
@@ -64,6 +93,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a tiny checkpoint with the CLAP tower (e.g. runs/ablation/tiny-full-seed0)")
     parser.add_argument("data", help="the scene data folder (train.jsonl, heldout.jsonl, audio/)")
+    parser.add_argument("--trained", nargs="*", default=[], help="trained runs of the protocol whose audio "
+                        "embeddings to probe as well (e.g. runs/ablation/*-seed?)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "scene-probes.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -71,8 +102,8 @@ def main(argv=None):
     if model.model.clap_encoder is None:
         raise ValueError(f"{args.model} has no CLAP tower (use_clap_gate=False); probe a Full or w/o IQ checkpoint")
     processor = TinyGiantProcessor.from_pretrained(args.model, trust_remote_code=True)
-    train, train_rows, train_index = encode_clips(model, processor, args.data, "train")
-    test, test_rows, test_index = encode_clips(model, processor, args.data, "heldout")
+    train, train_rows, train_index, train_encoded = encode_clips(model, processor, args.data, "train")
+    test, test_rows, test_index, test_encoded = encode_clips(model, processor, args.data, "heldout")
     tasks = list(dict.fromkeys(row["task"] for row in train_rows))
     results = {}
     for task in tasks:
@@ -84,10 +115,15 @@ def main(argv=None):
         (ti, ty, classes), (hi, hy, _) = labels(train_rows, train_index), labels(test_rows, test_index)
         results[task] = {name: probe(train[name][ti], ty, test[name][hi], hy, classes) for name in train}
         results[task]["chance"] = 100 / classes
-    names = list(train)
-    print("\nheld-out accuracy % of a linear probe | " + " | ".join(names) + " | chance")
-    for task, cells in results.items():
-        print(f"{task:18s} | " + " | ".join(f"{cells[n]:5.1f}" for n in names) + f" | {cells['chance']:.1f}")
+        for run in args.trained:
+            row = next(r for r in test_rows if r["task"] == task)
+            tx, hx = (audio_embeddings(run, args.data, row, encoded) for encoded in (train_encoded, test_encoded))
+            results[task][f"audio embeddings of {Path(run).name}"] = probe(tx[ti], ty, hx[hi], hy, classes)
+    names = [n for n in next(iter(results.values())) if n != "chance"]
+    print("\nheld-out accuracy % of a linear probe, per carrier and task")
+    print(f"{'carrier':42s} | " + " | ".join(f"{t:>16s}" for t in results))
+    for name in [*names, "chance"]:
+        print(f"{name:42s} | " + " | ".join(f"{cells[name]:16.1f}" for cells in results.values()))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"num_audio_tokens": model.config.num_audio_tokens,
                                              "n_train_clips": len(train_index),

@@ -252,6 +252,13 @@ def test_answer_is_in_the_audio(dataset):
     assert set(checked) == {r["task"] for r in all_rows(rows)}
 
 
+def test_count_clips_share_one_length(dataset):
+    # After pooling, the model sees how much of the clip beeps; only with one length does that share fix the count.
+    out, _, rows = dataset
+    lengths = {round(sf.info(str(out / r["audio"])).duration, 3) for r in all_rows(rows) if r["task"] == "count_beeps"}
+    assert lengths == {syn.COUNT_SECONDS}
+
+
 def test_mmar_meta(dataset):
     out, _, rows = dataset
     meta = read_jsonl(out / "mmar-meta.jsonl")

@@ -182,20 +182,22 @@ def _make_clip(rng, task, wave, sr, multiple_choice, answer, question, open_ques
     return Clip(wave, sr, task, question, choices, answer, sections, *MMAR_LABELS[task])
 
 
-def count_beeps(rng, sampling_rate, multiple_choice=True, answer=None):
-    """One to four identical short beeps (about 1 kHz, 120 ms) separated by silence, in a 2-3 s clip: how many?
+COUNT_SECONDS = 2.5
 
-    Why the demo model does not learn this one (20 % against 25 % chance): the encoders' frames are average-pooled to
-    N steps, and what survives pooling is mostly how much of the clip is beeping, i.e. beeps / clip length. With
-    lengths drawn from 2-3 s that share does not determine the count (two beeps in 3 s look like one and a half in
-    2 s). On the demo's tiny random encoders, a linear probe on the time-averaged Whisper frames of held-out clips
-    reads the count right 55 % of the time (57 % at N = 32, so the token budget is not what limits it), and 93 % once
-    the length is fixed (N = 6). The scene clips (`scene`) therefore all have one length; this task keeps its
-    lengths so that the demo's data, and its measured figures, stay as they are.
+
+def count_beeps(rng, sampling_rate, multiple_choice=True, answer=None):
+    """One to four identical short beeps (about 1 kHz, 120 ms) separated by silence, in a 2.5 s clip: how many?
+
+    Why every clip has the same length: the encoders' frames are average-pooled to N steps, and what survives pooling
+    is mostly how much of the clip is beeping, i.e. beeps / clip length. With lengths drawn from 2-3 s (as before)
+    that share did not determine the count (two beeps in 3 s look like one and a half in 2 s), and the demo model
+    stayed at chance on it (20 % against 25 %). On the demo's tiny random encoders, a linear probe on the
+    time-averaged Whisper frames of held-out clips read the count right 55 % of the time with variable lengths (57 % at
+    N = 32, so the token budget was not what limited it), and 93 % once the length was fixed (N = 6).
     """
     answer = _pick(rng, "count_beeps", answer)
     n = NUMBERS.index(answer) + 1
-    sr, seconds = sampling_rate, rng.uniform(2.0, 3.0)
+    sr, seconds = sampling_rate, COUNT_SECONDS
     beep_s, gap = 0.12, rng.uniform(0.18, 0.3)
     beep = _tone([rng.uniform(950, 1050)], beep_s, sr, 0.5)
     span = n * beep_s + (n - 1) * gap
