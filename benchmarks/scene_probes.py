@@ -56,22 +56,18 @@ def encode_clips(model, processor, data_dir, split):
 
 
 @torch.no_grad()
-def audio_embeddings(run, data_dir, task_row, encoded):
-    """(clips, N * d_model): the audio embeddings `run`'s projector gives each encoded clip under `task_row`'s
-    question (as the MMAR harness asks it: no system turn)."""
-    model = TinyGiantForConditionalGeneration.from_pretrained(run).eval()
-    processor = TinyGiantProcessor.from_pretrained(run, trust_remote_code=True)
+def audio_embeddings(model, processor, data_dir, task_row, encoded):
+    """(clips, N * d_model): the audio embeddings a trained `model`'s projector gives every encoded clip, in one
+    batch, under `task_row`'s question (asked as the MMAR harness asks it: no system turn)."""
     messages = question_messages(task_row["question"], task_row["choices"], system_prompt=None)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt = processor(text=text, audio=[str(Path(data_dir) / task_row["audio"])], extract_audio_features=False)
-    ids, mask = prompt["input_ids"], prompt["instruction_mask"]
-    placeholders = model.model.get_placeholder_mask(ids, None, num_audios=1)[0]
-    out = []
-    for whisper, htsat, clap in encoded:
-        embeds = model.model.embed_inputs(input_ids=ids, instruction_mask=mask, whisper_frames=whisper,
-                                          htsat_frames=htsat, clap_vector=clap if model.config.use_clap_gate else None)
-        out.append(embeds[0, placeholders].flatten().float().numpy())
-    return np.stack(out)
+    ids, mask = (prompt[k].expand(len(encoded), -1) for k in ("input_ids", "instruction_mask"))
+    whisper, htsat, clap = (torch.cat(stream) for stream in zip(*encoded))
+    embeds = model.model.embed_inputs(input_ids=ids, instruction_mask=mask, whisper_frames=whisper, htsat_frames=htsat,
+                                      clap_vector=clap if model.config.use_clap_gate else None)
+    placeholders = model.model.get_placeholder_mask(ids, None, num_audios=len(encoded))
+    return embeds[placeholders].reshape(len(encoded), -1).float().numpy()
 
 
 def probe(train_x, train_y, test_x, test_y, classes, steps=500):
@@ -105,19 +101,24 @@ def main(argv=None):
     train, train_rows, train_index, train_encoded = encode_clips(model, processor, args.data, "train")
     test, test_rows, test_index, test_encoded = encode_clips(model, processor, args.data, "heldout")
     tasks = list(dict.fromkeys(row["task"] for row in train_rows))
-    results = {}
-    for task in tasks:
-        def labels(rows, index):
-            picked = [r for r in rows if r["task"] == task]
-            options = sorted({r["answer"] for r in train_rows if r["task"] == task})
-            return [index[r["audio"]] for r in picked], [options.index(r["answer"]) for r in picked], len(options)
 
-        (ti, ty, classes), (hi, hy, _) = labels(train_rows, train_index), labels(test_rows, test_index)
+    def labels(task, rows, index):
+        picked = [r for r in rows if r["task"] == task]
+        options = sorted({r["answer"] for r in train_rows if r["task"] == task})
+        return [index[r["audio"]] for r in picked], [options.index(r["answer"]) for r in picked], len(options)
+
+    splits = {task: (labels(task, train_rows, train_index), labels(task, test_rows, test_index)) for task in tasks}
+    results = {}
+    for task, ((ti, ty, classes), (hi, hy, _)) in splits.items():
         results[task] = {name: probe(train[name][ti], ty, test[name][hi], hy, classes) for name in train}
         results[task]["chance"] = 100 / classes
-        for run in args.trained:
+    for run in args.trained:  # each run loaded once; its projector runs once per task and split
+        trained = TinyGiantForConditionalGeneration.from_pretrained(run).eval()
+        trained_processor = TinyGiantProcessor.from_pretrained(run, trust_remote_code=True)
+        for task, ((ti, ty, classes), (hi, hy, _)) in splits.items():
             row = next(r for r in test_rows if r["task"] == task)
-            tx, hx = (audio_embeddings(run, args.data, row, encoded) for encoded in (train_encoded, test_encoded))
+            tx, hx = (audio_embeddings(trained, trained_processor, args.data, row, encoded)
+                      for encoded in (train_encoded, test_encoded))
             results[task][f"audio embeddings of {Path(run).name}"] = probe(tx[ti], ty, hx[hi], hy, classes)
     names = [n for n in next(iter(results.values())) if n != "chance"]
     print("\nheld-out accuracy % of a linear probe, per carrier and task")
