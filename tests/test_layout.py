@@ -48,3 +48,12 @@ def test_the_web_app_runs_without_the_tools():
     assert "tinygiant" not in imports
     siblings = {name.removesuffix(".py") for name in (*SHIPPED_CODE, *ROOT_SCRIPTS)}
     assert {f"{name}.py" for name in imports & siblings} == set(SPACE_CODE) - {"app.py"}
+
+
+def test_the_vllm_plugin_runs_the_checkpoints_own_code():
+    """The plugin (its own distribution, installed next to vLLM) imports neither the tools nor the root files: the
+    model's equations and output format come from each checkpoint's remote code."""
+    root_modules = {name.removesuffix(".py") for name in (*SHIPPED_CODE, *ROOT_SCRIPTS)}
+    for path in (ROOT / "vllm_plugin" / "tinygiant_vllm").glob("*.py"):
+        imports = imported_modules(path)
+        assert not imports & (root_modules | {"tinygiant"}), path.name

@@ -5,6 +5,7 @@
     tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
     tinygiant publish --space DIR [--repo-id you/tinygiant]   # a Hugging Face Space folder for the web app
     tinygiant serve [--model PATH_OR_REPO] [--port 7860] ...   # the web app (app.py), see `tinygiant serve --help`
+    tinygiant serve --engine vllm --model PATH_OR_REPO ...    # the OpenAI-compatible API on vLLM (tinygiant.vllm_server)
     tinygiant demo ...                         # see `tinygiant demo --help`
     tinygiant eval mmar ...                    # MMAR evaluation, see `tinygiant eval mmar --help`
 
@@ -161,7 +162,8 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DISPATCH:
-        module = importlib.import_module(DISPATCH[argv[0]][0])
+        engine = argv[0] == "serve" and any(a == "--engine" or a.startswith("--engine=") for a in argv)
+        module = importlib.import_module("tinygiant.vllm_server" if engine else DISPATCH[argv[0]][0])
         rest = argv[1:]
         if argv[0] == "eval" and rest[:1] == ["mmar"]:  # MMAR is the one benchmark so far
             rest = rest[1:]

@@ -1,0 +1,145 @@
+"""TinyGiant behind vLLM's OpenAI-compatible server: the command line, and a server that a script can start and stop.
+
+    tinygiant serve --engine vllm --model DIR [--port 8000] [--host 127.0.0.1] [-- any other `vllm serve` flag]
+
+It runs `vllm serve DIR` (from `$TINYGIANT_VLLM`, else `.venv-vllm/bin/vllm` beside this repository, else `vllm` on
+the PATH) with what a TinyGiant checkpoint needs: `--trust-remote-code` (its config and audio half are remote code),
+`--reasoning-parser tinygiant` (the think block to `reasoning`, the answer to `content`) and the default system prompt
+(`parsing_tinygiant.SYSTEM_PROMPT`, the pipeline's) for conversations that bring none. On a machine without a GPU it
+also gives vLLM's CPU backend a KV cache of `$VLLM_CPU_KVCACHE_SPACE` GB (default 4).
+
+vLLM itself lives in its own environment (install.sh makes `.venv-vllm/`): it pins an older transformers than this
+project needs, and talks to the tools here only over HTTP.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from parsing_tinygiant import SYSTEM_PROMPT
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_AUDIO_LIMIT = 8  # audios in one prompt: each is N = 300 tokens for the full-size model
+
+
+def vllm_executable():
+    """The `vllm` command that has the TinyGiant plugin (see the module docstring for the order it is looked up in)."""
+    if os.environ.get("TINYGIANT_VLLM"):
+        return os.environ["TINYGIANT_VLLM"]
+    local = ROOT / ".venv-vllm" / "bin" / "vllm"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("vllm")
+    if found is None:
+        raise FileNotFoundError("no vLLM found: run install.sh (it makes .venv-vllm/), set TINYGIANT_VLLM to a `vllm` "
+                                "command, or `pip install vllm ./vllm_plugin` in an environment on the PATH")
+    return found
+
+
+def serve_command(model, host="127.0.0.1", port=8000, audio_limit=DEFAULT_AUDIO_LIMIT, extra_args=()):
+    """The `vllm serve` command line for a TinyGiant checkpoint folder or Hub repo."""
+    return [
+        vllm_executable(), "serve", str(model),
+        "--trust-remote-code",
+        "--reasoning-parser", "tinygiant",
+        "--default-chat-template-kwargs", json.dumps({"default_system_prompt": SYSTEM_PROMPT}),
+        "--limit-mm-per-prompt", json.dumps({"audio": audio_limit}),
+        "--host", host, "--port", str(port),
+        *extra_args,
+    ]
+
+
+def server_environment():
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    return env
+
+
+class VllmServer:
+    """A `vllm serve` process for a TinyGiant checkpoint, up once `/health` answers; a context manager.
+
+        with VllmServer("runs/tiny", port=8011, extra_args=["--dtype", "float32"]) as server:
+            openai.OpenAI(base_url=server.url, api_key="none")...
+
+    Its output goes to `log_path` (or is discarded), so a failed start can be read there; `start` raises with the
+    log's last lines if the server exits or is not up within `timeout` seconds.
+    """
+
+    def __init__(self, model, host="127.0.0.1", port=8000, extra_args=(), log_path=None, timeout=600, env=None,
+                 audio_limit=DEFAULT_AUDIO_LIMIT):
+        self.command = serve_command(model, host, port, audio_limit, extra_args)
+        self.base = f"http://{host}:{port}"
+        self.url = f"{self.base}/v1"
+        self.log_path = Path(log_path) if log_path else None
+        self.timeout = timeout
+        self.env = {**server_environment(), **(env or {})}
+        self.process = None
+
+    def start(self):
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        # A session of its own, so that stopping it also stops the engine and worker processes vLLM spawns.
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        start_new_session=True)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with code {self.process.returncode}:\n{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"vllm serve was not up within {self.timeout} s:\n{self.log_tail()}")
+
+    def healthy(self):
+        try:
+            with urllib.request.urlopen(f"{self.base}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, lines=40):
+        if not (self.log_path and self.log_path.is_file()):
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self):
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def main(argv=None):
+    """`tinygiant serve --engine vllm`: run vLLM's server in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="tinygiant serve --engine vllm", description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=["vllm"], default="vllm")
+    parser.add_argument("--model", required=True, help="a TinyGiant checkpoint folder or Hub repo id")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--audio-limit", type=int, default=DEFAULT_AUDIO_LIMIT, help="audios in one prompt")
+    args, extra = parser.parse_known_args(argv)
+    extra = [a for a in extra if a != "--"]
+    command = serve_command(args.model, args.host, args.port, args.audio_limit, extra)
+    print(" ".join(command[:3]), "...", file=sys.stderr, flush=True)
+    return subprocess.call(command, env=server_environment())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
