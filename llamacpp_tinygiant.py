@@ -52,6 +52,19 @@ except ImportError:
     from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS
 
 GGUF_WEIGHTS = ("q8_0", "bf16")
+
+
+def _cpu_has_amx():
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# llama.cpp's extra weight buffers (Q8_0 repacked for AVX, or for AMX tiles). On a Xeon with AMX, llama-cpp-python
+# 0.3.35-0.3.36 built for the machine segfaulted in the first decode of a Q8_0 GGUF (the tiny test model): there they
+# stay off, and decoding reads the plain Q8_0 weights; elsewhere they are on, as measured in the benchmarks.
+EXTRA_BUFFER_TYPES = not _cpu_has_amx()
 # What `generate` passes to `TinyGiantModel.embed_inputs` rather than to the generation config.
 MODEL_INPUTS = (*AUDIO_INPUTS, *ENCODED_AUDIO_INPUTS, "instruction_mask")
 
@@ -197,6 +210,7 @@ class LlamaCppDecoder:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no GGUF at {path} (write one with export_gguf)")
         model_params = lc.llama_model_default_params()
+        model_params.use_extra_bufts = EXTRA_BUFFER_TYPES
         self._model = lc.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise ValueError(f"llama.cpp could not load {path}")

@@ -17,10 +17,13 @@ vLLM runs in its own environment (install.sh makes `.venv-vllm/`; `TINYGIANT_VLL
 
 import base64
 import concurrent.futures
+import functools
+import http.server
 import io
 import json
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -34,9 +37,10 @@ from conftest import talkative, tone
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import SYSTEM_PROMPT, parse_response
 from processing_tinygiant import TinyGiantProcessor
+from tinygiant import cli
 from tinygiant.publish import save_checkpoint
 from tinygiant.tiny_checkpoint import write_tiny_checkpoint
-from tinygiant.vllm_server import DEFAULT_AUDIO_LIMIT, VllmServer, serve_command, vllm_executable
+from tinygiant.vllm_server import DEFAULT_AUDIO_LIMIT, VllmServer, serve_command, server_environment, vllm_executable
 
 MAX_TOKENS = 12
 LOGPROB_TOLERANCE = 1e-3
@@ -224,6 +228,30 @@ def test_one_clip_then_another_question_about_it(client, reference, checkpoints,
         assert ask(fresh_client, asked[1])[0] == answers[1]
 
 
+def test_audio_url_parts_data_and_http(client, tmp_path):
+    """`audio_url` with a data URL and with an http URL (a file server on 127.0.0.1) answers as `input_audio` does."""
+    clip = wav_bytes(tone(1.5, sampling_rate=44100, freq=500.0), 44100)
+    (tmp_path / "clip.wav").write_bytes(clip)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as files:
+        threading.Thread(target=files.serve_forever, daemon=True).start()
+        urls = [f"data:audio/wav;base64,{base64.b64encode(clip).decode()}",
+                f"http://127.0.0.1:{files.server_address[1]}/clip.wav"]
+        expected = ask(client, [user_message(QUESTIONS[0], clip)])[0]
+        for url in urls:
+            content = [{"type": "audio_url", "audio_url": {"url": url}}, {"type": "text", "text": QUESTIONS[0]}]
+            assert ask(client, [{"role": "user", "content": content}])[0] == expected, url[:30]
+        files.shutdown()
+
+
+def test_tinygiant_serve_engine_vllm_runs_that_command(monkeypatch):
+    ran = []
+    monkeypatch.setattr("tinygiant.vllm_server.subprocess.call", lambda command, env: ran.append(command) or 0)
+    assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--", "--dtype", "float32"]) == 0
+    assert ran == [serve_command("ckpt", port=8123, extra_args=["--dtype", "float32"])]
+
+
 def test_default_system_prompt_applies(client):
     clip = wav_bytes(sweep(2))
     assert ask(client, [user_message(QUESTIONS[0], clip)])[0] == \
@@ -340,3 +368,32 @@ print(json.dumps(rows))
     ]
     for whole, streamed in rows:
         assert streamed == [part or "" for part in whole]
+
+
+def test_a_follow_up_question_runs_only_the_projector(checkpoints, tmp_path):
+    """In `vllm.LLM`: a second question about a clip misses vLLM's caches (the question is in the hash) but hits
+    the model's own cache of the frozen encoders' outputs, so only the projector and the LLM run again."""
+    script = tmp_path / "follow_up.py"
+    script.write_text(f"""
+import json, os
+os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model sends a function to the worker
+import numpy as np
+from vllm import LLM, SamplingParams
+
+if __name__ == "__main__":
+    llm = LLM(model={str(checkpoints["full"])!r}, trust_remote_code=True, dtype="float32", max_model_len=2048,
+              enforce_eager=True)
+    clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
+    cache = lambda: llm.apply_model(lambda m: (m.audio_model.audio_cache.hits, m.audio_model.audio_cache.misses))[0]
+    before = cache()
+    for question in {list(QUESTIONS)!r}:
+        prompt = "<|im_start|>user\\n<audio>" + question + "<|im_end|>\\n<|im_start|>assistant\\n"
+        llm.generate({{"prompt": prompt, "multi_modal_data": {{"audio": (clip, 16000)}}}}, SamplingParams(max_tokens=2))
+    print(json.dumps([before, cache()]))
+""")
+    python = str(Path(vllm_executable()).with_name("python"))
+    run = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=600,
+                         env=server_environment())
+    assert run.returncode == 0, run.stderr[-3000:]
+    (hits_before, misses_before), (hits, misses) = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (hits - hits_before, misses - misses_before) == (1, 1)
