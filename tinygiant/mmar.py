@@ -191,17 +191,36 @@ def _read_json_records(path):
     return records
 
 
+def _drop_empty_choices(items):
+    """`items` with every empty (or blank) choice left out, and the ids of the items that had one.
+
+    MMAR as published has 4 such items, e.g. choices `["Entered", "Did not enter", ""]`. An empty choice has no tokens,
+    so `string_match` scores every prediction the same without it; the prompt would not take it.
+    """
+    kept, names = [], []
+    for index, item in enumerate(items):
+        choices = item.get("choices") if isinstance(item, dict) else None
+        if isinstance(choices, list) and any(isinstance(c, str) and not c.strip() for c in choices):
+            item = {**item, "choices": [c for c in choices if not (isinstance(c, str) and not c.strip())]}
+            names.append(str(item.get("id", f"#{index}")))
+        kept.append(item)
+    return kept, names
+
+
 def load_meta(path, skip_invalid=False):
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
-    Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
+    Empty choices are dropped first (MMAR publishes 4 items whose last choice is `""`), with one printed warning
+    naming the items. Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
     for: a missing required key, an `id`, `audio_path`, `answer`, modality, layer or sub-category that is not a
     non-empty string, an unknown modality, layer or sub-category (or a sub-category under the wrong layer), a
     question or choices the prompt cannot take (`format_question`: 2 to 6 distinct non-empty strings), an answer
     that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
     `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
-    items = _read_json_records(path)
+    items, trimmed = _drop_empty_choices(_read_json_records(path))
+    if trimmed:
+        print(f"warning: {path}: dropped empty choices from {len(trimmed)} item(s): {', '.join(trimmed)}")
     problems, seen, invalid = [], set(), set()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
