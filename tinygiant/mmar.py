@@ -2,7 +2,7 @@
 
 MMAR (arXiv 2505.13032) has 1,000 multiple-choice items over 7 modalities, 4 layers (`category`)
 and 16 sub-categories. A prediction is the text of the chosen option; it is judged with the
-official token-set rule (`string_match`, copied in behaviour from MMAR's `code/evaluation.py`).
+official token-set rule (`mmar_format.string_match`, copied in behaviour from MMAR's `code/evaluation.py`).
 
 Our numbers differ from the official script in one deliberate way: an item with no prediction, or
 flagged with an `"error"` field (e.g. its audio was missing), counts as WRONG here, whereas the
@@ -25,44 +25,14 @@ import argparse
 import json
 import math
 import os
-import re
 import tarfile
 from pathlib import Path
 
 from parsing_tinygiant import format_question
+from tinygiant.mmar_format import LAYERS, MODALITIES, REQUIRED_KEYS, SUB_CATEGORIES, string_match
 
-MODALITIES = [
-    "sound",
-    "music",
-    "speech",
-    "mix-sound-music",
-    "mix-sound-speech",
-    "mix-music-speech",
-    "mix-sound-music-speech",
-]
 # The paper's (and the MMAR leaderboard's) short column names for the modalities.
 MODALITY_SHORT = dict(zip(MODALITIES, ["S", "M", "Sp", "S-M", "S-Sp", "M-Sp", "All"]))
-
-LAYERS = {
-    "Signal Layer": ["Acoustic Quality Analysis", "Anomaly Detection", "Audio Difference Analysis"],
-    "Perception Layer": [
-        "Environmental Perception and Reasoning",
-        "Counting and Statistics",
-        "Music Theory",
-        "Correlation Analysis",
-        "Temporal Analysis",
-        "Spatial Analysis",
-    ],
-    "Semantic Layer": ["Content Analysis", "Emotion and Intention", "Speaker Analysis"],
-    "Cultural Layer": [
-        "Professional Knowledge and Reasoning",
-        "Culture of Speaker",
-        "Imagination",
-        "Aesthetic Evaluation",
-    ],
-}
-SUB_CATEGORIES = [s for subs in LAYERS.values() for s in subs]
-REQUIRED_KEYS = ["id", "audio_path", "question", "choices", "answer", "modality", "category", "sub-category"]
 
 
 def _by_modality(values):
@@ -138,31 +108,6 @@ PAPER_MMAR = {
 # ---------------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------------
-
-
-def _tokens(text):
-    return set(re.findall(r"\b\w+\b", text.lower()))
-
-
-def string_match(answer, prediction, choices):
-    """The official MMAR rule: is `prediction` a correct pick of `answer` among `choices`?
-
-    Texts are lower-cased and reduced to sets of `\\b\\w+\\b` tokens. An empty prediction is wrong.
-    The "incorrect tokens" are, for every choice whose token set differs from the answer's, that
-    choice's tokens minus the answer's tokens. Correct iff every answer token is in the prediction
-    and no incorrect token is. So a bare letter ("D") is wrong and "D. Parrot" is right.
-    A `None` prediction counts as empty (the official script would fail on it).
-    """
-    predicted = _tokens(prediction or "")
-    if not predicted:
-        return False
-    expected = _tokens(answer)
-    incorrect = set()
-    for choice in choices:
-        tokens = _tokens(choice)
-        if tokens != expected:
-            incorrect |= tokens - expected
-    return expected <= predicted and not (predicted & incorrect)
 
 
 def wilson_interval(correct, total, z=1.959963984540054):

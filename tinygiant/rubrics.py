@@ -2,8 +2,8 @@
 metric, MMAR's `code/evaluation_rubrics.py`).
 
 The protocol, rebuilt from the challenge's description:
-- An item whose `answer_prediction` is wrong by MMAR's string rule (`mmar.string_match`) scores 0 and costs no call;
-  so does an item without a prediction or flagged with an error (as our accuracy counts it).
+- An item whose `answer_prediction` is wrong by MMAR's string rule (`mmar_format.string_match`) scores 0 and costs no
+  call; so does an item without a prediction or flagged with an error (as our accuracy counts it).
 - Otherwise a judge (default `gpt-4o-2024-11-20`, temperature 0, seed 42) reads the question, the correct answer, the
   reference reasoning and the item's rubric (a list of criteria `{name, scoring_point, note, choices}`), then the
   model's `thinking_prediction` followed by "The answer is <answer_prediction>.", and replies with a JSON list of
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygiant.mmar import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
+from tinygiant.mmar_format import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
 
 JUDGE_MODEL = "gpt-4o-2024-11-20"
 JUDGE_TEMPERATURE = 0.0
