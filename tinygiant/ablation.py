@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygiant.toy_training import evaluate, train
+
 # The paper's Table 3 variants, in its order.
 VARIANTS = {
     "Vanilla": dict(use_intent_query=False, use_clap_gate=False),
@@ -299,7 +301,6 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     `out / "ablation"`. Returns the report's paths."""
     from transformers.utils import logging as transformers_logging
 
-    from tinygiant.demo import evaluate, train
     from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
     t0 = time.time()
