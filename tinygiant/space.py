@@ -1,4 +1,5 @@
-"""The web app's files: example clips from the synthetic generator, and a Hugging Face Space folder.
+"""The web app from the tools: serving it, its example clips from the synthetic generator, and a Hugging Face Space
+folder.
 
     tinygiant serve [app options]            # examples in $TINYGIANT_CACHE/examples, then `app.py`
     tinygiant publish --space DIR [--repo-id you/tinygiant]
@@ -9,16 +10,15 @@ here, as wavs plus `examples.json`, and the app only reads them.
 
 import json
 import os
-import runpy
 import shutil
 from pathlib import Path
 
 import soundfile
 from huggingface_hub import SpaceCard, SpaceCardData
 
+from tinygiant.model_source import cache_dir, default_model, load_app, root_file
 from tinygiant.synthetic import generate_clip
 
-ROOT = Path(__file__).resolve().parents[1]
 # The root files a Space runs: the app and the one sibling it imports (the prompt format).
 SPACE_CODE = ("app.py", "parsing_tinygiant.py")
 # One clip per task whose sounds a listener can check by ear, seeded so every run writes the same files.
@@ -40,13 +40,6 @@ def write_examples(out_dir):
     return out
 
 
-def app_file(name="app.py"):
-    path = ROOT / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} is not beside the tinygiant package ({ROOT}); run from a clone of the repository")
-    return path
-
-
 def write_space(out_dir, repo_id=None):
     """A Space folder: `app.py`, its sibling, `requirements.txt`, a README with Spaces front matter, the examples and
     `space.json` naming the model (`repo_id`; else set the Space variable `TINYGIANT_MODEL`). Returns the folder."""
@@ -55,7 +48,7 @@ def write_space(out_dir, repo_id=None):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in SPACE_CODE:
-        shutil.copyfile(app_file(name), out / name)
+        shutil.copyfile(root_file(name), out / name)
     _write_atomic(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
     _write_atomic(out / "space.json", json.dumps({"model": repo_id}) + "\n")
     write_examples(out / "examples")
@@ -80,16 +73,15 @@ On CPU hardware the model runs with int8 weights. One request runs at a time.
 
 
 def main(argv=None):
-    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the `tinygiant` default model."""
-    from tinygiant.cli import cache_dir, default_model
-
+    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the tools' default model
+    (`model_source.default_model`)."""
     argv = list(argv or [])
     asks_help = {"-h", "--help"} & set(argv)
     if not asks_help and not any(a == "--model" or a.startswith("--model=") for a in argv):
         argv += ["--model", default_model()]
     if not asks_help and not any(a.startswith("--examples") for a in argv):
         argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
-    runpy.run_path(str(app_file()), run_name="tinygiant_app")["main"](argv)
+    load_app().main(argv)
 
 
 def _write_atomic(path, text):
