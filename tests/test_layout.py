@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 from tinygiant.publish import ROOT_SCRIPTS, SHIPPED_CODE
-from tinygiant.space import SPACE_CODE
+from tinygiant.web_app import SPACE_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
     "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
-    "serve": ("tinygiant.space", "the web app (`tinygiant serve --help`)"),
+    "serve": ("tinygiant.web_app", "the web app (`tinygiant serve --help`)"),
 }
 
 
@@ -83,7 +83,7 @@ def ask(args):
 
 def publish(args):
     if args.space:
-        from tinygiant.space import write_space
+        from tinygiant.web_app import write_space
 
         if args.checkpoint or args.out_dir:
             raise ValueError("--space DIR writes a Space folder; it takes no CHECKPOINT or OUT_DIR (name the model "

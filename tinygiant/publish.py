@@ -31,7 +31,7 @@ SHIPPED_CODE = (
     "pipeline_tinygiant.py",
 )
 # Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
-# clone or a Space folder (`tinygiant.space`).
+# clone or a Space folder (`tinygiant.web_app`).
 ROOT_SCRIPTS = ("train_sft.py", "app.py")
 REQUIRED_FILES = (
     *SHIPPED_CODE,
