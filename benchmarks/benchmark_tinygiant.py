@@ -45,6 +45,7 @@ from int8_tinygiant import Int8Linear, load_int8, quantize_int8
 from measure import (ASSISTANT, NEWLINE, QWEN3_IM_END, QWEN3_IM_START, USER, StepClock, build_random_model, decode_rate,
                      followup_ttft, make_audio, make_processor, measure_peer, memory_mb)
 from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
+from tinygiant.files import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -564,12 +565,6 @@ def markdown(report):
     return "\n".join(lines)
 
 
-def write_atomically(path, text):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_worker(args, kind):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
@@ -642,8 +637,8 @@ def main(argv=None):
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
     RESULTS.mkdir(exist_ok=True)
-    write_atomically(RESULTS / f"{args.name}.json", json.dumps(report, indent=1) + "\n")
-    write_atomically(RESULTS / f"{args.name}.md", markdown(report))
+    write_json_atomic(RESULTS / f"{args.name}.json", report, indent=1)
+    write_text_atomic(RESULTS / f"{args.name}.md", markdown(report))
     print(markdown(report))
     print(f"wrote {RESULTS / args.name}.json and .md in {report['wall_s']} s")
 

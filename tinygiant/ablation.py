@@ -21,7 +21,6 @@ Statistics (`summarise`):
 
 import json
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygiant.files import replacing, write_json_atomic, write_text_atomic
 from tinygiant.toy_training import evaluate, train
 
 # The paper's Table 3 variants, in its order.
@@ -164,12 +164,6 @@ def _interval(ci):
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def write_json_atomic(path, data):
-    partial = Path(f"{path}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
 def write_report(summary, out_dir, chance, meta):
     """Write `ablation.json`, `ablation.md` and `ablation.png` into `out_dir` (each atomically); returns their paths.
 
@@ -228,8 +222,7 @@ def write_report(summary, out_dir, chance, meta):
         row = [f"{c['difference']:+.1f} {_interval(c['bootstrap_ci95'])} p={c['mcnemar_p']:.3g} "
                f"({c['only_first_right']}/{c['only_second_right']})" for key, c in cells.items() if key != "seeds"]
         lines.append(f"| {pair} (seeds {', '.join(cells['seeds'])}) | " + " | ".join(row) + " |")
-    (out / "ablation.md.tmp").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(out / "ablation.md.tmp", out / "ablation.md")
+    write_text_atomic(out / "ablation.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "ablation.json", {**summary, "protocol": meta})
     plot(summary, chance, meta["chance_overall"], out / "ablation.png")
     return {name: out / name for name in ("ablation.json", "ablation.md", "ablation.png")}
@@ -276,10 +269,9 @@ def plot(summary, chance, chance_overall, path):
     paper_ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=7)
     paper_ax.set_title("paper, Table 3 (MMAR)", fontsize=9)
     fig.tight_layout()
-    partial = Path(path).with_suffix(".tmp.png")
-    fig.savefig(partial, dpi=120)
+    with replacing(path) as partial:
+        fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
-    os.replace(partial, path)
 
 
 # ----------------------------------------------------------------------------- protocol

@@ -8,14 +8,13 @@ folder.
 here, as wavs plus `examples.json`, and the app only reads them.
 """
 
-import json
-import os
 import shutil
 from pathlib import Path
 
 import soundfile
 from huggingface_hub import SpaceCard, SpaceCardData
 
+from tinygiant.files import write_json_atomic, write_text_atomic
 from tinygiant.model_source import cache_dir, default_model, load_app, root_file
 from tinygiant.synthetic import generate_clip
 
@@ -36,7 +35,7 @@ def write_examples(out_dir):
         name = f"{task}.wav"
         soundfile.write(out / name, clip.waveform, clip.sampling_rate, subtype="PCM_16")
         rows.append({"audio": name, "question": clip.question, "choices": clip.choices})
-    _write_atomic(out / "examples.json", json.dumps(rows, indent=2) + "\n")
+    write_json_atomic(out / "examples.json", rows)
     return out
 
 
@@ -49,8 +48,8 @@ def write_space(out_dir, repo_id=None):
     out.mkdir(parents=True, exist_ok=True)
     for name in SPACE_CODE:
         shutil.copyfile(root_file(name), out / name)
-    _write_atomic(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
-    _write_atomic(out / "space.json", json.dumps({"model": repo_id}) + "\n")
+    write_text_atomic(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
+    write_json_atomic(out / "space.json", {"model": repo_id}, indent=None)
     write_examples(out / "examples")
     data = SpaceCardData(title="TinyGiant", sdk="gradio", sdk_version=gradio.__version__, app_file="app.py",
                          license="apache-2.0", models=[repo_id] if repo_id else None, emoji="🔊",
@@ -83,8 +82,3 @@ def main(argv=None):
         argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
     load_app().main(argv)
 
-
-def _write_atomic(path, text):
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
