@@ -29,6 +29,7 @@ import tarfile
 from pathlib import Path
 
 from parsing_tinygiant import format_question
+from tinygiant.files import read_jsonl_log
 from tinygiant.mmar_format import LAYERS, MODALITIES, REQUIRED_KEYS, SUB_CATEGORIES, string_match
 
 # The paper's (and the MMAR leaderboard's) short column names for the modalities.
@@ -333,19 +334,7 @@ def fetch_mmar(cache_dir):
 
 def finished_ids(predictions_path):
     """Ids already answered in `predictions_path`. A last line cut short by a crash is removed from the file."""
-    path = Path(predictions_path)
-    if not path.is_file():
-        return set()
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    good = []
-    for line in lines:
-        try:
-            good.append((json.loads(line)["id"], line))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # only the last write can be partial: everything after it is dropped
-    if len(good) < len(lines) or (lines and not lines[-1].endswith("\n")):
-        path.write_text("".join(line if line.endswith("\n") else line + "\n" for _, line in good), encoding="utf-8")
-    return {name for name, _ in good}
+    return {record["id"] for record in read_jsonl_log(predictions_path)}
 
 
 def prediction_record(item, output):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygiant.files import read_jsonl_log
 from tinygiant.mmar_format import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
 
 JUDGE_MODEL = "gpt-4o-2024-11-20"
@@ -185,23 +186,7 @@ def estimate_tokens(calls):
 
 def read_judgements(path):
     """`{(id, grader): record}` from the judgement log; a last line cut short by a crash is dropped from the file."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records = {}
-    kept = 0
-    for line in lines:
-        try:
-            record = json.loads(line)
-            records[(record["id"], record["grader"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # only the last write can be partial
-        kept += 1
-    if kept < len(lines) or (lines and not lines[-1].endswith("\n")):
-        path.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines[:kept]),
-                        encoding="utf-8")
-    return records
+    return {(record["id"], record["grader"]): record for record in read_jsonl_log(path, keys=("id", "grader"))}
 
 
 class JudgementLog:
