@@ -1,10 +1,12 @@
-"""tinygiant.files: atomic writes and the resumable JSON-lines logs."""
+"""tinygiant.files: atomic writes and the resumable JSON-lines logs; tinygiant.stats: the shared bootstrap."""
 
 import json
 
+import numpy as np
 import pytest
 
 from tinygiant.files import leftover_partials, read_jsonl_log, replacing, write_json_atomic, write_text_atomic
+from tinygiant.stats import bootstrap_interval
 
 
 def test_an_atomic_write_replaces_the_file_or_leaves_it_as_it_was(tmp_path):
@@ -40,3 +42,12 @@ def test_a_log_cut_short_is_read_up_to_the_cut_and_repaired(tmp_path):
     path.write_text(json.dumps(good[0]))  # whole, but no newline: one is added
     assert read_jsonl_log(path) == [good[0]] and path.read_text().endswith("\n")
 
+
+def test_bootstrap_interval():
+    assert bootstrap_interval([], 100) is None
+    values = np.arange(10.0)
+    low, high = bootstrap_interval(values, 2000)
+    assert low < values.mean() < high and bootstrap_interval(values, 2000) == [low, high]  # seed 0 by default
+    rng = np.random.default_rng(0)
+    assert bootstrap_interval(values, 2000, rng) == [low, high]
+    assert bootstrap_interval(values, 2000, rng) != [low, high]  # a generator goes on where it was

@@ -37,11 +37,13 @@ import numpy as np
 
 from tinygiant.files import read_jsonl_log
 from tinygiant.mmar_format import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
+from tinygiant.stats import bootstrap_interval
 
 JUDGE_MODEL = "gpt-4o-2024-11-20"
 JUDGE_TEMPERATURE = 0.0
 JUDGE_SEED = 42
 NUM_GRADERS = 5
+BOOTSTRAP_SAMPLES = 2000  # resamples of the items for each interval (seed 0)
 JUDGEMENTS_FILE = "rubrics_judgements.jsonl"
 # Leaderboard Rubrics score of the paper's team (the Interspeech 2026 Audio Reasoning Challenge board).
 PAPER_RUBRICS = 23.77
@@ -346,20 +348,10 @@ def judge_items(to_judge, judge, judgements_path, concurrency=4, graders=NUM_GRA
     return done
 
 
-def bootstrap_interval(values, reps=2000, seed=0):
-    """Bootstrap 95 % percentile interval of the mean of `values` (in the units of `values`), None if empty."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def _cell(values):
     values = [100 * v for v in values]
     return {"score": float(np.mean(values)) if values else None, "n": len(values),
-            "ci95": bootstrap_interval(values)}
+            "ci95": bootstrap_interval(values, BOOTSTRAP_SAMPLES)}
 
 
 def rubric_scores(meta, zero, judgements, graders=NUM_GRADERS):
