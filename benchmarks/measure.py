@@ -54,8 +54,8 @@ def memory_mb():
 # ----------------------------------------------------------------------------- TinyGiant, random weights
 
 
-def build_random_model(config, dtype=torch.bfloat16, device="cpu", seed=0):
-    """Build on the meta device (no memory, no init), then allocate on `device` and initialise randomly.
+def on_meta(model_class, config, dtype):
+    """`model_class(config)` built on the meta device (no memory, no init).
 
     The default dtype is switched while building so that parameters are created in `dtype` while the buffers that
     transformers computes in float32 (rotary frequencies) stay float32, as with `from_pretrained(dtype=...)`.
@@ -64,9 +64,14 @@ def build_random_model(config, dtype=torch.bfloat16, device="cpu", seed=0):
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = TinyGiantForConditionalGeneration(config)
+            return model_class(config)
     finally:
         torch.set_default_dtype(previous)
+
+
+def build_random_model(config, dtype=torch.bfloat16, device="cpu", seed=0):
+    """Build on the meta device (`on_meta`), then allocate on `device` and initialise randomly."""
+    model = on_meta(TinyGiantForConditionalGeneration, config, dtype)
     model.to_empty(device=device)
     torch.manual_seed(seed)
     model.init_weights()  # each sub-model's own `_init_weights` (also rebuilds buffers), then re-ties the LM head
@@ -185,13 +190,7 @@ def build_thinker(small=False, dtype=torch.bfloat16, attn_implementation="sdpa")
     config._attn_implementation = attn_implementation
     for sub in (config.audio_config, config.text_config, config.vision_config):
         sub._attn_implementation = attn_implementation
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = on_meta(Qwen2_5OmniThinkerForConditionalGeneration, config, dtype)
     model.model.visual = None  # never allocated: no image or video input here
     model.to_empty(device="cpu")
     torch.manual_seed(0)
