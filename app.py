@@ -8,8 +8,9 @@ Named `app.py` as Hugging Face Spaces expect; `tinygiant publish --space DIR` wr
 place) of TinyGiant's files: the model runs its checkpoint's own remote code.
 
 - The model is `--model`, else `$TINYGIANT_MODEL`, else the `"model"` of `space.json` beside this file (which
-  `tinygiant publish --space` writes). On a CPU its linear layers run as int8, and its language model on llama.cpp if
-  llama-cpp-python is installed (`--no-int8` keeps floats and PyTorch).
+  `tinygiant publish --space` writes): `default_model()`, the one home of that rule; `tinygiant ask` and
+  `tinygiant serve` load it from here and add their own fallbacks. On a CPU its linear layers run as int8, and its
+  language model on llama.cpp if llama-cpp-python is installed (`--no-int8` keeps floats and PyTorch).
 - Follow-up questions in one chat are about the same clip; its encoder outputs come from the pipeline's audio cache,
   so only the projector and the language model run again. A new clip starts a new chat.
 - Example clips: `examples.json` in `--examples` (default `examples/` beside this file, as a Space ships them), a
@@ -28,7 +29,6 @@ import threading
 import time
 from pathlib import Path
 
-import gradio as gr
 import soundfile
 import torch
 from transformers import TextIteratorStreamer, pipeline
@@ -46,6 +46,7 @@ THINKING_TITLE = "Reasoning"
 
 
 def default_model():
+    """`$TINYGIANT_MODEL`, else the `"model"` of `space.json` beside this file, else None."""
     if os.environ.get("TINYGIANT_MODEL"):
         return os.environ["TINYGIANT_MODEL"]
     space = HERE / "space.json"
@@ -103,6 +104,8 @@ def chat_messages(history, text, done):
 
 def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, call_kwargs=None):
     """The Gradio Blocks app around `pipe` (an `audio-reasoning` pipeline); `call_kwargs` go to each of its calls."""
+    import gradio as gr  # here, so that the tools can read `default_model` without gradio installed
+
     call_kwargs = dict(call_kwargs or {})
 
     def ask(audio, question, choices_text, history, state):

@@ -17,8 +17,10 @@ Steps, each in a process of its own so that its peak memory is its own:
    `whisper_trim_padding` on and the LLM in PyTorch; its load's peak memory, and each int8 decoding candidate;
 5. best: the int8 path with the fastest acceptable int8 decoding (`acceptable`: the plain greedy tokens, or for
    llama.cpp close teacher-forced agreement), end to end: time to first token, decoding, a follow-up question
-   about the same clip through the per-clip audio cache (`followup_ttft.py`), peak memory;
-6. peer: Qwen2.5-Omni-3B's thinker (`peer_qwen_omni.py`) on the same 30 s clip and 100-token question.
+   about the same clip through the per-clip audio cache (`measure.followup_ttft`, as `followup_ttft.py` runs it), peak
+   memory;
+6. peer: Qwen2.5-Omni-3B's thinker (`measure.measure_peer`, as `peer_qwen_omni.py` runs it) on the same 30 s clip and
+   100-token question.
 
 Time to first token is from the waveform (feature extraction, encoders, projector, prompt pass). The ratios are
 named as in `ratios()` below.
@@ -40,45 +42,15 @@ import torch
 
 from configuration_tinygiant import TinyGiantConfig
 from int8_tinygiant import Int8Linear, load_int8, quantize_int8
+from measure import (ASSISTANT, NEWLINE, QWEN3_IM_END, QWEN3_IM_START, USER, StepClock, build_random_model, decode_rate,
+                     followup_ttft, make_audio, make_processor, measure_peer, memory_mb)
 from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
+from tinygiant.files import write_json_atomic, write_text_atomic
 
-QWEN3_IM_START, QWEN3_IM_END, QWEN3_PAD = 151644, 151645, 151643
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def build_random_model(config, dtype=torch.bfloat16, device="cpu", seed=0):
-    """Build on the meta device (no memory, no init), then allocate on `device` and initialise randomly.
-
-    The default dtype is switched while building so that parameters are created in `dtype` while the buffers that
-    transformers computes in float32 (rotary frequencies) stay float32, as with `from_pretrained(dtype=...)`.
-    """
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = TinyGiantForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.to_empty(device=device)
-    torch.manual_seed(seed)
-    model.init_weights()  # each sub-model's own `_init_weights` (also rebuilds buffers), then re-ties the LM head
-    model.model.freeze_audio_encoders()
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = QWEN3_IM_END, QWEN3_PAD
-    return model.eval()
-
-
-def memory_mb():
-    """(current RSS, peak RSS) of this process in MB, from /proc (Linux) or resource (peak only)."""
-    try:
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-        return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
-    except OSError:
-        import resource
-
-        return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def timed(fn):
@@ -90,25 +62,6 @@ def timed(fn):
 def load_snapshot():
     """Machine load, to tell whether other processes competed for the CPU during a measurement."""
     return {"loadavg_1m": round(os.getloadavg()[0], 2)}
-
-
-def make_processor():
-    """The real feature-extraction path (TinyGiantProcessor) with a small local tokenizer; text is not tokenized."""
-    from transformers import ClapFeatureExtractor, WhisperFeatureExtractor
-
-    from processing_tinygiant import TinyGiantProcessor
-    from tinygiant.tiny_checkpoint import train_tokenizer
-
-    tokenizer = train_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<audio>"]})
-    return TinyGiantProcessor(ClapFeatureExtractor(truncation="rand_trunc"), WhisperFeatureExtractor(feature_size=128),
-                              tokenizer)
-
-
-def make_audio(seconds, seed):
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    return (0.2 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def make_prompt(config, batch=1, question_tokens=100, answer_tokens=0, seed=0):
@@ -123,9 +76,9 @@ def make_prompt(config, batch=1, question_tokens=100, answer_tokens=0, seed=0):
     for _ in range(batch):
         question = torch.randint(1000, 100000, (question_tokens,), generator=g)
         answer = torch.randint(1000, 100000, (answer_tokens,), generator=g)
-        parts = [torch.tensor([QWEN3_IM_START, 872, 198]) % vocab,
+        parts = [torch.tensor([QWEN3_IM_START, USER, NEWLINE]) % vocab,
                  torch.full((config.num_audio_tokens,), config.audio_token_id), question % vocab,
-                 torch.tensor([QWEN3_IM_END, 198, QWEN3_IM_START, 77091, 198]) % vocab, answer % vocab]
+                 torch.tensor([QWEN3_IM_END, NEWLINE, QWEN3_IM_START, ASSISTANT, NEWLINE]) % vocab, answer % vocab]
         rows.append(torch.cat(parts))
         mask = torch.zeros(len(rows[-1]), dtype=torch.long)
         mask[3 + config.num_audio_tokens : 3 + config.num_audio_tokens + question_tokens] = 1
@@ -137,21 +90,6 @@ def make_prompt(config, batch=1, question_tokens=100, answer_tokens=0, seed=0):
         labels[:, -answer_tokens:] = input_ids[:, -answer_tokens:]
         out["labels"] = labels
     return out
-
-
-class StepClock:
-    """A logits processor that only records when each generated token's logits are ready (prefill, then each step)."""
-
-    def __init__(self):
-        self.times = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
-
-
-def decode_rate(times):
-    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
 
 
 def timed_generate(model, inputs, new_tokens, decoding="generate", start=None, checkpoint=None):
@@ -454,8 +392,6 @@ def worker_best(args):
     """The best path end to end, in a process of its own: `load_int8` (W8A8, Whisper on real frames) with the int8
     worker's best decoding; for llama.cpp the PyTorch decoder layers are freed first (`LlamaCppDecoder.from_model`).
     Time to first token, decoding, a follow-up question about the same clip (the audio cache), peak memory."""
-    from followup_ttft import followup_ttft
-
     result = {"load_start": load_snapshot(), "decoding_name": args.best_decoding}
     model, result["load_s"] = timed(lambda: load_int8(TinyGiantForConditionalGeneration, args.checkpoint,
                                                       torch.bfloat16, activations="int8"))
@@ -488,8 +424,6 @@ def worker_best(args):
 
 
 def worker_peer(args):
-    from peer_qwen_omni import measure_peer
-
     return measure_peer(make_audio(30, seed=30), args.question_tokens, min(args.new_tokens, 8), small=args.quick)
 
 
@@ -631,12 +565,6 @@ def markdown(report):
     return "\n".join(lines)
 
 
-def write_atomically(path, text):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_worker(args, kind):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
@@ -709,8 +637,8 @@ def main(argv=None):
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
     RESULTS.mkdir(exist_ok=True)
-    write_atomically(RESULTS / f"{args.name}.json", json.dumps(report, indent=1) + "\n")
-    write_atomically(RESULTS / f"{args.name}.md", markdown(report))
+    write_json_atomic(RESULTS / f"{args.name}.json", report, indent=1)
+    write_text_atomic(RESULTS / f"{args.name}.md", markdown(report))
     print(markdown(report))
     print(f"wrote {RESULTS / args.name}.json and .md in {report['wall_s']} s")
 

@@ -88,8 +88,8 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
         (out_dir / "scores.json").write_text(json.dumps({"items": items}))  # as the MMAR harness writes it
         return {"overall": {"accuracy": 100.0 * right}}
 
-    monkeypatch.setattr(demo, "train", fake_train)
-    monkeypatch.setattr(demo, "evaluate", fake_evaluate)
+    monkeypatch.setattr(ablation, "train", fake_train)
+    monkeypatch.setattr(ablation, "evaluate", fake_evaluate)
     preset = dict(demo.ABLATION_PRESET, num_audio_tokens=4)
     paths = ablation.run_protocol(out, data_dir, summary, preset, seeds=[0, 1])
     assert sorted(trained) == sorted(ablation.slug(v, s) for v in ablation.VARIANTS for s in (0, 1))

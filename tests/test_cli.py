@@ -11,6 +11,7 @@ import soundfile
 from conftest import talkative, tone
 
 from tinygiant import cli as tinygiant_cli
+from tinygiant import model_source
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from tinygiant.publish import missing_files, save_checkpoint
 
@@ -81,19 +82,45 @@ def test_default_model(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)  # no trained demo model here (`runs/demo/model` is looked up in the working dir)
     monkeypatch.setenv("TINYGIANT_CACHE", str(tmp_path))
     monkeypatch.setenv("TINYGIANT_MODEL", "someone/tinygiant")
-    assert tinygiant_cli.default_model() == "someone/tinygiant"
+    assert model_source.default_model() == "someone/tinygiant"
     monkeypatch.delenv("TINYGIANT_MODEL")
     # No trained model: a tiny random one is built once, with a loud warning.
     built = []
     monkeypatch.setattr("tinygiant.tiny_checkpoint.write_tiny_checkpoint",
                         lambda d: built.append(d) or (Path(d).mkdir(parents=True), (Path(d) / "config.json").touch()))
-    assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random")
-    assert tinygiant_cli.default_model() == str(tmp_path / "tiny-random") and len(built) == 1
+    assert model_source.default_model() == str(tmp_path / "tiny-random")
+    assert model_source.default_model() == str(tmp_path / "tiny-random") and len(built) == 1
     assert "UNTRAINED" in capsys.readouterr().err
     # the demo's trained model, where `tinygiant demo` writes it by default
     (tmp_path / "runs" / "demo" / "model").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "model" / "config.json").write_text("{}")
-    assert tinygiant_cli.default_model() == str(Path("runs", "demo", "model"))
+    assert model_source.default_model() == str(Path("runs", "demo", "model"))
+
+
+def test_default_model_starts_with_the_web_apps_rule(monkeypatch, tmp_path):
+    """`app.py`'s `default_model` is the one home of `$TINYGIANT_MODEL` and `space.json`; the tools use it first."""
+    for name in ("app.py", "parsing_tinygiant.py"):
+        (tmp_path / name).write_bytes((PROJECT / name).read_bytes())
+    (tmp_path / "space.json").write_text(json.dumps({"model": "someone/space"}))
+    monkeypatch.delenv("TINYGIANT_MODEL", raising=False)
+    monkeypatch.setattr(model_source, "ROOT", tmp_path)
+    model_source.load_app.cache_clear()
+    try:
+        assert model_source.default_model() == "someone/space"
+        monkeypatch.setenv("TINYGIANT_MODEL", "someone/env")
+        assert model_source.default_model() == "someone/env"
+    finally:
+        model_source.load_app.cache_clear()
+
+
+def test_the_web_app_loads_without_gradio():
+    """`tinygiant ask` reads `app.py`'s rule; gradio (the `app` extra) is imported only to build the page."""
+    code = ("import runpy, sys; app = runpy.run_path('app.py'); "
+            "assert 'gradio' not in sys.modules, 'gradio imported'; print(app['default_model']())")
+    run = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TINYGIANT_MODEL": "someone/tinygiant"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "someone/tinygiant"
 
 
 def test_other_subcommands_dispatch(capsys):

@@ -1,11 +1,11 @@
 """The layout rule: root files are the remote code shipped with every checkpoint; the `tinygiant/` tools never ship
-and no shipped file imports them."""
+and no shipped file imports them; and no two of the project's files import each other, directly or round a circle."""
 
 import ast
 from pathlib import Path
 
 from tinygiant.publish import ROOT_SCRIPTS, SHIPPED_CODE
-from tinygiant.space import SPACE_CODE
+from tinygiant.web_app import SPACE_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +57,87 @@ def test_the_vllm_plugin_runs_the_checkpoints_own_code():
     for path in (ROOT / "vllm_plugin" / "tinygiant_vllm").glob("*.py"):
         imports = imported_modules(path)
         assert not imports & (root_modules | {"tinygiant"}), path.name
+
+
+def project_files():
+    """`{module name: path}` of the project's Python files, tests aside: root files by their name, the tools as
+    `tinygiant.NAME`, the benchmarks as `benchmarks/NAME` (their scripts import each other as siblings)."""
+    files = {p.stem: p for p in ROOT.glob("*.py")}
+    for p in (ROOT / "tinygiant").glob("*.py"):
+        files["tinygiant" if p.stem == "__init__" else f"tinygiant.{p.stem}"] = p
+    files.update({f"benchmarks/{p.stem}": p for p in (ROOT / "benchmarks").glob("*.py")})
+    return files
+
+
+def project_imports(name, path, files):
+    """The project modules that the file `name` imports anywhere in it (function-level imports too)."""
+    if path.name == "__init__.py":
+        package = name
+    else:
+        package = name.rpartition(".")[0] if name.startswith("tinygiant.") else ""
+    siblings = "benchmarks/" if name.startswith("benchmarks/") else ""
+
+    def resolve(dotted):  # the longest leading part of `dotted` that is a project module
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):
+            candidate = ".".join(parts[:end])
+            for key in (siblings + candidate, candidate):
+                if key in files:
+                    return key
+        return None
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {resolve(alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: root files import siblings as `.name`, the tools as `.name` in `tinygiant`
+                base = ".".join(filter(None, [package, base]))
+            found |= {resolve(f"{base}.{alias.name}" if base else alias.name) for alias in node.names}
+    return found - {None, name}
+
+
+def import_circles():
+    """Every circle of imports among the project's files, each as the list of its paths, first path repeated last."""
+    files = project_files()
+    graph = {name: project_imports(name, path, files) for name, path in files.items()}
+    circles, seen = [], set()
+    for start in sorted(graph):
+        # The shortest way back to `start`, breadth first; each circle is reported once, from its first member.
+        paths, queue = {start: [start]}, [start]
+        while queue:
+            node = queue.pop(0)
+            for target in sorted(graph[node]):
+                if target == start:
+                    circle = paths[node] + [start]
+                    if not set(circle) <= seen:
+                        circles.append([str(files[m].relative_to(ROOT)) for m in circle])
+                        seen |= set(circle)
+                    queue = []
+                    break
+                if target not in paths:
+                    paths[target] = paths[node] + [target]
+                    queue.append(target)
+    return circles
+
+
+def test_no_import_circles():
+    circles = import_circles()
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in circles)
+
+
+def test_the_circle_finder_sees_function_level_imports(tmp_path, monkeypatch):
+    (tmp_path / "tinygiant").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "tinygiant" / "a.py").write_text("from tinygiant.b import x\n")
+    (tmp_path / "tinygiant" / "b.py").write_text("def f():\n    from . import a\n")
+    (tmp_path / "benchmarks" / "one.py").write_text("import two\n")
+    (tmp_path / "benchmarks" / "two.py").write_text("def g():\n    from one import h\n")
+    (tmp_path / "tinygiant" / "__init__.py").write_text("from . import c\n")
+    (tmp_path / "tinygiant" / "c.py").write_text("import tinygiant\n")
+    (tmp_path / "tool.py").write_text("import tinygiant.a\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert import_circles() == [["benchmarks/one.py", "benchmarks/two.py", "benchmarks/one.py"],
+                                ["tinygiant/__init__.py", "tinygiant/c.py", "tinygiant/__init__.py"],
+                                ["tinygiant/a.py", "tinygiant/b.py", "tinygiant/a.py"]]

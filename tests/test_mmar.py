@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import tinygiant.mmar as ev
+from tinygiant.mmar_format import string_match
 
 # --- string_match ---------------------------------------------------------------------------------
 #
@@ -61,7 +62,7 @@ COUNTS = ["One", "Two", "Three", "Four", "Five", "Six"]
     ],
 )
 def test_string_match_follows_the_official_rule(answer, prediction, choices, expected):
-    assert ev.string_match(answer, prediction, choices) is expected
+    assert string_match(answer, prediction, choices) is expected
 
 
 def test_wilson_interval():

@@ -83,7 +83,7 @@ def test_space_folder_runs_the_app_with_its_examples(tmp_path):
     from huggingface_hub import SpaceCard
 
     from tinygiant import cli
-    from tinygiant.space import SPACE_CODE
+    from tinygiant.web_app import SPACE_CODE
 
     assert cli.main(["publish", "--space", str(tmp_path / "space"), "--repo-id", "someone/tinygiant"]) == 0
     space = tmp_path / "space"

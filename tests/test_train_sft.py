@@ -292,7 +292,7 @@ def test_ddp_two_processes_on_cpu_and_remote_code_reload(tiny32, data, tmp_path)
     assert "world_size=2" in proc.stderr + proc.stdout
     # Both ranks filled one shared feature cache; every write was atomic, so no partial file is left.
     assert len(list((tmp_path / "features").rglob("*.safetensors"))) >= 4
-    assert not list((tmp_path / "features").rglob("*.tmp"))
+    assert not list((tmp_path / "features").rglob(".*.partial-*"))
     load = (
         "import torch; from transformers import AutoModelForCausalLM, AutoProcessor\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)\n"

@@ -29,7 +29,7 @@ from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import conversation, format_question, parse_response
 from pipeline_tinygiant import load_pipeline
 from tinygiant.publish import save_checkpoint
-from tinygiant.space import write_examples
+from tinygiant.web_app import write_examples
 from tinygiant.synthetic import generate_clip
 
 ROOT = Path(__file__).resolve().parents[1]

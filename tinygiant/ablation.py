@@ -21,13 +21,16 @@ Statistics (`summarise`):
 
 import json
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from tinygiant.files import replacing, write_json_atomic, write_text_atomic
+from tinygiant.stats import bootstrap_interval
+from tinygiant.toy_training import evaluate, train
 
 # The paper's Table 3 variants, in its order.
 VARIANTS = {
@@ -71,13 +74,6 @@ def above_chance_p(n_correct, n_items, chance):
                      for k in range(n_correct, n_items + 1)))
 
 
-def bootstrap_interval(per_item, rng, samples=BOOTSTRAP_SAMPLES):
-    """Percentile 95 % interval of the mean of `per_item` (one value per held-out item), resampling items."""
-    per_item = np.asarray(per_item, dtype=float)
-    means = per_item[rng.integers(0, len(per_item), (samples, len(per_item)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def mcnemar_exact(only_a, only_b):
     """Two-sided exact McNemar p-value from the discordant counts (A right and B wrong, and the reverse)."""
     n = only_a + only_b
@@ -105,6 +101,9 @@ def summarise(correct, tasks, seed=0, chance=None):
     def subset(task):
         return np.array([task is None or tasks[i] == task for i in items])
 
+    def percent_interval(per_item):  # bootstrap over items, in %; all draws from the one `rng`, in order
+        return [100 * v for v in bootstrap_interval(per_item, BOOTSTRAP_SAMPLES, rng)]
+
     summary = {"variants": {}, "paired": {}}
     for variant, runs in correct.items():
         m = matrix(variant)
@@ -121,10 +120,10 @@ def summarise(correct, tasks, seed=0, chance=None):
             cols = m[:, subset(t)]
             task_mean, task_ci = t_interval(cols.mean(axis=1) * 100)
             per_task[t] = {"mean": task_mean, "ci95": _accuracy_range(task_ci),
-                           "item_ci95": [100 * v for v in bootstrap_interval(cols.mean(axis=0), rng)]}
+                           "item_ci95": percent_interval(cols.mean(axis=0))}
         summary["variants"][variant] = {
             "seeds": seeds, "mean": mean, "ci95": ci95,
-            "item_ci95": [100 * v for v in bootstrap_interval(m.mean(axis=0), rng)],
+            "item_ci95": percent_interval(m.mean(axis=0)),
             "per_task": per_task,
         }
     for a, b in PAIRS:
@@ -142,7 +141,7 @@ def summarise(correct, tasks, seed=0, chance=None):
             only_b = int(((ma[:, keep] == 0) & (mb[:, keep] == 1)).sum())
             cells["overall" if t is None else t] = {
                 "difference": 100 * float(diff.mean()),
-                "bootstrap_ci95": [100 * v for v in bootstrap_interval(diff, rng)],
+                "bootstrap_ci95": percent_interval(diff),
                 "only_first_right": only_a, "only_second_right": only_b,
                 "mcnemar_p": mcnemar_exact(only_a, only_b),
             }
@@ -160,12 +159,6 @@ def _accuracy_range(ci):
 
 def _interval(ci):
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]"
-
-
-def write_json_atomic(path, data):
-    partial = Path(f"{path}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
 
 
 def write_report(summary, out_dir, chance, meta):
@@ -226,8 +219,7 @@ def write_report(summary, out_dir, chance, meta):
         row = [f"{c['difference']:+.1f} {_interval(c['bootstrap_ci95'])} p={c['mcnemar_p']:.3g} "
                f"({c['only_first_right']}/{c['only_second_right']})" for key, c in cells.items() if key != "seeds"]
         lines.append(f"| {pair} (seeds {', '.join(cells['seeds'])}) | " + " | ".join(row) + " |")
-    (out / "ablation.md.tmp").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(out / "ablation.md.tmp", out / "ablation.md")
+    write_text_atomic(out / "ablation.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "ablation.json", {**summary, "protocol": meta})
     plot(summary, chance, meta["chance_overall"], out / "ablation.png")
     return {name: out / name for name in ("ablation.json", "ablation.md", "ablation.png")}
@@ -274,10 +266,9 @@ def plot(summary, chance, chance_overall, path):
     paper_ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=7)
     paper_ax.set_title("paper, Table 3 (MMAR)", fontsize=9)
     fig.tight_layout()
-    partial = Path(path).with_suffix(".tmp.png")
-    fig.savefig(partial, dpi=120)
+    with replacing(path) as partial:
+        fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
-    os.replace(partial, path)
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -299,7 +290,6 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     `out / "ablation"`. Returns the report's paths."""
     from transformers.utils import logging as transformers_logging
 
-    from tinygiant.demo import evaluate, train
     from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
     t0 = time.time()

@@ -12,47 +12,28 @@
 `ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
 object and nothing else on stdout. Progress and timings go to stderr.
 
-The model for `ask` and `serve` is, in order: `--model`; the `TINYGIANT_MODEL` environment variable; `runs/demo/model` (what
-`tinygiant demo` trains, by default) if it exists in the current directory; else a tiny random checkpoint built once in
+The model for `ask` and `serve` is, in order (`tinygiant.model_source`): `--model`; the `TINYGIANT_MODEL` environment
+variable, else `space.json` beside `app.py` (the web app's own rule); `runs/demo/model` (what `tinygiant demo` trains,
+by default) if it exists in the current directory; else a tiny random checkpoint built once in
 `$TINYGIANT_CACHE/tiny-random` (default `~/.cache/tinygiant/tiny-random`): untrained, it answers junk, with a warning.
 """
 
 import argparse
 import importlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from tinygiant.model_source import default_model
 
 # Commands that hand their arguments to another module's `main(argv)`.
 DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
     "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
-    "serve": ("tinygiant.space", "the web app (`tinygiant serve --help`)"),
+    "serve": ("tinygiant.web_app", "the web app (`tinygiant serve --help`)"),
 }
-
-
-def cache_dir():
-    return Path(os.environ.get("TINYGIANT_CACHE") or Path.home() / ".cache" / "tinygiant")
-
-
-def default_model():
-    """The model `ask` uses without `--model` (see the module docstring)."""
-    if os.environ.get("TINYGIANT_MODEL"):
-        return os.environ["TINYGIANT_MODEL"]
-    demo = Path("runs", "demo", "model")
-    if (demo / "config.json").is_file():
-        return str(demo)
-    tiny = cache_dir() / "tiny-random"
-    log(f"WARNING: no trained model found (set TINYGIANT_MODEL or pass --model); using an UNTRAINED tiny random "
-        f"checkpoint in {tiny}. Its answers are junk.")
-    if not (tiny / "config.json").is_file():
-        from tinygiant.tiny_checkpoint import write_tiny_checkpoint
-
-        write_tiny_checkpoint(tiny)
-    return str(tiny)
 
 
 def log(message):
@@ -103,7 +84,7 @@ def ask(args):
 
 def publish(args):
     if args.space:
-        from tinygiant.space import write_space
+        from tinygiant.web_app import write_space
 
         if args.checkpoint or args.out_dir:
             raise ValueError("--space DIR writes a Space folder; it takes no CHECKPOINT or OUT_DIR (name the model "

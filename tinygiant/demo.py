@@ -23,14 +23,11 @@ trains the paper's four Table 3 variants with each seed on the scene benchmark i
 import argparse
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = ROOT / "train_sft.py"
+from tinygiant.toy_training import GENERATE, evaluate, train_in_parallel
+
 # The demo's training preset: a tiny model needs far larger learning rates than the paper's 1e-4 / 5e-5.
 # It needs about 2000 optimizer steps: the chain-of-thought template is learnt within a few hundred, reading the
 # audio through the projector only later (the loss keeps falling slowly while the held-out accuracy rises).
@@ -39,66 +36,6 @@ PRESET = dict(n_train=1600, n_heldout=100, num_audio_tokens=32, epochs=10, batch
 # so that what the projector passes on has to depend on the question. Four epochs (2,000 steps) because reading the
 # audio comes late, as in the main demo; at one epoch (500 steps) every variant sat at chance. 12 runs: ~40 minutes.
 ABLATION_PRESET = dict(PRESET, n_train=800, n_heldout=40, num_audio_tokens=8, epochs=4)
-PROGRESS_EVERY_S = 20  # a progress line per run at most this often (train_sft prints one per logging step)
-# Asked as the runs were trained: no system turn, and room for the short synthetic chains of thought.
-GENERATE = {"max_new_tokens": 256, "system_prompt": None}
-
-
-def train(run_dir, model_dir, data_file, preset, zero_audio=False, seed=0, name=None):
-    """One `train_sft.py` run in a subprocess (one torch thread: faster than two for a model this small); returns its
-    log history. Its output goes to `<run_dir>.log`, and a progress line (step, loss, ETA) to stdout now and then.
-    The runs of one demo share a feature cache, so each clip goes through the frozen encoders once."""
-    if not TRAIN_SCRIPT.is_file():
-        raise FileNotFoundError(f"the demo runs {TRAIN_SCRIPT}, which is not there: run it from a clone of the repo")
-    cmd = [
-        sys.executable, str(TRAIN_SCRIPT),
-        "--model_name_or_path", str(model_dir), "--dataset_files", str(data_file),
-        "--output_dir", str(run_dir), "--use_cpu", "--bf16", "false", "--activation_checkpointing", "false",
-        "--num_train_epochs", str(preset["epochs"]), "--per_device_train_batch_size", str(preset["batch_size"]),
-        "--effective_batch_size", str(preset["batch_size"]), "--learning_rate", str(preset["llm_lr"]),
-        "--projector_learning_rate", str(preset["projector_lr"]), "--lr_scheduler_type", "cosine",
-        "--warmup_steps", "10", "--weight_decay", "0.0", "--logging_steps", "5", "--logging_first_step", "true",
-        "--save_strategy", "no",
-        "--disable_tqdm", "true", "--seed", str(seed), "--zero_audio", str(zero_audio),
-        "--feature_cache_dir", str(run_dir.parent / "feature_cache"),
-        "--system_prompt", "",  # no system turn: shorter sequences, and the pipeline is asked the same way
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    name = name or run_dir.name
-    with open(run_dir.with_suffix(".log"), "w") as log:
-        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        last_shown = 0.0
-        for line in process.stdout:
-            log.write(line)
-            if line.startswith("step ") and (time.monotonic() - last_shown > PROGRESS_EVERY_S or "(100%)" in line):
-                print(f"  [{name}] {line.rstrip()}", flush=True)
-                last_shown = time.monotonic()
-        if process.wait():
-            raise RuntimeError(f"training {name} failed (exit code {process.returncode}); see {log.name}")
-    with open(run_dir / "log_history.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def train_in_parallel(jobs):
-    """Run `train(**job)` for each named job, two at a time (one per core); returns `{name: log history}`."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(train, name=name, **job) for name, job in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
-
-
-def evaluate(run_dir, data_dir, out_dir, zero_audio=False):
-    """Score the model in `run_dir` on the held-out multiple-choice questions through the MMAR harness; writes its
-    predictions, scores and report into `out_dir` and returns the scores."""
-    from tinygiant.mmar import load_meta, load_predictions, predict, score, write_report
-
-    meta = load_meta(data_dir / "mmar-meta.jsonl")
-    predictions = Path(out_dir) / "predictions.jsonl"
-    predict(meta, data_dir, str(run_dir), predictions, batch_size=25, generate_kwargs=GENERATE, zero_audio=zero_audio)
-    scores = score(meta, load_predictions(predictions, meta))
-    write_report(scores, out_dir)
-    return scores
 
 
 def per_task(scores, data_dir, task_names):

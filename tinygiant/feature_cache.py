@@ -17,7 +17,6 @@ The projector and the LLM still run (and train) on every step.
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from safetensors.torch import save_file
 
 from modeling_tinygiant import ENCODED_AUDIO_INPUTS as FEATURE_NAMES
 from processing_tinygiant import load_audio
+from tinygiant.files import replacing
 
 CACHE_FORMAT = 2  # bump when the stored layout changes (2: a checksum in each file's metadata)
 
@@ -181,7 +181,6 @@ class AudioFeatureCache:
                              if out is not None}
             path = self.path(key)
             path.parent.mkdir(exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file(features[key], partial, metadata={"sha256": features_checksum(features[key])})
-            os.replace(partial, path)  # atomic: concurrent writers (DDP ranks) or a crash never leave half a file
+            with replacing(path) as partial:  # concurrent writers (DDP ranks) or a crash never leave half a file
+                save_file(features[key], partial, metadata={"sha256": features_checksum(features[key])})
         return features

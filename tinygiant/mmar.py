@@ -2,7 +2,7 @@
 
 MMAR (arXiv 2505.13032) has 1,000 multiple-choice items over 7 modalities, 4 layers (`category`)
 and 16 sub-categories. A prediction is the text of the chosen option; it is judged with the
-official token-set rule (`string_match`, copied in behaviour from MMAR's `code/evaluation.py`).
+official token-set rule (`mmar_format.string_match`, copied in behaviour from MMAR's `code/evaluation.py`).
 
 Our numbers differ from the official script in one deliberate way: an item with no prediction, or
 flagged with an `"error"` field (e.g. its audio was missing), counts as WRONG here, whereas the
@@ -25,44 +25,15 @@ import argparse
 import json
 import math
 import os
-import re
 import tarfile
 from pathlib import Path
 
 from parsing_tinygiant import format_question
+from tinygiant.files import read_jsonl_log
+from tinygiant.mmar_format import LAYERS, MODALITIES, REQUIRED_KEYS, SUB_CATEGORIES, string_match
 
-MODALITIES = [
-    "sound",
-    "music",
-    "speech",
-    "mix-sound-music",
-    "mix-sound-speech",
-    "mix-music-speech",
-    "mix-sound-music-speech",
-]
 # The paper's (and the MMAR leaderboard's) short column names for the modalities.
 MODALITY_SHORT = dict(zip(MODALITIES, ["S", "M", "Sp", "S-M", "S-Sp", "M-Sp", "All"]))
-
-LAYERS = {
-    "Signal Layer": ["Acoustic Quality Analysis", "Anomaly Detection", "Audio Difference Analysis"],
-    "Perception Layer": [
-        "Environmental Perception and Reasoning",
-        "Counting and Statistics",
-        "Music Theory",
-        "Correlation Analysis",
-        "Temporal Analysis",
-        "Spatial Analysis",
-    ],
-    "Semantic Layer": ["Content Analysis", "Emotion and Intention", "Speaker Analysis"],
-    "Cultural Layer": [
-        "Professional Knowledge and Reasoning",
-        "Culture of Speaker",
-        "Imagination",
-        "Aesthetic Evaluation",
-    ],
-}
-SUB_CATEGORIES = [s for subs in LAYERS.values() for s in subs]
-REQUIRED_KEYS = ["id", "audio_path", "question", "choices", "answer", "modality", "category", "sub-category"]
 
 
 def _by_modality(values):
@@ -140,31 +111,6 @@ PAPER_MMAR = {
 # ---------------------------------------------------------------------------------------------------
 
 
-def _tokens(text):
-    return set(re.findall(r"\b\w+\b", text.lower()))
-
-
-def string_match(answer, prediction, choices):
-    """The official MMAR rule: is `prediction` a correct pick of `answer` among `choices`?
-
-    Texts are lower-cased and reduced to sets of `\\b\\w+\\b` tokens. An empty prediction is wrong.
-    The "incorrect tokens" are, for every choice whose token set differs from the answer's, that
-    choice's tokens minus the answer's tokens. Correct iff every answer token is in the prediction
-    and no incorrect token is. So a bare letter ("D") is wrong and "D. Parrot" is right.
-    A `None` prediction counts as empty (the official script would fail on it).
-    """
-    predicted = _tokens(prediction or "")
-    if not predicted:
-        return False
-    expected = _tokens(answer)
-    incorrect = set()
-    for choice in choices:
-        tokens = _tokens(choice)
-        if tokens != expected:
-            incorrect |= tokens - expected
-    return expected <= predicted and not (predicted & incorrect)
-
-
 def wilson_interval(correct, total, z=1.959963984540054):
     """95 % Wilson score interval for `correct / total`, in %, or None when `total` is 0."""
     if total == 0:
@@ -191,17 +137,36 @@ def _read_json_records(path):
     return records
 
 
+def _drop_empty_choices(items):
+    """`items` with every empty (or blank) choice left out, and the ids of the items that had one.
+
+    MMAR as published has 4 such items, e.g. choices `["Entered", "Did not enter", ""]`. An empty choice has no tokens,
+    so `string_match` scores every prediction the same without it; the prompt would not take it.
+    """
+    kept, names = [], []
+    for index, item in enumerate(items):
+        choices = item.get("choices") if isinstance(item, dict) else None
+        if isinstance(choices, list) and any(isinstance(c, str) and not c.strip() for c in choices):
+            item = {**item, "choices": [c for c in choices if not (isinstance(c, str) and not c.strip())]}
+            names.append(str(item.get("id", f"#{index}")))
+        kept.append(item)
+    return kept, names
+
+
 def load_meta(path, skip_invalid=False):
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
-    Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
+    Empty choices are dropped first (MMAR publishes 4 items whose last choice is `""`), with one printed warning
+    naming the items. Returns the items (dicts) in file order. Raises `ValueError` naming the item id and the problem
     for: a missing required key, an `id`, `audio_path`, `answer`, modality, layer or sub-category that is not a
     non-empty string, an unknown modality, layer or sub-category (or a sub-category under the wrong layer), a
     question or choices the prompt cannot take (`format_question`: 2 to 6 distinct non-empty strings), an answer
     that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
     `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
-    items = _read_json_records(path)
+    items, trimmed = _drop_empty_choices(_read_json_records(path))
+    if trimmed:
+        print(f"warning: {path}: dropped empty choices from {len(trimmed)} item(s): {', '.join(trimmed)}")
     problems, seen, invalid = [], set(), set()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -369,19 +334,7 @@ def fetch_mmar(cache_dir):
 
 def finished_ids(predictions_path):
     """Ids already answered in `predictions_path`. A last line cut short by a crash is removed from the file."""
-    path = Path(predictions_path)
-    if not path.is_file():
-        return set()
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    good = []
-    for line in lines:
-        try:
-            good.append((json.loads(line)["id"], line))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # only the last write can be partial: everything after it is dropped
-    if len(good) < len(lines) or (lines and not lines[-1].endswith("\n")):
-        path.write_text("".join(line if line.endswith("\n") else line + "\n" for _, line in good), encoding="utf-8")
-    return {name for name, _ in good}
+    return {record["id"] for record in read_jsonl_log(predictions_path)}
 
 
 def prediction_record(item, output):

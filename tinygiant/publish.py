@@ -19,6 +19,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
 from pipeline_tinygiant import TASK
+from tinygiant.files import leftover_partials, partial_path
 
 # The remote code: the root modules that `trust_remote_code=True` loads, in the order they import each other.
 SHIPPED_CODE = (
@@ -31,7 +32,7 @@ SHIPPED_CODE = (
     "pipeline_tinygiant.py",
 )
 # Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
-# clone or a Space folder (`tinygiant.space`).
+# clone or a Space folder (`tinygiant.web_app`).
 ROOT_SCRIPTS = ("train_sft.py", "app.py")
 REQUIRED_FILES = (
     *SHIPPED_CODE,
@@ -70,9 +71,9 @@ def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=No
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in out.parent.glob(f".{out.name}.partial-*"):  # from a save that was killed
+    for leftover in leftover_partials(out):  # from a save that was killed
         shutil.rmtree(leftover, ignore_errors=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    staging = partial_path(out)
     model.save_pretrained(staging)  # registered classes copy their own code files (and `auto_map`) as they save
     processor.save_pretrained(staging)
     if not (staging / "generation_config.json").exists():

@@ -2,8 +2,8 @@
 metric, MMAR's `code/evaluation_rubrics.py`).
 
 The protocol, rebuilt from the challenge's description:
-- An item whose `answer_prediction` is wrong by MMAR's string rule (`mmar.string_match`) scores 0 and costs no call;
-  so does an item without a prediction or flagged with an error (as our accuracy counts it).
+- An item whose `answer_prediction` is wrong by MMAR's string rule (`mmar_format.string_match`) scores 0 and costs no
+  call; so does an item without a prediction or flagged with an error (as our accuracy counts it).
 - Otherwise a judge (default `gpt-4o-2024-11-20`, temperature 0, seed 42) reads the question, the correct answer, the
   reference reasoning and the item's rubric (a list of criteria `{name, scoring_point, note, choices}`), then the
   model's `thinking_prediction` followed by "The answer is <answer_prediction>.", and replies with a JSON list of
@@ -35,12 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygiant.mmar import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
+from tinygiant.files import read_jsonl_log
+from tinygiant.mmar_format import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
+from tinygiant.stats import bootstrap_interval
 
 JUDGE_MODEL = "gpt-4o-2024-11-20"
 JUDGE_TEMPERATURE = 0.0
 JUDGE_SEED = 42
 NUM_GRADERS = 5
+BOOTSTRAP_SAMPLES = 2000  # resamples of the items for each interval (seed 0)
 JUDGEMENTS_FILE = "rubrics_judgements.jsonl"
 # Leaderboard Rubrics score of the paper's team (the Interspeech 2026 Audio Reasoning Challenge board).
 PAPER_RUBRICS = 23.77
@@ -185,23 +188,7 @@ def estimate_tokens(calls):
 
 def read_judgements(path):
     """`{(id, grader): record}` from the judgement log; a last line cut short by a crash is dropped from the file."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records = {}
-    kept = 0
-    for line in lines:
-        try:
-            record = json.loads(line)
-            records[(record["id"], record["grader"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # only the last write can be partial
-        kept += 1
-    if kept < len(lines) or (lines and not lines[-1].endswith("\n")):
-        path.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines[:kept]),
-                        encoding="utf-8")
-    return records
+    return {(record["id"], record["grader"]): record for record in read_jsonl_log(path, keys=("id", "grader"))}
 
 
 class JudgementLog:
@@ -361,20 +348,10 @@ def judge_items(to_judge, judge, judgements_path, concurrency=4, graders=NUM_GRA
     return done
 
 
-def bootstrap_interval(values, reps=2000, seed=0):
-    """Bootstrap 95 % percentile interval of the mean of `values` (in the units of `values`), None if empty."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def _cell(values):
     values = [100 * v for v in values]
     return {"score": float(np.mean(values)) if values else None, "n": len(values),
-            "ci95": bootstrap_interval(values)}
+            "ci95": bootstrap_interval(values, BOOTSTRAP_SAMPLES)}
 
 
 def rubric_scores(meta, zero, judgements, graders=NUM_GRADERS):

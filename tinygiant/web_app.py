@@ -1,4 +1,5 @@
-"""The web app's files: example clips from the synthetic generator, and a Hugging Face Space folder.
+"""The web app from the tools: serving it, its example clips from the synthetic generator, and a Hugging Face Space
+folder.
 
     tinygiant serve [app options]            # examples in $TINYGIANT_CACHE/examples, then `app.py`
     tinygiant publish --space DIR [--repo-id you/tinygiant]
@@ -7,18 +8,16 @@
 here, as wavs plus `examples.json`, and the app only reads them.
 """
 
-import json
-import os
-import runpy
 import shutil
 from pathlib import Path
 
 import soundfile
 from huggingface_hub import SpaceCard, SpaceCardData
 
+from tinygiant.files import write_json_atomic, write_text_atomic
+from tinygiant.model_source import cache_dir, default_model, load_app, root_file
 from tinygiant.synthetic import generate_clip
 
-ROOT = Path(__file__).resolve().parents[1]
 # The root files a Space runs: the app and the one sibling it imports (the prompt format).
 SPACE_CODE = ("app.py", "parsing_tinygiant.py")
 # One clip per task whose sounds a listener can check by ear, seeded so every run writes the same files.
@@ -36,15 +35,8 @@ def write_examples(out_dir):
         name = f"{task}.wav"
         soundfile.write(out / name, clip.waveform, clip.sampling_rate, subtype="PCM_16")
         rows.append({"audio": name, "question": clip.question, "choices": clip.choices})
-    _write_atomic(out / "examples.json", json.dumps(rows, indent=2) + "\n")
+    write_json_atomic(out / "examples.json", rows)
     return out
-
-
-def app_file(name="app.py"):
-    path = ROOT / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} is not beside the tinygiant package ({ROOT}); run from a clone of the repository")
-    return path
 
 
 def write_space(out_dir, repo_id=None):
@@ -55,9 +47,9 @@ def write_space(out_dir, repo_id=None):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in SPACE_CODE:
-        shutil.copyfile(app_file(name), out / name)
-    _write_atomic(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
-    _write_atomic(out / "space.json", json.dumps({"model": repo_id}) + "\n")
+        shutil.copyfile(root_file(name), out / name)
+    write_text_atomic(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
+    write_json_atomic(out / "space.json", {"model": repo_id}, indent=None)
     write_examples(out / "examples")
     data = SpaceCardData(title="TinyGiant", sdk="gradio", sdk_version=gradio.__version__, app_file="app.py",
                          license="apache-2.0", models=[repo_id] if repo_id else None, emoji="🔊",
@@ -80,19 +72,13 @@ On CPU hardware the model runs with int8 weights. One request runs at a time.
 
 
 def main(argv=None):
-    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the `tinygiant` default model."""
-    from tinygiant.cli import cache_dir, default_model
-
+    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the tools' default model
+    (`model_source.default_model`)."""
     argv = list(argv or [])
     asks_help = {"-h", "--help"} & set(argv)
     if not asks_help and not any(a == "--model" or a.startswith("--model=") for a in argv):
         argv += ["--model", default_model()]
     if not asks_help and not any(a.startswith("--examples") for a in argv):
         argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
-    runpy.run_path(str(app_file()), run_name="tinygiant_app")["main"](argv)
+    load_app().main(argv)
 
-
-def _write_atomic(path, text):
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)

@@ -1,0 +1,71 @@
+"""Files the tools write so that a crash never leaves half of one, and the append-only JSON-lines logs they resume from.
+
+A file is written beside its place first, as `.NAME.partial-PID`, then moved into place in one step (`os.replace`):
+a reader, or the next run after a kill, finds the old file or the new one. The remote code at the repository root
+cannot import this package and keeps its own (`llamacpp_tinygiant.export_gguf`).
+"""
+
+import glob
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def partial_path(path):
+    """Where a write of `path` goes before it is moved into place: `.NAME.partial-PID` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
+def leftover_partials(path):
+    """The partial writes of `path` that killed processes (any of them) left beside it."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.partial-*"))
+
+
+@contextmanager
+def replacing(path):
+    """Yield the path to write `path`'s new content to; when the block ends, that file replaces `path` in one step.
+    If the block raises, `path` is left as it was and the partial file is removed."""
+    path = Path(path)
+    partial = partial_path(path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text, encoding="utf-8"):
+    with replacing(path) as partial:
+        partial.write_text(text, encoding=encoding)
+
+
+def write_json_atomic(path, data, indent=2):
+    """`data` as JSON (`indent`; None for one line) and a newline."""
+    write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_jsonl_log(path, keys=("id",)):
+    """The records of an append-only JSON-lines log, in order; [] if there is no file.
+
+    Only the last write can have been cut short by a kill: reading stops at the first line that is not a JSON object
+    with all of `keys`, and the file is rewritten without that line and the ones after it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(record, dict) or not all(key in record for key in keys):
+            break
+        records.append(record)
+    kept = lines[: len(records)]
+    if len(kept) < len(lines) or (kept and not kept[-1].endswith("\n")):
+        write_text_atomic(path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
+    return records
