@@ -346,7 +346,6 @@ class TinyGiantAudioMixin:
         return BaseModelOutputWithPooling(pooler_output=audio_embeds)
 
 
-
 class TinyGiantAudioModel(TinyGiantAudioMixin, nn.Module):
     """The audio half alone: the three frozen encoders and the projector, without a language model.
 

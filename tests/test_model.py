@@ -6,7 +6,12 @@ import torch
 from conftest import chat, tone
 
 from configuration_tinygiant import TinyGiantConfig
-from modeling_tinygiant import EBranchformerBlock, QueryGuidedProjector, TinyGiantForConditionalGeneration
+from modeling_tinygiant import (
+    EBranchformerBlock,
+    QueryGuidedProjector,
+    TinyGiantAudioModel,
+    TinyGiantForConditionalGeneration,
+)
 from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
 
@@ -94,6 +99,23 @@ def test_audio_changes_the_output_and_the_instruction_matters(model, processor):
         logits = [model(**x).logits[0, -1] for x in (a, b, c)]
     assert audio_a.shape == (1, 300, model.config.text_config.hidden_size)
     assert not torch.allclose(logits[0], logits[1]) and not torch.allclose(logits[0], logits[2])
+
+
+def test_the_audio_half_alone_gives_the_models_audio_embeddings(model, processor):
+    """`TinyGiantAudioModel` (what an engine with its own LLM runs) holds the checkpoint's `model.*` audio weights
+    under the same names and gives the same embeddings for the same intent query."""
+    audio_model = TinyGiantAudioModel(model.config)
+    weights = {k.removeprefix("model."): v for k, v in model.state_dict().items()
+               if k.startswith("model.") and not k.startswith("model.language_model.")}
+    assert set(weights) == set(audio_model.state_dict())
+    audio_model.load_state_dict(weights)
+    audio_model.eval()
+    x = prompt(processor, "How many beeps?", tone(2.0, freq=300))
+    query = torch.randn(1, model.config.text_config.hidden_size)
+    features = [x["whisper_input_features"], x["clap_input_features"], x["whisper_lengths"], x["htsat_lengths"], query]
+    with torch.no_grad():
+        torch.testing.assert_close(audio_model.get_audio_features(*features).pooler_output,
+                                   model.model.get_audio_features(*features).pooler_output)
 
 
 @pytest.mark.parametrize("seconds", [5, 29, 31, 65])
