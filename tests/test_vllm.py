@@ -397,3 +397,29 @@ if __name__ == "__main__":
     assert run.returncode == 0, run.stderr[-3000:]
     (hits_before, misses_before), (hits, misses) = json.loads(run.stdout.strip().splitlines()[-1])
     assert (hits - hits_before, misses - misses_before) == (1, 1)
+
+
+def test_mmar_through_the_server_equals_the_in_process_harness(server, checkpoints, tmp_path):
+    """`tinygiant eval mmar --server` against TinyGiant on vLLM writes the in-process harness's predictions."""
+    from pipeline_tinygiant import load_pipeline
+    from tinygiant.chat_endpoint import ChatEndpoint
+    from tinygiant.mmar import predict
+
+    (tmp_path / "audio").mkdir()
+    meta = []
+    for i, seconds in enumerate((1.0, 2.5, 4.0)):
+        soundfile.write(tmp_path / "audio" / f"{i}.wav", sweep(seconds, 22050), 22050)
+        meta.append({"id": f"item{i}", "audio_path": f"./audio/{i}.wav", "question": QUESTIONS[i % 2],
+                     "choices": ["one", "two", "three"][: 2 + i % 2]})
+    endpoint = ChatEndpoint(server.url, client_model_name(server), concurrency=3)
+    predict(meta, tmp_path, endpoint, tmp_path / "server.jsonl", batch_size=3,
+            generate_kwargs={"max_new_tokens": MAX_TOKENS})
+    predict(meta, tmp_path, load_pipeline(str(checkpoints["full"])), tmp_path / "local.jsonl", batch_size=1,
+            generate_kwargs={"max_new_tokens": MAX_TOKENS})
+    server_records, local_records = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                                     for name in ("server.jsonl", "local.jsonl"))
+    assert server_records == local_records
+
+
+def client_model_name(server):
+    return openai.OpenAI(base_url=server.url, api_key="none").models.list().data[0].id

@@ -13,8 +13,9 @@ Usage (or `python -m tinygiant.mmar ...`):
     tinygiant eval mmar --model REPO_OR_DIR --meta MMAR-meta.jsonl --audio-dir MMAR --output-dir OUT
     tinygiant eval mmar --model REPO_OR_DIR --output-dir OUT          # online: fetches BoJack/MMAR
     tinygiant eval mmar --meta MMAR-meta.jsonl --score-only predictions.jsonl --output-dir OUT
+    tinygiant eval mmar --server URL [--server-model NAME] --meta MMAR-meta.jsonl --output-dir OUT  # any endpoint
     tinygiant eval mmar ... --rubrics [--dry-run] [--judge-base-url URL --judge-model NAME]   # MMAR-Rubrics
- Generation is resumable: rerun the same command after an interruption and
+Generation is resumable: rerun the same command after an interruption and
 only the items missing from OUT/predictions.jsonl are answered.
 
 Predictions are JSON lines in the challenge submission format:
@@ -599,7 +600,16 @@ def main(argv=None):
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--model", help="a TinyGiant Hub repo id or folder to answer every item with")
     mode.add_argument("--score-only", metavar="PREDICTIONS", help="score an existing predictions JSONL")
-    parser.add_argument("--batch-size", type=int, default=4)
+    mode.add_argument("--server", metavar="URL", help="answer through an OpenAI-compatible audio chat endpoint, e.g. "
+                                                     "http://127.0.0.1:8000/v1 (tinygiant serve --engine vllm)")
+    server = parser.add_argument_group("--server (tinygiant.chat_endpoint)")
+    server.add_argument("--server-model", help="the served model's name (default: the endpoint's first model)")
+    server.add_argument("--server-api-key", help="default: none needed (a local server)")
+    server.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
+    server.add_argument("--qps", type=float, default=None, help="requests started per second at most")
+    server.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    parser.add_argument("--batch-size", type=int, default=4, help="items per write of the predictions file (with "
+                                                                  "--server: at least --concurrency)")
     parser.add_argument("--limit", type=int, help="answer at most this many items")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (the pipeline's int8=True)")
@@ -633,14 +643,22 @@ def main(argv=None):
 
         for item in meta:
             check_rubric(item)
-    if args.model:
+    if args.model or args.server:
         predictions_path = output_dir / "predictions.jsonl"
-        model = args.model
-        if args.llama_cpp or args.int8:
+        model, batch_size = args.model, args.batch_size
+        if args.server:
+            from tinygiant.chat_endpoint import ChatEndpoint
+
+            model = ChatEndpoint(args.server, args.server_model, api_key=args.server_api_key,
+                                 concurrency=args.concurrency, qps=args.qps, timeout=args.timeout)
+            if model.model is None:
+                model.model = model.client.models.list().data[0].id
+            batch_size = max(batch_size, args.concurrency)
+        elif args.llama_cpp or args.int8:
             from pipeline_tinygiant import load_pipeline
 
             model = load_pipeline(args.model, int8=args.int8, llama_cpp=args.llama_cpp)
-        predict(meta, audio_dir or Path(meta_path).parent, model, predictions_path, args.batch_size, args.limit,
+        predict(meta, audio_dir or Path(meta_path).parent, model, predictions_path, batch_size, args.limit,
                 {"max_new_tokens": args.max_new_tokens})
     else:
         predictions_path = args.score_only

@@ -1,0 +1,84 @@
+"""Any OpenAI-compatible audio chat endpoint, called like the `audio-reasoning` pipeline.
+
+    endpoint = ChatEndpoint("http://127.0.0.1:8000/v1", model="runs/demo/model", concurrency=8)
+    endpoint([{"audio": "clip.wav", "question": "How many beeps?", "choices": ["one", "two"]}])
+    # [{"text", "thinking", "answer", "choice"}]
+
+The MMAR harness takes it in place of the in-process pipeline (`tinygiant eval mmar --server URL --server-model
+NAME`), so TinyGiant on vLLM, or a peer (Qwen2-Audio, Audio Flamingo 3, ...) behind any such server, is asked the same
+prompt (`parsing_tinygiant.question_messages`: the system prompt, the question and its lettered choices) and read back
+by the same rule (`parse_response`). The audio goes as an `input_audio` part (the file's bytes, base64). When the
+server splits the reasoning off (`reasoning` in vLLM 0.32, `reasoning_content` in older vLLM and elsewhere), it is
+put back in front of the answer inside `<think>`, so the output is read as the in-process pipeline's is.
+
+Requests run `concurrency` at a time, at most `qps` started per second; the client retries 429s, 5xx and timeouts with
+exponential backoff (`max_retries`). An audio the server refuses (HTTP 400) raises `ValueError` with its message, as
+the pipeline does for bad input; a server that keeps failing raises `RuntimeError`.
+"""
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
+from tinygiant.rubrics import RateLimiter
+
+# `input_audio` names the container; the OpenAI API knows wav and mp3, vLLM reads whatever its decoders read.
+AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".m4a": "m4a"}
+
+
+def audio_content(path):
+    path = Path(path)
+    data = base64.b64encode(path.read_bytes()).decode()
+    return {"type": "input_audio", "input_audio": {"data": data, "format": AUDIO_FORMATS.get(path.suffix.lower(), "wav")}}
+
+
+def endpoint_messages(audio_path, question, choices=None, system_prompt=SYSTEM_PROMPT):
+    """The pipeline's prompt for one audio file, with the audio as an `input_audio` part."""
+    messages = question_messages(question, choices, system_prompt)
+    user = messages[-1]
+    user["content"] = [audio_content(audio_path) if part["type"] == "audio" else part for part in user["content"]]
+    return messages
+
+
+class ChatEndpoint:
+    """Answers `{"audio": path, "question", "choices"}` inputs through an OpenAI-compatible chat endpoint."""
+
+    def __init__(self, base_url, model, api_key=None, concurrency=4, qps=None, timeout=600.0, max_retries=6,
+                 system_prompt=SYSTEM_PROMPT):
+        import openai
+
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.openai = openai
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout,
+                                    max_retries=max_retries)
+        self.model, self.concurrency, self.system_prompt = model, concurrency, system_prompt
+        self.limiter = RateLimiter(qps)
+
+    def __call__(self, inputs, batch_size=None, max_new_tokens=1024, do_sample=False, **unused):
+        """Outputs for one input dict or a list of them, in order; `batch_size` is accepted as the pipeline's is."""
+        single = isinstance(inputs, dict)
+        items = [inputs] if single else list(inputs)
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            outputs = list(pool.map(lambda item: self.answer(item, max_new_tokens, do_sample), items))
+        return outputs[0] if single else outputs
+
+    def answer(self, item, max_new_tokens=1024, do_sample=False):
+        if not isinstance(item.get("audio"), (str, Path)):
+            raise ValueError("an endpoint input's audio must be a file path")
+        messages = endpoint_messages(item["audio"], item["question"], item.get("choices"), self.system_prompt)
+        self.limiter.wait()
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_new_tokens, temperature=1.0 if do_sample else 0.0)
+        except self.openai.BadRequestError as error:
+            raise ValueError(f"the server refused {item['audio']}: {error}") from error
+        except self.openai.APIError as error:  # connection, timeout and status errors, after the retries
+            raise RuntimeError(f"{self.client.base_url} failed after retries: {type(error).__name__}: {error}") from error
+        message = response.choices[0].message
+        reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
+        text = message.content or ""
+        if reasoning is not None:
+            text = f"<think>\n{reasoning}\n</think>\n\n{text}"
+        return parse_response(text, item.get("choices"))
