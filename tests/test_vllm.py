@@ -376,15 +376,18 @@ def test_a_follow_up_question_runs_only_the_projector(checkpoints, tmp_path):
     script = tmp_path / "follow_up.py"
     script.write_text(f"""
 import json, os
-os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model sends a function to the worker
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine and its one worker in this process, for apply_model
 import numpy as np
 from vllm import LLM, SamplingParams
 
+def cache_counts(model):
+    return model.audio_model.audio_cache.hits, model.audio_model.audio_cache.misses
+
 if __name__ == "__main__":
     llm = LLM(model={str(checkpoints["full"])!r}, trust_remote_code=True, dtype="float32", max_model_len=2048,
-              enforce_eager=True)
+              enforce_eager=True, distributed_executor_backend="uni")
     clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
-    cache = lambda: llm.apply_model(lambda m: (m.audio_model.audio_cache.hits, m.audio_model.audio_cache.misses))[0]
+    cache = lambda: llm.apply_model(cache_counts)[0]
     before = cache()
     for question in {list(QUESTIONS)!r}:
         prompt = "<|im_start|>user\\n<audio>" + question + "<|im_end|>\\n<|im_start|>assistant\\n"

@@ -76,9 +76,14 @@ class ChatEndpoint:
             raise ValueError(f"the server refused {item['audio']}: {error}") from error
         except self.openai.APIError as error:  # connection, timeout and status errors, after the retries
             raise RuntimeError(f"{self.client.base_url} failed after retries: {type(error).__name__}: {error}") from error
-        message = response.choices[0].message
-        reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
-        text = message.content or ""
+        choice = response.choices[0]
+        reasoning = getattr(choice.message, "reasoning", None) or getattr(choice.message, "reasoning_content", None)
+        text = choice.message.content or ""
         if reasoning is not None:
             text = f"<think>\n{reasoning}\n</think>\n\n{text}"
-        return parse_response(text, item.get("choices"))
+        output = parse_response(text, item.get("choices"))
+        if choice.finish_reason == "length":  # as the pipeline: an output cut at the limit has no answer
+            output["answer"] = None
+            if "choice" in output:
+                output["choice"] = None
+        return output
