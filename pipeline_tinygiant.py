@@ -16,7 +16,7 @@ pipe(conversation)  # a follow-up: the clip's encoder outputs come from the pipe
 ```
 
 This file ships with the checkpoint (remote code): it imports only `transformers`, `torch` and its siblings
-`parsing_tinygiant.py` and `int8_tinygiant.py`. Importing it registers the task, so `Pipeline.save_pretrained`
+`parsing_tinygiant.py`, `int8_tinygiant.py` and `llamacpp_tinygiant.py` (whose `llama_cpp` import waits for use). Importing it registers the task, so `Pipeline.save_pretrained`
 can write the `custom_pipelines` entry of `config.json`.
 """
 

@@ -53,7 +53,7 @@ CHAT_TEMPLATE = """\
 {%- endfor -%}{%- endif -%}
 {%- endmacro -%}
 {%- if default_system_prompt is defined and default_system_prompt and (not messages or messages[0].role != 'system') -%}
-{{- '<|im_start|>system\n' + default_system_prompt + '<|im_end|>\n' -}}
+{{- '<|im_start|>system\\n' + default_system_prompt + '<|im_end|>\\n' -}}
 {%- endif -%}
 {%- for message in messages -%}
 {%- if message.role == 'assistant' -%}
