@@ -152,7 +152,9 @@ def test_concurrency_and_qps_are_bounded(tmp_path):
         mmar.main([*args, "--output-dir", str(tmp_path / "b"), "--rubrics", "--judge-base-url", judge.base_url,
                    "--judge-concurrency", "4", "--judge-qps", "20"])
     starts = sorted(judge.arrivals)
-    assert len(starts) == 10 and min(b - a for a, b in zip(starts, starts[1:])) > 0.04  # 20 per second: 50 ms apart
+    # 20 per second: started 50 ms apart by the client; arrivals at the server jitter by a few ms either way.
+    assert len(starts) == 10 and starts[-1] - starts[0] > 9 * 0.045
+    assert min(b - a for a, b in zip(starts, starts[1:])) > 0.025
 
 
 def test_dry_run_estimates_without_calling(tmp_path, capsys):

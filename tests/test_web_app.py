@@ -113,9 +113,13 @@ def ask(browser, question, choices="", timeout=120):
             boxes[name].send_keys(text)
     before = status(browser)
     browser.find_element(By.ID, "ask").click()
-    # Every final status is new: an answer's names its question number, an error starts with a warning sign.
-    WebDriverWait(browser, timeout).until(lambda b: status(b) != before and ("follow-up" in status(b) or "⚠" in status(b)))
-    return status(browser)
+    # Every final status is new: an answer's names its question number, an error starts with a warning sign. One read
+    # per check, returned as it was read: the status passes through "Listening and thinking…" in between.
+    def final_status(b):
+        text = status(b)
+        return text if text != before and ("follow-up" in text or "⚠" in text) else False
+
+    return WebDriverWait(browser, timeout).until(final_status)
 
 
 def status(browser):
