@@ -252,22 +252,26 @@ class TinyGiantProcessor(ProcessorMixin):
         text=None,
         audio=None,
         sampling_rate=None,
-        return_labels=False,
+        output_labels=False,
         extract_audio_features=True,
         padding=True,
         padding_side=None,
         return_tensors="pt",
         images=None,
         videos=None,
+        return_labels=None,
         **kwargs,
     ):
         """Tokenize `text` (a string or a list) and extract features of `audio` (one item or a list).
 
         Each `<audio>` in the text takes the next audio, in order; their counts must match. `sampling_rate` is the
-        rate of raw arrays (files and dicts carry their own). `return_labels=True` adds `labels` for training.
+        rate of raw arrays (files and dicts carry their own). `output_labels=True` adds `labels` for training (as
+        transformers' audio processors name it; `return_labels` is the old name and still works).
         `extract_audio_features=False` skips the mels (the audios then only have to match the markers): for callers
         that feed the frozen encoders' cached outputs (`whisper_frames`, ...) instead, such as a training feature cache.
         """
+        if return_labels is not None:
+            output_labels = return_labels
         if text is None:
             raise ValueError("TinyGiantProcessor needs `text`, with one `<audio>` marker per audio")
         if images is not None or videos is not None:
@@ -294,7 +298,7 @@ class TinyGiantProcessor(ProcessorMixin):
         offsets = encoding.pop("offset_mapping")
         data.update(encoding)
         data["instruction_mask"] = self._turn_mask(expanded, offsets, data, "user", fallback_to_all=True)
-        if return_labels:
+        if output_labels:
             labels = np.where(self._turn_mask(expanded, offsets, data, "assistant"), data["input_ids"], -100)
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -366,7 +370,7 @@ class TinyGiantProcessor(ProcessorMixin):
                     content = [{"type": "audio"} if item.get("type") == "audio" else item for item in content]
                 rendered[-1].append({**message, "content": content})
         prompts = super().apply_chat_template(rendered, chat_template=chat_template, tokenize=False, **kwargs)
-        inputs = self(text=prompts, audio=audios, return_labels=output_labels, padding_side=padding_side,
+        inputs = self(text=prompts, audio=audios, output_labels=output_labels, padding_side=padding_side,
                       return_tensors=return_tensors, **(processor_kwargs or {}))
         return inputs if return_dict else inputs["input_ids"]
 

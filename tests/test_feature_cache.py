@@ -10,7 +10,7 @@ from modeling_tinygiant import TinyGiantForConditionalGeneration
 
 def batch_for(processor, audios, answer="Three."):
     texts = [processor.apply_chat_template(chat("How many beeps?", answer=answer), tokenize=False) for _ in audios]
-    return processor(text=texts, audio=[{"array": a, "sampling_rate": 16000} for a in audios], return_labels=True,
+    return processor(text=texts, audio=[{"array": a, "sampling_rate": 16000} for a in audios], output_labels=True,
                      padding_side="right")
 
 

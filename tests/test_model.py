@@ -73,7 +73,7 @@ def test_gradients_reach_projector_and_llm_never_encoders(tiny_dir, processor):
     model = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir).train()
     messages = chat("How many beeps?", answer="Three.", reasoning="<SUMMARY>three</SUMMARY>")
     text = processor.apply_chat_template(messages, tokenize=False)
-    batch = processor(text=text, audio=tone(3.0), sampling_rate=16000, return_labels=True)
+    batch = processor(text=text, audio=tone(3.0), sampling_rate=16000, output_labels=True)
     model(**batch).loss.backward()
     encoders = model.model.audio_encoders()
     assert len(encoders) == 3 and all(not e.training for e in encoders)

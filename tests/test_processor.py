@@ -29,14 +29,17 @@ def test_placeholder_expansion_and_feature_shapes(processor):
 
 def test_text_only_mode_for_cached_features_gives_the_same_text_tensors(processor):
     text = render(processor, chat("How many beeps?", answer="Two."))
-    full = processor(text=text, audio=tone(2.0), sampling_rate=16000, return_labels=True)
-    text_only = processor(text=text, audio=tone(2.0), sampling_rate=16000, return_labels=True,
+    full = processor(text=text, audio=tone(2.0), sampling_rate=16000, output_labels=True)
+    text_only = processor(text=text, audio=tone(2.0), sampling_rate=16000, output_labels=True,
                           extract_audio_features=False)
     assert set(text_only) == {"input_ids", "attention_mask", "instruction_mask", "labels"}
     for key in text_only:
         assert torch.equal(text_only[key], full[key]), key
     with pytest.raises(ValueError, match="markers"):  # the audios must still match the markers
         processor(text=text, audio=[], extract_audio_features=False)
+    old_name = processor(text=text, audio=tone(2.0), sampling_rate=16000, return_labels=True,
+                         extract_audio_features=False)
+    assert torch.equal(old_name["labels"], text_only["labels"])  # `return_labels`, the old name, still works
 
 
 @pytest.mark.parametrize("seconds, whisper_windows, htsat_windows", [(5, 1, 1), (29, 1, 3), (31, 2, 4), (65, 3, 7)])
@@ -101,7 +104,7 @@ def test_labels_cover_only_assistant_tokens_with_end_of_turn(processor, padding_
         chat("Is it a chord or a single note, and why?", answer="A chord."),
     ]
     texts = [render(processor, c) for c in conversations]
-    batch = processor(text=texts, audio=[tone(1.0), tone(2.0)], sampling_rate=16000, return_labels=True,
+    batch = processor(text=texts, audio=[tone(1.0), tone(2.0)], sampling_rate=16000, output_labels=True,
                       padding_side=padding_side)
     labels = batch["labels"]
     expected = ["<think>\n<SUMMARY>\nThree beeps.</SUMMARY>\n</think>\n\nThree.<|im_end|>", "A chord.<|im_end|>"]
@@ -119,8 +122,8 @@ def test_labels_cover_only_assistant_tokens_with_end_of_turn(processor, padding_
 def test_left_and_right_padding_give_the_same_masks(processor):
     texts = [render(processor, chat("Short?", answer="Yes.")), render(processor, chat("A longer question here?", answer="No."))]
     audio = [tone(1.0), tone(1.0)]
-    left = processor(text=texts, audio=audio, sampling_rate=16000, return_labels=True, padding_side="left")
-    right = processor(text=texts, audio=audio, sampling_rate=16000, return_labels=True, padding_side="right")
+    left = processor(text=texts, audio=audio, sampling_rate=16000, output_labels=True, padding_side="left")
+    right = processor(text=texts, audio=audio, sampling_rate=16000, output_labels=True, padding_side="right")
     for key in ("labels", "instruction_mask", "input_ids"):
         for row in range(2):
             kept_left = left[key][row][left["attention_mask"][row].bool()]

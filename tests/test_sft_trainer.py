@@ -17,7 +17,7 @@ def test_sft_trainer_trains_projector_and_llm_not_encoders(tiny_dir, processor, 
         texts = [processor.apply_chat_template(chat("Is the tone high or low?", answer=r["answer"]), tokenize=False)
                  for r in batch]
         audio = [tone(1.0, freq=r["freq"]) * (0 if zero_audio else 1) for r in batch]
-        return processor(text=texts, audio=audio, sampling_rate=16000, return_labels=True, padding_side="right")
+        return processor(text=texts, audio=audio, sampling_rate=16000, output_labels=True, padding_side="right")
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = SFTTrainer(

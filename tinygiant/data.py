@@ -156,7 +156,7 @@ class TinyGiantCollator:
         audio = {"array": waveform, "sampling_rate": rate}
         key = None if self.feature_cache is None else self.feature_cache.key(audio)
         cached = None if key is None else self.feature_cache.get(key)  # then no mels: the encoders will not run
-        encoded = self.truncate(self.processor(text=text, audio=audio, return_labels=True,
+        encoded = self.truncate(self.processor(text=text, audio=audio, output_labels=True,
                                                extract_audio_features=cached is None))
         if key is not None:
             encoded["audio_key"] = key
