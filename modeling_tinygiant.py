@@ -587,7 +587,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             model_inputs.update(audio_inputs)
         return model_inputs
 
-    def generate_fast(self, *args, compile=False, **kwargs):
+    def generate_with_static_cache(self, *args, compile=False, **kwargs):
         """`generate` with a pre-allocated static KV cache and, with `compile=True`, a `torch.compile`d decoding step.
 
         Gives the same tokens as `generate`. The static cache avoids growing the cache each step; compiling fuses the
@@ -603,6 +603,8 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         else:
             kwargs.setdefault("disable_compile", True)
         return self.generate(*args, **kwargs)
+
+    generate_fast = generate_with_static_cache  # the old name
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """Repeat each sample's audios with the sample (beam search, `num_return_sequences`).

@@ -122,9 +122,9 @@ def generate_with(model, name, checkpoint=None):
     if name == "generate":
         return model.generate
     if name == "static_cache":
-        return model.generate_fast
+        return model.generate_with_static_cache
     if name == "static_cache_compiled":
-        return lambda **kw: model.generate_fast(compile=True, **kw)
+        return lambda **kw: model.generate_with_static_cache(compile=True, **kw)
     if name not in LLAMA_DECODERS:
         from llamacpp_tinygiant import LlamaCppDecoder
 

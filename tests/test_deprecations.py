@@ -28,7 +28,7 @@ def test_forward_generate_and_the_pipeline(model, processor):
         with torch.no_grad():
             model(**inputs, labels=inputs["input_ids"])
         greedy = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        assert torch.equal(model.generate(**inputs, **greedy), model.generate_fast(**inputs, **greedy))
+        assert torch.equal(model.generate(**inputs, **greedy), model.generate_with_static_cache(**inputs, **greedy))
         pipe = TinyGiantAudioReasoningPipeline(model=model, processor=processor)
         pipe([tone(1.0), tone(2.0)], sampling_rate=16000, question="q", batch_size=2, max_new_tokens=3)
     finally:

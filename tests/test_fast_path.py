@@ -1,4 +1,4 @@
-"""The fast inference path (`generate_fast`: static KV cache) and int8 weights (`quantize_int8`) on the tiny model."""
+"""The fast inference path (`generate_with_static_cache`: static KV cache) and int8 weights (`quantize_int8`) on the tiny model."""
 
 import copy
 import weakref
@@ -20,14 +20,14 @@ def batch(processor, questions, audios):
     return processor(text=texts, audio=[{"array": a, "sampling_rate": 16000} for a in audios], padding_side="left")
 
 
-def test_generate_fast_gives_the_plain_greedy_tokens(model, processor):
+def test_generate_with_static_cache_gives_the_plain_greedy_tokens(model, processor):
     inputs = batch(processor, QUESTIONS[:3], [tone(1.0, freq=300), tone(31.0, freq=1200), tone(3.0, freq=2000)])
     assert len(set(inputs["attention_mask"].sum(1).tolist())) == 3  # left padding really in play
     plain = model.generate(**inputs, **GREEDY)
-    fast = model.generate_fast(**inputs, **GREEDY)
+    fast = model.generate_with_static_cache(**inputs, **GREEDY)
     assert torch.equal(plain, fast)
     single = batch(processor, QUESTIONS[3:4], [tone(2.0, freq=700)])
-    assert torch.equal(model.generate(**single, **GREEDY), model.generate_fast(**single, **GREEDY))
+    assert torch.equal(model.generate(**single, **GREEDY), model.generate_with_static_cache(**single, **GREEDY))
 
 
 def test_int8_linear_matches_the_float_layer():
@@ -116,7 +116,7 @@ def test_w8a8_model_agrees_with_float_and_generation_matches_its_fast_path(model
         ref_logits, q_logits = model(**inputs).logits[:, -1], quantized(**inputs).logits[:, -1]
     r = torch.corrcoef(torch.stack([ref_logits.flatten(), q_logits.flatten()]))[0, 1]
     assert r > 0.98, r
-    assert torch.equal(quantized.generate(**inputs, **GREEDY), quantized.generate_fast(**inputs, **GREEDY))
+    assert torch.equal(quantized.generate(**inputs, **GREEDY), quantized.generate_with_static_cache(**inputs, **GREEDY))
 
 
 def test_load_int8_gives_the_model_quantise_after_load_gives(tiny_dir):
