@@ -1,4 +1,5 @@
-"""A few TRL SFTTrainer steps on the tiny model: what trains, what stays frozen, and that the audio is used."""
+"""TRL's own `SFTTrainer` on the tiny model, with no project code between them (`tests/test_train_sft.py` tests the
+project's script and trainer): what trains, what stays frozen, and that the audio is used."""
 
 import torch
 from conftest import chat, tone
