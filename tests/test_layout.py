@@ -2,6 +2,7 @@
 and no shipped file imports them; and no two of the project's files import each other, directly or round a circle."""
 
 import ast
+import re
 from pathlib import Path
 
 from tinygiant.publish import ROOT_SCRIPTS, SHIPPED_CODE
@@ -141,3 +142,16 @@ def test_the_circle_finder_sees_function_level_imports(tmp_path, monkeypatch):
     assert import_circles() == [["benchmarks/one.py", "benchmarks/two.py", "benchmarks/one.py"],
                                 ["tinygiant/__init__.py", "tinygiant/c.py", "tinygiant/__init__.py"],
                                 ["tinygiant/a.py", "tinygiant/b.py", "tinygiant/a.py"]]
+
+
+def test_the_readme_is_a_landing_page_whose_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 180
+    assert readme.split("\n", 3)[2].startswith("```") and "bash install.sh" in readme.split("```")[1]
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    for page in pages:
+        assert f"(docs/{page.name})" in readme, page.name
+    for document in [ROOT / "README.md", *pages]:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", document.read_text()):
+            if not re.match(r"[a-z]+://", target):
+                assert (document.parent / target).exists(), (document.name, target)

@@ -1,6 +1,6 @@
 """The web app in a real browser: `app.py` serves a tiny checkpoint on 127.0.0.1, headless Chromium uses it.
 
-Set `WEB_APP_SCREENSHOT=docs/web_app.png` to refresh the README's screenshot (by default it goes to the test's
+Set `WEB_APP_SCREENSHOT=docs/web_app.png` to refresh the screenshot in docs/web_app.md (by default it goes to the test's
 temporary folder), `WEB_APP_MODEL=<checkpoint>` to serve a trained model instead of a tiny random one, and
 `WEB_APP_MAX_NEW_TOKENS` (default 12) to let it finish its reasoning.
 """

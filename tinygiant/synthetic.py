@@ -195,7 +195,7 @@ def count_beeps(rng, sampling_rate, multiple_choice=True, answer=None):
     time-averaged Whisper frames of held-out clips read the count right 55 % of the time with variable lengths (57 % at
     N = 32, so the token budget was not what limited it), and 93 % once the length was fixed (N = 6). With one length
     the count reaches the LLM (probes of a demo run: 90 % from the time-averaged frames, 70 % from its trained audio
-    embeddings), but after the demo's 2,000 steps the model still answers it at chance (see the README).
+    embeddings), but after the demo's 2,000 steps the model still answers it at chance (see docs/training.md).
     """
     answer = _pick(rng, "count_beeps", answer)
     n = NUMBERS.index(answer) + 1
