@@ -139,7 +139,7 @@ def pool_per_audio(frames, lengths, num_tokens):
     return torch.stack(pooled)
 
 
-def mean_instruction_embedding(inputs_embeds, instruction_mask):
+def mean_instruction_embedding(inputs_embeds: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:
     """q_intent (eq. 11): the mean of `inputs_embeds` (batch, seq, d) over the `instruction_mask`ed tokens, per row;
     a row without instruction tokens gets zeros."""
     mask = instruction_mask[..., None].to(inputs_embeds.dtype)
@@ -248,7 +248,10 @@ class TinyGiantAudioMixin:
         return self
 
     @torch.no_grad()
-    def encode_audio(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+    def encode_audio(
+        self, whisper_input_features: torch.Tensor, clap_input_features: torch.Tensor, whisper_lengths: torch.Tensor,
+        htsat_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Run the frozen encoders: returns F_w and F_h pooled to N steps, and c_clap (None without the gate)."""
         n = self.config.num_audio_tokens
         whisper_frames = self.encode_whisper(whisper_input_features, whisper_lengths)  # (1)
@@ -281,7 +284,7 @@ class TinyGiantAudioMixin:
             frames[windows, :length] = whisper_encoder_on_real_frames(self.whisper_encoder, mels)
         return frames
 
-    def enable_audio_cache(self, max_items=32):
+    def enable_audio_cache(self, max_items: int = 32) -> "AudioEncoderCache":
         """Keep the frozen encoders' outputs of the last `max_items` audios (`AudioEncoderCache`); returns the cache."""
         self.audio_cache = AudioEncoderCache(max_items)
         return self.audio_cache
@@ -313,15 +316,15 @@ class TinyGiantAudioMixin:
 
     def get_audio_features(
         self,
-        whisper_input_features=None,
-        clap_input_features=None,
-        whisper_lengths=None,
-        htsat_lengths=None,
-        intent_query=None,
-        whisper_frames=None,
-        htsat_frames=None,
-        clap_vector=None,
-    ):
+        whisper_input_features: torch.Tensor | None = None,
+        clap_input_features: torch.Tensor | None = None,
+        whisper_lengths: torch.Tensor | None = None,
+        htsat_lengths: torch.Tensor | None = None,
+        intent_query: torch.Tensor | None = None,
+        whisper_frames: torch.Tensor | None = None,
+        htsat_frames: torch.Tensor | None = None,
+        clap_vector: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPooling:
         """Encoders + projector: `pooler_output` holds the (audios, N, d_model) embeddings that replace placeholders.
 
         Pass either the mels (and lengths) or the encoders' precomputed pooled outputs `whisper_frames` (audios, N,
@@ -374,7 +377,9 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_placeholder_mask(self, input_ids, inputs_embeds, num_audios):
+    def get_placeholder_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, num_audios: int
+    ) -> torch.Tensor:
         """(batch, seq) mask of the audio placeholder positions; raises unless each audio has exactly N of them."""
         if input_ids is not None:
             mask = input_ids == self.config.audio_token_id
@@ -393,7 +398,9 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
             )
         return mask
 
-    def get_intent_query(self, inputs_embeds, instruction_mask, placeholder_mask):
+    def get_intent_query(
+        self, inputs_embeds: torch.Tensor, instruction_mask: torch.Tensor, placeholder_mask: torch.Tensor
+    ) -> torch.Tensor:
         """q_intent per audio: the mean input embedding over its sample's instruction tokens (eq. 11)."""
         if instruction_mask is None:
             raise ValueError("the intent query needs `instruction_mask` (TinyGiantProcessor returns it)")
@@ -406,17 +413,17 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
 
     def embed_inputs(
         self,
-        input_ids=None,
-        inputs_embeds=None,
-        whisper_input_features=None,
-        clap_input_features=None,
-        whisper_lengths=None,
-        htsat_lengths=None,
-        instruction_mask=None,
-        whisper_frames=None,
-        htsat_frames=None,
-        clap_vector=None,
-    ):
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        whisper_input_features: torch.Tensor | None = None,
+        clap_input_features: torch.Tensor | None = None,
+        whisper_lengths: torch.Tensor | None = None,
+        htsat_lengths: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+        whisper_frames: torch.Tensor | None = None,
+        htsat_frames: torch.Tensor | None = None,
+        clap_vector: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The LLM's input embeddings: the tokens' embeddings with each audio's N projector outputs scattered into its
         placeholders (eq. 15's input). `forward` runs on them; other LLM runtimes can too (`llamacpp_tinygiant`)."""
         if (input_ids is None) == (inputs_embeds is None):

@@ -271,7 +271,7 @@ def is_conversation(inputs):
     )
 
 
-def load_pipeline(model, int8=False, **kwargs):
+def load_pipeline(model: str | Path, int8: bool | str = False, **kwargs) -> "TinyGiantAudioReasoningPipeline":
     """`pipeline("audio-reasoning")` on a TinyGiant folder or Hub repo (`model`), with `trust_remote_code=True`.
 
     A folder or repo that ships this file runs its own copy. A folder saved by hand with `model.save_pretrained` has

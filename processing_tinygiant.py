@@ -83,7 +83,7 @@ CHAT_TEMPLATE = """\
 AUDIO_DICT_KEYS = {"array", "sampling_rate", "path", "bytes"}
 
 
-def load_audio(audio, sampling_rate=None):
+def load_audio(audio, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Return `(mono float32 waveform, sampling_rate)` for one audio input: the one audio reader of the project.
 
     Accepts a file path, an http(s) or file URL, the bytes of a file, a `{"array", "sampling_rate"}` dict, a
@@ -249,19 +249,19 @@ class TinyGiantProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        text=None,
+        text: str | list[str] | None = None,
         audio=None,
-        sampling_rate=None,
-        output_labels=False,
-        extract_audio_features=True,
+        sampling_rate: int | None = None,
+        output_labels: bool = False,
+        extract_audio_features: bool = True,
         padding=True,
-        padding_side=None,
-        return_tensors="pt",
+        padding_side: str | None = None,
+        return_tensors: str | None = "pt",
         images=None,
         videos=None,
-        return_labels=None,
+        return_labels: bool | None = None,
         **kwargs,
-    ):
+    ) -> BatchFeature:
         """Tokenize `text` (a string or a list) and extract features of `audio` (one item or a list).
 
         Each `<audio>` in the text takes the next audio, in order; their counts must match. `sampling_rate` is the
@@ -303,7 +303,7 @@ class TinyGiantProcessor(ProcessorMixin):
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def extract_audio_features(self, audios, sampling_rate=None):
+    def extract_audio_features(self, audios: list, sampling_rate: int | None = None) -> dict[str, np.ndarray]:
         """The encoders' inputs for a list of audios (any input `load_audio` takes; `sampling_rate` for raw arrays).
 
         Returns numpy arrays: `whisper_input_features` (windows, 128, 3000), `clap_input_features` (windows, 1, 1001,
@@ -374,7 +374,7 @@ class TinyGiantProcessor(ProcessorMixin):
                       return_tensors=return_tensors, **(processor_kwargs or {}))
         return inputs if return_dict else inputs["input_ids"]
 
-    def pad(self, items, padding_side="left"):
+    def pad(self, items: list, padding_side: str = "left") -> BatchFeature:
         """One batch from items the processor made one at a time (each a batch of one prompt).
 
         Token tensors (`input_ids`, `attention_mask`, `instruction_mask`, `labels`) are padded to the longest, on the
