@@ -114,10 +114,12 @@ def ask(browser, question, choices="", timeout=120):
     before = status(browser)
     browser.find_element(By.ID, "ask").click()
     # Every final status is new: an answer's names its question number, an error starts with a warning sign. One read
-    # per check, returned as it was read: the status passes through "Listening and thinking…" in between.
+    # per check, returned as it was read: in between, the status shows "Listening and thinking…", and Gradio puts
+    # its timer ("0.1s") over the old text while the event is pending.
     def final_status(b):
         text = status(b)
-        return text if text != before and ("follow-up" in text or "⚠" in text) else False
+        pending = re.match(r"\d+(\.\d+)?s\b", text)
+        return text if text != before and not pending and ("follow-up" in text or "⚠" in text) else False
 
     return WebDriverWait(browser, timeout).until(final_status)
 
