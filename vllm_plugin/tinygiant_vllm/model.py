@@ -19,6 +19,7 @@ long) is refused there, in the API process, with a `ValueError` naming the probl
 """
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable
 
@@ -58,7 +59,12 @@ DUMMY_SAMPLING_RATE = 16000
 
 def checkpoint_code(model_config, qualified_name):
     """`module.attribute` from the checkpoint's own remote code (the `.py` files beside its config)."""
-    return get_class_from_dynamic_module(qualified_name, model_config.model, revision=model_config.revision)
+    return _checkpoint_code(model_config.model, model_config.revision, qualified_name)
+
+
+@functools.lru_cache
+def _checkpoint_code(model, revision, qualified_name):  # once per process: the processor asks on every request
+    return get_class_from_dynamic_module(qualified_name, model, revision=revision)
 
 
 # ---------------------------------------------------------------------------------------------------
