@@ -218,11 +218,8 @@ def test_one_clip_then_another_question_about_it(client, reference, checkpoints,
     answers = [assert_matches(client, reference, messages)[0] for messages in asked]
     assert answers[0] != answers[1]
     # A fresh server, started with the plain documented command, asked the second question first.
-    plain = [vllm_executable(), "serve", str(checkpoints["full"]), "--trust-remote-code",
-             "--reasoning-parser", "tinygiant"]
-    fresh = VllmServer(checkpoints["full"], port=free_port(), extra_args=TEST_FLAGS, log_path=tmp_path / "fresh.log")
-    port = fresh.command[fresh.command.index("--port") + 1]
-    fresh.command = [*plain, "--port", port, *TEST_FLAGS]
+    fresh = VllmServer(checkpoints["full"], port=free_port(), extra_args=TEST_FLAGS, log_path=tmp_path / "fresh.log",
+                       plain=True)
     with fresh:
         fresh_client = openai.OpenAI(base_url=fresh.url, api_key="none", max_retries=0, timeout=120)
         assert ask(fresh_client, asked[1])[0] == answers[1]

@@ -56,8 +56,9 @@ class ChatEndpoint:
         self.model, self.concurrency, self.system_prompt = model, concurrency, system_prompt
         self.limiter = RateLimiter(qps)
 
-    def __call__(self, inputs, batch_size=None, max_new_tokens=1024, do_sample=False, **unused):
-        """Outputs for one input dict or a list of them, in order; `batch_size` is accepted as the pipeline's is."""
+    def __call__(self, inputs, batch_size=None, max_new_tokens=1024, do_sample=False):
+        """Outputs for one input dict or a list of them, in order; `batch_size` is accepted as the pipeline's is (the
+        requests in flight are bounded by `concurrency`)."""
         single = isinstance(inputs, dict)
         items = [inputs] if single else list(inputs)
         with ThreadPoolExecutor(self.concurrency) as pool:

@@ -73,8 +73,14 @@ class VllmServer:
     """
 
     def __init__(self, model, host="127.0.0.1", port=8000, extra_args=(), log_path=None, timeout=600, env=None,
-                 audio_limit=DEFAULT_AUDIO_LIMIT):
-        self.command = serve_command(model, host, port, audio_limit, extra_args)
+                 audio_limit=DEFAULT_AUDIO_LIMIT, plain=False):
+        # `plain=True`: only `vllm serve MODEL --trust-remote-code --reasoning-parser tinygiant` and `extra_args`, the
+        # command a user types by hand (no default system prompt, vLLM's own audio limit).
+        self.command = (
+            [vllm_executable(), "serve", str(model), "--trust-remote-code", "--reasoning-parser", "tinygiant",
+             "--host", host, "--port", str(port), *extra_args]
+            if plain else serve_command(model, host, port, audio_limit, extra_args)
+        )
         self.base = f"http://{host}:{port}"
         self.url = f"{self.base}/v1"
         self.log_path = Path(log_path) if log_path else None
