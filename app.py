@@ -1,23 +1,35 @@
 """TinyGiant web app: record or upload a sound, ask about it, watch the reasoning stream, ask follow-ups.
 
     python app.py [--model REPO_OR_FOLDER] [--port 7860] [--examples DIR] [--no-int8]
-    tinygiant serve [same options]   # writes synthetic example clips first, then runs this app
+    python app.py --backend http://127.0.0.1:8000/v1     # the model on a vLLM server instead of in this process
+    tinygiant serve [same options]                       # writes synthetic example clips first, then runs this app
+    tinygiant serve --engine vllm --model DIR            # starts a vLLM server and this app on it
 
 Named `app.py` as Hugging Face Spaces expect; `tinygiant publish --space DIR` writes a Space folder around it. It needs
-`gradio`, `transformers`, `soundfile` and `soxr`, and only its sibling `parsing_tinygiant.py` (the prompt format, one
-place) of TinyGiant's files: the model runs its checkpoint's own remote code.
+`gradio`, `transformers`, `soundfile` and `soxr` (and `openai` for `--backend`), and only its sibling
+`parsing_tinygiant.py` (the prompt format, one place) of TinyGiant's files: the model runs its checkpoint's own remote
+code, or on a server.
 
-- The model is `--model`, else `$TINYGIANT_MODEL`, else the `"model"` of `space.json` beside this file (which
-  `tinygiant publish --space` writes): `default_model()`, the one home of that rule; `tinygiant ask` and
+- Where the model runs (a backend): in this process (`PipelineBackend`, the default: a laptop, a CPU Space), or behind
+  an OpenAI-compatible server (`ServerBackend`, `--backend URL` or `$TINYGIANT_BACKEND`: TinyGiant on vLLM, which
+  batches the requests of several users at once; the app then holds no model).
+- In process, the model is `--model`, else `$TINYGIANT_MODEL`, else the `"model"` of `space.json` beside this file
+  (which `tinygiant publish --space` writes): `default_model()`, the one home of that rule; `tinygiant ask` and
   `tinygiant serve` load it from here and add their own fallbacks. On a CPU its linear layers run as int8, and its
-  language model on llama.cpp if llama-cpp-python is installed (`--no-int8` keeps floats and PyTorch).
-- Follow-up questions in one chat are about the same clip; its encoder outputs come from the pipeline's audio cache,
-  so only the projector and the language model run again. A new clip starts a new chat.
+  language model on llama.cpp if llama-cpp-python is installed (`--no-int8` keeps floats and PyTorch). With
+  `--backend`, `--model` is the served model's name (default: the server's only model).
+- Follow-up questions in one chat are about the same clip; its encoder outputs come from the audio cache (the
+  pipeline's, or the server's), so only the projector and the language model run again. A new clip starts a new chat.
 - Example clips: `examples.json` in `--examples` (default `examples/` beside this file, as a Space ships them), a
   list of `{"audio": file name, "question": ..., "choices": [...]}`. They are written by `tinygiant serve` /
   `tinygiant publish --space` from TinyGiant's synthetic generator, so this file needs no generator of its own.
-- One request runs at a time (a queue): two users never share the CPU cores mid-answer.
+- In process, one request runs at a time (a queue): two users never share the CPU cores mid-answer. On a server,
+  `--concurrency` requests (default 16) are in flight at once.
 - Bad input (no clip, a file that is not audio, a clip over `--max-seconds`) is explained in the page.
+- For code, one named endpoint: `/answer(audio, question, choices)`, one question about one clip, returning
+  `{"thinking", "answer", "choice", "text"}` (`gradio_client.Client(url).predict(handle_file("clip.wav"), "How many beeps?",
+  ["two", "three"], api_name="/answer")`); bad input raises the page's sentence as an error. The chat's own events are
+  private.
 """
 
 import argparse
@@ -34,11 +46,13 @@ import torch
 from transformers import TextIteratorStreamer, pipeline
 
 try:
-    from .parsing_tinygiant import conversation as new_conversation, format_question, parse_response
+    from .parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,
+                                    format_question, openai_messages, parse_output, parse_response)
 except ImportError:
     if __package__:  # run as part of a package: the sibling is there, so a dependency it imports is missing
         raise
-    from parsing_tinygiant import conversation as new_conversation, format_question, parse_response  # beside this file
+    from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,  # beside
+                                   format_question, openai_messages, parse_output, parse_response)  # this file
 
 HERE = Path(__file__).resolve().parent
 MAX_SECONDS = 120.0  # a 2-core CPU takes about a second per second of audio to encode; the model takes up to 600
@@ -60,6 +74,96 @@ def load_model(model, int8=None):
         int8 = not torch.cuda.is_available()
     llama_cpp = bool(int8) and importlib.util.find_spec("llama_cpp") is not None
     return pipeline("audio-reasoning", model=model, trust_remote_code=True, int8=int8, llama_cpp=llama_cpp)
+
+
+class PipelineBackend:
+    """The model in this process (an `audio-reasoning` pipeline); one request at a time."""
+
+    concurrency = 1
+
+    def __init__(self, pipe, call_kwargs=None):
+        self.pipe, self.call_kwargs = pipe, dict(call_kwargs or {})
+
+    def stream(self, conversation, choices=None):
+        """Yields `(text so far, None)` while the model writes, then `(text, the pipeline's result)`."""
+        streamer = TextIteratorStreamer(self.pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        outcome = {}
+
+        def generate():
+            try:
+                outcome["result"] = self.pipe(conversation, choices=choices, streamer=streamer, **self.call_kwargs)
+            except Exception as error:  # raised below, in the caller's thread; the streamer must still end
+                outcome["error"] = error
+                streamer.end()
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text, None
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["result"]["text"], outcome["result"]
+
+
+class ServerBackend:
+    """The model behind an OpenAI-compatible chat server at `url` (TinyGiant on vLLM: `tinygiant serve --engine vllm`),
+    streamed; `concurrency` requests at once. `call_kwargs` are the pipeline's names: `max_new_tokens`, `do_sample`
+    (False: greedy) and `system_prompt` (`""`: none; by default the server's, which a TinyGiant server sets to the
+    pipeline's). Its result has the pipeline's fields, read by the same rule (`parse_output`)."""
+
+    def __init__(self, url, model=None, call_kwargs=None, concurrency=16, timeout=600.0, api_key=None):
+        import openai
+
+        self.openai = openai
+        self.client = openai.OpenAI(base_url=url, api_key=api_key or os.environ.get("TINYGIANT_BACKEND_API_KEY")
+                                    or "none", timeout=timeout, max_retries=2)
+        try:
+            self.model = model or self.client.models.list().data[0].id
+        except openai.APIError as error:
+            raise RuntimeError(f"the model server at {url} did not answer: {error}") from error
+        call_kwargs = dict(call_kwargs or {})
+        self.system_prompt = call_kwargs.pop("system_prompt", None)
+        self.request = {"max_tokens": call_kwargs.pop("max_new_tokens", None)}
+        if call_kwargs.pop("do_sample", True) is False:
+            self.request["temperature"] = 0.0
+        if call_kwargs:
+            raise ValueError(f"a server backend takes max_new_tokens, do_sample and system_prompt, not {sorted(call_kwargs)}")
+        if self.system_prompt == "":
+            self.request["extra_body"] = NO_DEFAULT_SYSTEM_PROMPT
+        self.concurrency = concurrency
+
+    def stream(self, conversation, choices=None):
+        """Yields `(text so far, None)` as the server streams, then `(text, result)`."""
+        if self.system_prompt and conversation[0]["role"] != "system":
+            conversation = [{"role": "system", "content": self.system_prompt}, *conversation]
+        content = reasoning = finish_reason = None
+        try:
+            chunks = self.client.chat.completions.create(model=self.model, messages=openai_messages(conversation),
+                                                         stream=True, **self.request)
+            for chunk in chunks:
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                piece = getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None)
+                if piece:
+                    reasoning = (reasoning or "") + piece
+                if delta.content:
+                    content = (content or "") + delta.content
+                finish_reason = chunk.choices[0].finish_reason or finish_reason
+                yield chat_reply_text(content, reasoning), None
+        except self.openai.APIStatusError as error:  # the server's own message says what was wrong
+            message = error.body.get("message") if isinstance(error.body, dict) else None
+            raise RuntimeError(f"the model server refused the request: {message or error}") from error
+        except self.openai.APIError as error:
+            raise RuntimeError(f"the model server did not answer: {error}") from error
+        text = chat_reply_text(content, reasoning)
+        result = parse_output(text, choices, finished=finish_reason != "length")
+        reply = {"role": "assistant", "content": result["answer"] or "", "reasoning_content": result["thinking"]}
+        result["generated_text"] = [*conversation, reply]
+        yield text, result
 
 
 def clip_problem(path, max_seconds):
@@ -102,55 +206,41 @@ def chat_messages(history, text, done):
     return history + reply
 
 
-def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, call_kwargs=None):
-    """The Gradio Blocks app around `pipe` (an `audio-reasoning` pipeline); `call_kwargs` go to each of its calls."""
+def build_app(backend, examples_dir=None, max_seconds=MAX_SECONDS):
+    """The Gradio Blocks app on `backend` (a `PipelineBackend` or a `ServerBackend`)."""
     import gradio as gr  # here, so that the tools can read `default_model` without gradio installed
 
-    call_kwargs = dict(call_kwargs or {})
+    def first_question(audio, question, choices):
+        """(a new conversation about `audio`, its user text) or raises `ValueError` with the sentence to show."""
+        problem = clip_problem(audio, max_seconds)
+        if problem:
+            raise ValueError(problem)
+        user_text = format_question(question, choices)
+        return new_conversation(user_text, system_prompt=None, audio=audio), user_text  # the backend adds its system turn
 
     def ask(audio, question, choices_text, history, state):
         previous = state = dict(state or {})  # kept if this question fails
-        problem = None if audio and audio == state.get("clip") else clip_problem(audio, max_seconds)
-        if problem:
-            yield history, state, f"⚠️ {problem}"
-            return
         choices = parse_choices(choices_text or "")
         try:
-            user_text = format_question(question, choices)
+            if audio and audio == state.get("clip"):  # a follow-up about the same clip
+                user_text = format_question(question, choices)
+                conversation = [*state["conversation"], {"role": "user", "content": user_text}]
+            else:  # a new clip: a new conversation about it
+                conversation, user_text = first_question(audio, question, choices)
+                state, history = {"clip": audio}, [{"role": "user", "content": gr.Audio(audio)}]
         except ValueError as error:
-            yield history, state, f"⚠️ {str(error).capitalize()}."
+            yield history, previous, f"⚠️ {capitalized(error)}"
             return
-        if audio != state.get("clip"):  # a new clip: a new conversation about it (the pipeline adds its system turn)
-            state = {"clip": audio}
-            history = [{"role": "user", "content": gr.Audio(audio)}]
-            conversation = new_conversation(user_text, system_prompt=None, audio=audio)
-        else:
-            conversation = [*state["conversation"], {"role": "user", "content": user_text}]
         history = [*history, {"role": "user", "content": user_text}]
-
-        streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        outcome = {}
-
-        def generate():
-            try:
-                outcome["result"] = pipe(conversation, choices=choices, streamer=streamer, **call_kwargs)
-            except Exception as error:  # shown in the page; the streamer must still end
-                outcome["error"] = error
-                streamer.end()
-
         start = time.perf_counter()
-        worker = threading.Thread(target=generate, daemon=True)
-        worker.start()
-        text = ""
         yield history, state, "Listening and thinking…"
-        for piece in streamer:
-            text += piece
-            yield chat_messages(history, text, done=False), state, "Listening and thinking…"
-        worker.join()
-        if "error" in outcome:
-            yield history, previous, f"⚠️ {outcome['error']}"
+        try:
+            for text, result in backend.stream(conversation, choices):
+                if result is None:
+                    yield chat_messages(history, text, done=False), state, "Listening and thinking…"
+        except Exception as error:  # shown in the page
+            yield history, previous, f"⚠️ {capitalized(error)}"
             return
-        result = outcome["result"]
         shown = chat_messages(history, result["text"], done=True)
         if result["answer"] is None:
             shown.append({"role": "assistant", "content": "No answer: the reasoning reached the length limit."})
@@ -161,6 +251,18 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, call_kwargs=None
         asked = sum(message["role"] == "user" for message in state["conversation"])
         yield shown, state, (f"Answered question {asked} about this clip in {time.perf_counter() - start:.1f} s. "
                              "Ask a follow-up, or give a new clip.")
+
+    def answer(audio, question, choices):
+        """One question about one clip (`choices`: a list of 2 to 6 options, or empty). Returns the model's
+        `thinking`, its `answer` (None if the output reached the length limit first), the `choice` it picks (None
+        without choices, or when none matches) and its whole output `text`."""
+        try:
+            conversation, _ = first_question(audio, question, list(choices or []) or None)
+            *_, (_, result) = backend.stream(conversation, list(choices or []) or None)
+        except Exception as error:
+            raise gr.Error(capitalized(error), print_exception=False) from error
+        return {"thinking": result["thinking"], "answer": result["answer"], "choice": result.get("choice"),
+                "text": result["text"]}
 
     with gr.Blocks(title="TinyGiant") as app:
         gr.Markdown("# TinyGiant\nAsk a question about a sound, some music or speech. The model reasons, then answers.")
@@ -180,11 +282,23 @@ def build_app(pipe, examples_dir=None, max_seconds=MAX_SECONDS, call_kwargs=None
         if examples:
             gr.Examples(examples, inputs=[audio, question, choices], label="Example clips")
         inputs, outputs = [audio, question, choices, chatbot, state], [chatbot, state, status]
-        send.click(ask, inputs, outputs)
-        question.submit(ask, inputs, outputs)
-        clear.click(lambda: ([], {}, "Give a clip and a question."), None, outputs)
-    app.queue(default_concurrency_limit=1)
+        send.click(ask, inputs, outputs, api_visibility="private")
+        question.submit(ask, inputs, outputs, api_visibility="private")
+        clear.click(lambda: ([], {}, "Give a clip and a question."), None, outputs, api_visibility="private")
+        with gr.Column(visible=False):  # the `/answer` endpoint's own inputs and output, never shown
+            api_audio = gr.Audio(type="filepath", label="audio")
+            api_question = gr.Textbox(label="question")
+            api_choices = gr.Dropdown(label="choices", multiselect=True, allow_custom_value=True, choices=[])
+            api_result = gr.JSON(label="result")
+            gr.Button().click(answer, [api_audio, api_question, api_choices], api_result, api_name="answer")
+    app.queue(default_concurrency_limit=backend.concurrency)
     return app
+
+
+def capitalized(error):
+    """An error's message as a sentence."""
+    text = str(error).strip() or type(error).__name__
+    return text[0].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
 
 
 def read_examples(examples_dir):
@@ -199,7 +313,12 @@ def read_examples(examples_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model(),
-                        help="checkpoint folder or Hub repo id (default: $TINYGIANT_MODEL, else space.json)")
+                        help="checkpoint folder or Hub repo id (default: $TINYGIANT_MODEL, else space.json); with "
+                        "--backend, the served model's name (default: the server's only model)")
+    parser.add_argument("--backend", default=os.environ.get("TINYGIANT_BACKEND"),
+                        help="an OpenAI-compatible server's URL (e.g. http://127.0.0.1:8000/v1) to run the model on "
+                        "instead of this process (default: $TINYGIANT_BACKEND)")
+    parser.add_argument("--concurrency", type=int, default=16, help="with --backend: requests in flight at once")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
     parser.add_argument("--examples", help="folder with examples.json (default: examples/ beside this file)")
@@ -210,8 +329,6 @@ def main(argv=None):
     parser.add_argument("--system-prompt", help="default: the pipeline's (Audio-Reasoner's); '' for none, as the "
                         "offline demo's model was trained")
     args = parser.parse_args(argv)
-    if not args.model:
-        parser.error("no model: pass --model or set TINYGIANT_MODEL")
     call_kwargs = {}
     if args.max_new_tokens:
         call_kwargs["max_new_tokens"] = args.max_new_tokens
@@ -219,8 +336,13 @@ def main(argv=None):
         call_kwargs["do_sample"] = False
     if args.system_prompt is not None:
         call_kwargs["system_prompt"] = args.system_prompt
-    pipe = load_model(args.model, int8=False if args.no_int8 else None)
-    app = build_app(pipe, args.examples, args.max_seconds, call_kwargs)
+    if args.backend:
+        backend = ServerBackend(args.backend, args.model, call_kwargs, concurrency=args.concurrency)
+    elif args.model:
+        backend = PipelineBackend(load_model(args.model, int8=False if args.no_int8 else None), call_kwargs)
+    else:
+        parser.error("no model: pass --model (or --backend), or set TINYGIANT_MODEL")
+    app = build_app(backend, args.examples, args.max_seconds)
     app.launch(server_name=args.host, server_port=args.port)
 
 

@@ -5,8 +5,10 @@ Shared by the pipeline, training data and evaluation, so that the model is alway
 way. Standard library only: this file ships with the remote code.
 """
 
+import base64
 import re
 import string
+from pathlib import Path
 
 LETTERS = string.ascii_lowercase
 
@@ -71,6 +73,56 @@ def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PR
 def question_messages(question, choices=None, system_prompt=SYSTEM_PROMPT):
     """The prompt for a question about one audio (`format_question` checks it), ready for a generation prompt."""
     return conversation(format_question(question, choices), system_prompt=system_prompt)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same conversation over an OpenAI-compatible chat API (TinyGiant on vLLM, or a peer's server)
+# ---------------------------------------------------------------------------------------------------
+
+# A TinyGiant server (`tinygiant serve --engine vllm`) gives a conversation without a system turn the default system
+# prompt, through this chat-template variable; a request that wants no system turn at all sends these extra fields.
+NO_DEFAULT_SYSTEM_PROMPT = {"chat_template_kwargs": {"default_system_prompt": ""}}
+# `input_audio` names the container; the OpenAI API knows wav and mp3, vLLM reads whatever its decoders read.
+AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".m4a": "m4a"}
+
+
+def openai_messages(messages):
+    """`messages` (the form above, each audio item holding a file path or the file's bytes) as the chat API takes
+    them: each audio an `input_audio` part (base64), an assistant turn's `reasoning_content` as `reasoning` (which vLLM
+    hands back to the chat template, so a follow-up is rendered as the pipeline renders it)."""
+    out = []
+    for message in messages:
+        message = dict(message)
+        if isinstance(message.get("content"), list):
+            message["content"] = [_input_audio(item["audio"]) if item.get("type") == "audio" else item
+                                  for item in message["content"]]
+        if "reasoning_content" in message:
+            reasoning = message.pop("reasoning_content")
+            if reasoning is not None:
+                message["reasoning"] = reasoning
+        out.append(message)
+    return out
+
+
+def _input_audio(audio):
+    if isinstance(audio, (bytes, bytearray)):
+        data, container = bytes(audio), "wav"
+    elif isinstance(audio, (str, Path)) and Path(audio).is_file():
+        data, container = Path(audio).read_bytes(), AUDIO_FORMATS.get(Path(audio).suffix.lower(), "wav")
+    else:
+        raise ValueError(f"an audio sent to a chat API must be a file path or the file's bytes, got {audio!r:.80}")
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": container}}
+
+
+def chat_reply_text(content=None, reasoning=None):
+    """The model's output text from a chat API reply, as the pipeline would decode it: a server with a reasoning
+    parser sends the think block as `reasoning` and the rest as `content` (either may still be arriving, or be None);
+    a server without one sends it all as `content`. A think block whose answer has not begun stays open."""
+    if reasoning is None:
+        return content or ""
+    if content is None:
+        return f"<think>\n{reasoning}"
+    return f"<think>\n{reasoning}\n</think>\n\n{content}"
 
 
 def cota_to_messages(user, assistant, system_prompt=None):
@@ -185,6 +237,17 @@ def parse_response(text, choices=None):
     if choices is not None:
         result["choice"] = _select_choice(answer, [str(c).strip() for c in choices])
     return result
+
+
+def parse_output(text, choices=None, finished=True):
+    """`parse_response`, with the rule for an output cut at the length limit (`finished=False`: no end-of-sequence
+    token, or a chat API's `finish_reason == "length"`): its answer is missing, so it has none and picks no choice."""
+    output = parse_response(text, choices)
+    if not finished:
+        output["answer"] = None
+        if "choice" in output:
+            output["choice"] = None
+    return output
 
 
 def _letter(answer):

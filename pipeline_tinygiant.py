@@ -34,13 +34,13 @@ from transformers.utils import logging
 try:
     from .int8_tinygiant import quantize_int8
     from .llamacpp_tinygiant import GGUF_WEIGHTS, LlamaCppDecoder
-    from .parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_response, question_messages
+    from .parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_output, question_messages
 except ImportError:
     if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
         raise
     from int8_tinygiant import quantize_int8  # this repository, imported as top-level modules
     from llamacpp_tinygiant import GGUF_WEIGHTS, LlamaCppDecoder
-    from parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_response, question_messages
+    from parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_output, question_messages
 
 logger = logging.get_logger(__name__)
 
@@ -220,12 +220,9 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
 
     def postprocess(self, model_outputs):
         text = self.tokenizer.decode(model_outputs["new_tokens"], skip_special_tokens=True)
-        result = parse_response(text, model_outputs["choices"])
+        result = parse_output(text, model_outputs["choices"], finished=bool(model_outputs["finished"]))
         if not model_outputs["finished"]:
             logger.warning("generation stopped at the token limit before the answer; raise `max_new_tokens`")
-            result["answer"] = None
-            if "choice" in result:
-                result["choice"] = None
         if model_outputs.get("conversation") is not None:
             reply = {"role": "assistant", "content": result["answer"] or "", "reasoning_content": result["thinking"]}
             result["generated_text"] = [*model_outputs["conversation"], reply]

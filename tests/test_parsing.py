@@ -1,8 +1,10 @@
 """Tests for parsing_tinygiant: how a question is written into the prompt and how outputs are read back."""
 
+import base64
+
 import pytest
 
-from parsing_tinygiant import format_question, parse_response
+from parsing_tinygiant import chat_reply_text, conversation, format_question, openai_messages, parse_output, parse_response
 
 BIRDS = ["Dog", "Cat", "Parrot", "Owl"]
 
@@ -207,3 +209,27 @@ def test_six_option_question():
     assert parse_response("The answer is (e).", choices)["choice"] == "Five"
     assert parse_response("There are four knocks.", choices)["choice"] == "Four"
     assert parse_response("The answer is G.", choices)["choice"] is None
+
+
+def test_openai_messages_carry_the_audio_and_the_reasoning(tmp_path):
+    clip = tmp_path / "clip.flac"
+    clip.write_bytes(b"fLaC-not-really")
+    messages = conversation("How many?", answer="Two.", reasoning="I hear two.", system_prompt="Be brief.", audio=clip)
+    sent = openai_messages(messages + [{"role": "user", "content": "Sure?"}])
+    assert sent[0] == {"role": "system", "content": "Be brief."}
+    audio, text = sent[1]["content"]
+    assert audio == {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"fLaC-not-really").decode(),
+                                                            "format": "flac"}}
+    assert text == {"type": "text", "text": "How many?"}
+    assert sent[2] == {"role": "assistant", "content": "Two.", "reasoning": "I hear two."}
+    assert sent[3] == {"role": "user", "content": "Sure?"}
+    assert messages[1]["content"][0]["audio"] == clip  # the caller's conversation is left as it was
+    with pytest.raises(ValueError, match="file path or the file's bytes"):
+        openai_messages(conversation("How many?", audio=str(tmp_path / "missing.wav")))
+
+    # A reply split by a reasoning parser reads as the pipeline's output does; an open think block has no answer yet.
+    assert parse_output(chat_reply_text("(b) two", "I hear two."), ["one", "two"]) == parse_output(
+        "<think>\nI hear two.\n</think>\n\n(b) two", ["one", "two"])
+    assert parse_output(chat_reply_text(None, "I hear"))["answer"] is None
+    assert parse_output(chat_reply_text("(b) tw", "I hear two."), ["one", "two"], finished=False)["choice"] is None
+    assert chat_reply_text("<think>x</think>y") == "<think>x</think>y"  # a server without a reasoning parser

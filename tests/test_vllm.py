@@ -242,11 +242,14 @@ def test_audio_url_parts_data_and_http(client, tmp_path):
         files.shutdown()
 
 
-def test_tinygiant_serve_engine_vllm_runs_that_command(monkeypatch):
+def test_tinygiant_serve_engine_vllm_no_app_runs_that_command(monkeypatch):
     ran = []
     monkeypatch.setattr("tinygiant.vllm_server.subprocess.call", lambda command, env: ran.append(command) or 0)
-    assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--", "--dtype", "float32"]) == 0
+    assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--no-app",
+                     "--", "--dtype", "float32"]) == 0
     assert ran == [serve_command("ckpt", port=8123, extra_args=["--dtype", "float32"])]
+    with pytest.raises(SystemExit):  # an app option without the app is a mistake, not a `vllm serve` flag
+        cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--no-app", "--greedy"])
 
 
 def test_default_system_prompt_applies(client):

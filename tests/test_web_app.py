@@ -1,4 +1,7 @@
-"""The web app in a real browser: `app.py` serves a tiny checkpoint on 127.0.0.1, headless Chromium uses it.
+"""The web app in a real browser: `app.py` serves a tiny checkpoint on 127.0.0.1, headless Chromium uses it; and its
+`/answer` endpoint through `gradio_client`. Each test runs on both backends: the model in the app's process
+(`tinygiant serve`) and on a vLLM server (`tinygiant serve --engine vllm`, which starts the server and the app on it;
+float32, so that its greedy answers are transformers').
 
 Set `WEB_APP_SCREENSHOT=docs/web_app.png` to refresh the screenshot in docs/web_app.md (by default it goes to the test's
 temporary folder), `WEB_APP_MODEL=<checkpoint>` to serve a trained model instead of a tiny random one, and
@@ -8,6 +11,7 @@ temporary folder), `WEB_APP_MODEL=<checkpoint>` to serve a trained model instead
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +22,8 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import talkative
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -47,22 +53,32 @@ def checkpoint(tmp_path_factory, tiny_dir, processor):
     return save_checkpoint(model, processor, tmp_path_factory.mktemp("web") / "model")
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory):
-    """`tinygiant serve` (which runs `app.py`) on a free port, with the synthetic examples."""
-    examples = write_examples(tmp_path_factory.mktemp("examples"))
+def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tinygiant", "serve", "--model", str(checkpoint), "--port", str(port), "--no-int8",
-         "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]), "--greedy",
-         "--system-prompt", ""],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT,
-    )
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=["in-process", "vllm"])
+def server(request, checkpoint, tmp_path_factory):
+    """`tinygiant serve` (which runs `app.py`) on a free port, with the synthetic examples; with the `vllm` backend,
+    `tinygiant serve --engine vllm`."""
+    examples = write_examples(tmp_path_factory.mktemp("examples"))
+    port = free_port()
+    logs = tmp_path_factory.mktemp("log")
+    app_args = ["--port", str(port), "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]),
+                "--greedy", "--system-prompt", ""]
+    if request.param == "vllm":
+        command = ["serve", "--engine", "vllm", "--model", str(checkpoint), "--port", str(free_port()),
+                   "--log", str(logs / "vllm.log"), *app_args[2:], "--app-port", str(port),
+                   "--", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"]
+    else:
+        command = ["serve", "--model", str(checkpoint), "--no-int8", *app_args]
+    log = open(logs / "app.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "tinygiant", *command], stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a vLLM server takes a minute or two to start on 2 cores
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -70,12 +86,18 @@ def server(checkpoint, tmp_path_factory):
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
-                process.kill()
-                pytest.fail(f"the app did not start:\n{log.read()[-3000:]}")
+                os.killpg(process.pid, signal.SIGKILL)
+                vllm_log = logs / "vllm.log"
+                pytest.fail(f"the app did not start:\n{log.read()[-3000:]}\n"
+                            f"{vllm_log.read_text()[-3000:] if vllm_log.is_file() else ''}")
             time.sleep(0.5)
     yield url
-    process.terminate()
-    process.wait(timeout=30)
+    process.terminate()  # `tinygiant serve --engine vllm` stops its server on SIGTERM
+    process.wait(timeout=90)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # anything left of the process group
+    except ProcessLookupError:
+        pass
     log.close()
 
 
@@ -155,8 +177,11 @@ def test_ask_and_follow_up_in_the_browser(server, browser, checkpoint, tmp_path)
         time.sleep(0.5)
     shown = words(chat_text(browser))
     assert words(format_question(clip.question, clip.choices)) in shown
-    # The reasoning (each CoTA section's text, under a heading) and the answer, as the pipeline gave them.
-    for part in [*re.split(r"</?\w+>", expected["thinking"] or ""), expected["answer"] or ""]:
+    # The reasoning (each CoTA section's text, under a heading) and the answer, as the pipeline wrote them (the page
+    # shows an answer cut at the length limit too, before saying so).
+    written = parse_response(expected["text"])
+    assert written["thinking"] or written["answer"]
+    for part in [*re.split(r"</?\w+>", written["thinking"] or ""), written["answer"] or ""]:
         assert words(part)[:60] in shown
     if expected["answer"] is None:
         assert words("reached the length limit") in shown
@@ -192,3 +217,33 @@ def test_bad_input_is_explained_in_the_page(server, browser, tmp_path):
     upload(browser, long)
     assert "The clip is 20.0 minutes long" in ask(browser, "What is it?")
     assert "Traceback" not in browser.page_source
+
+
+def test_answer_endpoint_through_gradio_client(server, checkpoint, tmp_path):
+    """The app's one public endpoint, `/answer(audio, question, choices)`, gives the pipeline's thinking, answer and
+    choice; bad input raises the page's sentence; the chat's own events are private."""
+    clip = generate_clip("higher_tone", seed=1)
+    wav = tmp_path / "tones.wav"
+    soundfile.write(wav, clip.waveform, clip.sampling_rate)
+    pipe = load_pipeline(str(checkpoint))
+    expected = pipe(conversation(format_question(clip.question, clip.choices), system_prompt=None, audio=str(wav)),
+                    choices=clip.choices, **GENERATION)
+
+    client = Client(server, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/answer"] and not api["unnamed_endpoints"]
+    assert [p["parameter_name"] for p in api["named_endpoints"]["/answer"]["parameters"]] == ["audio", "question", "choices"]
+
+    result = client.predict(handle_file(str(wav)), clip.question, clip.choices, api_name="/answer")
+    assert {k: result[k] for k in ("thinking", "answer", "choice")} == \
+        {k: expected[k] for k in ("thinking", "answer", "choice")}
+    # The whole output, read without the length rule (a tiny random model rarely ends its answer in 12 tokens).
+    got, wanted = parse_response(result["text"]), parse_response(expected["text"])
+    assert words(wanted["answer"] or wanted["thinking"] or "") and \
+        [words(got[k] or "") for k in ("thinking", "answer")] == [words(wanted[k] or "") for k in ("thinking", "answer")]
+    assert set(client.predict(handle_file(str(wav)), "What is it?", [], api_name="/answer")) == {
+        "thinking", "answer", "choice", "text"}
+    with pytest.raises(AppError, match="needs 2 to 6 choices"):
+        client.predict(handle_file(str(wav)), clip.question, ["one"], api_name="/answer")
+    with pytest.raises(AppError, match="Record or upload a clip first"):
+        client.predict(None, clip.question, [], api_name="/answer")

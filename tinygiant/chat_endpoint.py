@@ -6,39 +6,27 @@
 
 The MMAR harness takes it in place of the in-process pipeline (`tinygiant eval mmar --server URL --server-model
 NAME`), so TinyGiant on vLLM, or a peer (Qwen2-Audio, Audio Flamingo 3, ...) behind any such server, is asked the same
-prompt (`parsing_tinygiant.question_messages`: the system prompt, the question and its lettered choices) and read back
-by the same rule (`parse_response`). The audio goes as an `input_audio` part (the file's bytes, base64). When the
-server splits the reasoning off (`reasoning` in vLLM 0.32, `reasoning_content` in older vLLM and elsewhere), it is
-put back in front of the answer inside `<think>`, so the output is read as the in-process pipeline's is.
+prompt (the system prompt, the question and its lettered choices) and read back by the same rule, both from
+`parsing_tinygiant`: `openai_messages` sends the audio as an `input_audio` part (the file's bytes, base64), and
+`chat_reply_text` puts a reasoning the server split off (`reasoning` in vLLM 0.32, `reasoning_content` in older vLLM
+and elsewhere) back in front of the answer inside `<think>`, so the output is read as the in-process pipeline's is.
 
 Requests run `concurrency` at a time, at most `qps` started per second; the client retries 429s, 5xx and timeouts with
 exponential backoff (`max_retries`). An audio the server refuses (HTTP 400) raises `ValueError` with its message, as
 the pipeline does for bad input; a server that keeps failing raises `RuntimeError`.
 """
 
-import base64
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from parsing_tinygiant import SYSTEM_PROMPT, parse_response, question_messages
+from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT, chat_reply_text, conversation, format_question,
+                               openai_messages, parse_output)
 from tinygiant.rubrics import RateLimiter
-
-# `input_audio` names the container; the OpenAI API knows wav and mp3, vLLM reads whatever its decoders read.
-AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".m4a": "m4a"}
-
-
-def audio_content(path):
-    path = Path(path)
-    data = base64.b64encode(path.read_bytes()).decode()
-    return {"type": "input_audio", "input_audio": {"data": data, "format": AUDIO_FORMATS.get(path.suffix.lower(), "wav")}}
 
 
 def endpoint_messages(audio_path, question, choices=None, system_prompt=SYSTEM_PROMPT):
-    """The pipeline's prompt for one audio file, with the audio as an `input_audio` part."""
-    messages = question_messages(question, choices, system_prompt)
-    user = messages[-1]
-    user["content"] = [audio_content(audio_path) if part["type"] == "audio" else part for part in user["content"]]
-    return messages
+    """The pipeline's prompt for one audio file, as the chat API takes it."""
+    return openai_messages(conversation(format_question(question, choices), system_prompt=system_prompt, audio=audio_path))
 
 
 class ChatEndpoint:
@@ -72,19 +60,13 @@ class ChatEndpoint:
         self.limiter.wait()
         try:
             response = self.client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_new_tokens, temperature=1.0 if do_sample else 0.0)
+                model=self.model, messages=messages, max_tokens=max_new_tokens, temperature=1.0 if do_sample else 0.0,
+                extra_body=None if self.system_prompt else NO_DEFAULT_SYSTEM_PROMPT)
         except self.openai.BadRequestError as error:
             raise ValueError(f"the server refused {item['audio']}: {error}") from error
         except self.openai.APIError as error:  # connection, timeout and status errors, after the retries
             raise RuntimeError(f"{self.client.base_url} failed after retries: {type(error).__name__}: {error}") from error
         choice = response.choices[0]
         reasoning = getattr(choice.message, "reasoning", None) or getattr(choice.message, "reasoning_content", None)
-        text = choice.message.content or ""
-        if reasoning is not None:
-            text = f"<think>\n{reasoning}\n</think>\n\n{text}"
-        output = parse_response(text, item.get("choices"))
-        if choice.finish_reason == "length":  # as the pipeline: an output cut at the limit has no answer
-            output["answer"] = None
-            if "choice" in output:
-                output["choice"] = None
-        return output
+        text = chat_reply_text(choice.message.content, reasoning)
+        return parse_output(text, item.get("choices"), finished=choice.finish_reason != "length")

@@ -1,6 +1,13 @@
 """TinyGiant behind vLLM's OpenAI-compatible server: the command line, and a server that a script can start and stop.
 
-    tinygiant serve --engine vllm --model DIR [--port 8000] [--host 127.0.0.1] [-- any other `vllm serve` flag]
+    tinygiant serve --engine vllm --model DIR [--port 8000] [--host 127.0.0.1] [--app-port 7860] [app options]
+                    [-- any other `vllm serve` flag]
+    tinygiant serve --engine vllm --model DIR --no-app [...]     # the API alone, in the foreground
+
+The first starts the server, then the web app (`app.py --backend`, with the example clips, as `tinygiant serve`) on
+it: several users are answered at once, batched by the engine. Options before `--` that are not this command's go to
+the app (`--max-new-tokens`, `--greedy`, `--system-prompt`, `--examples`, `--concurrency`, ...); the app listens on
+`--host` too. Stopping the app (Ctrl-C, SIGTERM) stops the server.
 
 It runs `vllm serve DIR` (from `$TINYGIANT_VLLM`, else `.venv-vllm/bin/vllm` beside this repository, else `vllm` on
 the PATH) with what a TinyGiant checkpoint needs: `--trust-remote-code` (its config and audio half are remote code),
@@ -133,18 +140,39 @@ class VllmServer:
 
 
 def main(argv=None):
-    """`tinygiant serve --engine vllm`: run vLLM's server in the foreground until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="tinygiant serve --engine vllm", description=__doc__.splitlines()[0])
+    """`tinygiant serve --engine vllm`: the server and the web app on it, or (`--no-app`) the server in the foreground,
+    until Ctrl-C."""
+    argv = list(argv or [])
+    vllm_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="tinygiant serve --engine vllm", description=__doc__.splitlines()[0],
+                                     epilog="Other options before `--` go to the app (see `tinygiant serve --help`); "
+                                     "those after it, to `vllm serve`.")
     parser.add_argument("--engine", choices=["vllm"], default="vllm")
     parser.add_argument("--model", required=True, help="a TinyGiant checkpoint folder or Hub repo id")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="where the server and the app listen")
+    parser.add_argument("--port", type=int, default=8000, help="the server's port")
     parser.add_argument("--audio-limit", type=int, default=DEFAULT_AUDIO_LIMIT, help="audios in one prompt")
-    args, extra = parser.parse_known_args(argv)
-    extra = [a for a in extra if a != "--"]
-    command = serve_command(args.model, args.host, args.port, args.audio_limit, extra)
-    print(" ".join(command[:3]), "...", file=sys.stderr, flush=True)
-    return subprocess.call(command, env=server_environment())
+    parser.add_argument("--app-port", type=int, default=7860, help="the web app's port")
+    parser.add_argument("--no-app", action="store_true", help="run the server alone")
+    parser.add_argument("--log", help="with the app: write the server's output to this file (default: discarded)")
+    args, app_args = parser.parse_known_args(argv)
+    if args.no_app:
+        if app_args:
+            parser.error(f"unknown options {app_args} (options for `vllm serve` go after `--`)")
+        command = serve_command(args.model, args.host, args.port, args.audio_limit, vllm_args)
+        print(" ".join(command[:3]), "...", file=sys.stderr, flush=True)
+        return subprocess.call(command, env=server_environment())
+
+    from tinygiant import web_app
+
+    # SIGTERM as Ctrl-C, so that `with` below stops the server's whole process group on either.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = VllmServer(args.model, args.host, args.port, vllm_args, log_path=args.log, audio_limit=args.audio_limit)
+    print(f"starting vLLM on {server.base} ...", file=sys.stderr, flush=True)
+    with server:
+        web_app.main([*app_args, "--backend", server.url, "--host", args.host, "--port", str(args.app_port)])
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from tinygiant.synthetic import generate_clip
 SPACE_CODE = ("app.py", "parsing_tinygiant.py")
 # One clip per task whose sounds a listener can check by ear, seeded so every run writes the same files.
 EXAMPLE_TASKS = (("count_beeps", 3), ("higher_tone", 1), ("chord_or_note", 2))
-SPACE_REQUIREMENTS = ["gradio>=6,<7", "transformers>=5.24,<6", "torch>=2.4", "soundfile", "soxr", "numpy>=1.26"]
+# `openai` is for `app.py --backend` (a Space whose variable `TINYGIANT_BACKEND` names a server).
+SPACE_REQUIREMENTS = ["gradio>=6,<7", "transformers>=5.24,<6", "torch>=2.4", "soundfile", "soxr", "numpy>=1.26",
+                      "openai>=1.40"]
 
 
 def write_examples(out_dir):
@@ -72,11 +74,11 @@ On CPU hardware the model runs with int8 weights. One request runs at a time.
 
 
 def main(argv=None):
-    """`tinygiant serve`: run `app.py` with the example clips and, without `--model`, the tools' default model
-    (`model_source.default_model`)."""
+    """`tinygiant serve`: run `app.py` with the example clips and, without `--model` (or `--backend`, where the
+    server names its model), the tools' default model (`model_source.default_model`)."""
     argv = list(argv or [])
     asks_help = {"-h", "--help"} & set(argv)
-    if not asks_help and not any(a == "--model" or a.startswith("--model=") for a in argv):
+    if not asks_help and not any(a.split("=")[0] in ("--model", "--backend") for a in argv):
         argv += ["--model", default_model()]
     if not asks_help and not any(a.startswith("--examples") for a in argv):
         argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
