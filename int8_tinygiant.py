@@ -126,7 +126,6 @@ def quantize_int8(model, modules=None, activations="float"):
     Memory: each float weight is dropped as soon as its int8 copy exists, so the process ends up holding about the
     int8 size instead of float + int8, but the peak is the float model's; `load_int8` avoids that peak too.
     """
-    dtype = model.dtype
     lm_head = getattr(model, "lm_head", None)
     for target in modules if modules is not None else [model]:
         for module in target.modules():
@@ -150,7 +149,8 @@ def quantize_int8(model, modules=None, activations="float"):
         tied = lm_head.weight is embeddings.weight
         model.lm_head = Int8Linear.from_linear(lm_head, activations)
         if tied:
-            model.model.language_model.embed_tokens = Int8Embedding(model.lm_head, dtype, embeddings.padding_idx)
+            model.model.language_model.embed_tokens = Int8Embedding(model.lm_head, embeddings.weight.dtype,
+                                                                    embeddings.padding_idx)
         del lm_head, embeddings  # the float table goes now, not when this function returns
     _release_freed_memory()
     audio_cache = getattr(getattr(model, "model", None), "audio_cache", None)

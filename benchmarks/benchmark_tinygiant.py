@@ -6,9 +6,10 @@ path, and a peer side by side, all with random full-size weights (nothing is dow
     python benchmarks/benchmark_tinygiant.py --train   # also a training step: live encoders vs the feature cache
 
 Steps, each in a process of its own so that its peak memory is its own:
-1. limits: bf16 GEMM TFLOP/s and int8 `torch._int_mm` TOP/s on Whisper's FFN shape, memory read GB/s (`sum` over a
-   1 GB array, float32 and bf16, best of 5), with the benchmark's threads; also the GB/s that PyTorch's one-row
-   matmuls (decoding's) reach on Qwen3's shapes, which is what keeps PyTorch's decoding below the ceiling;
+1. limits (`limits.py`, which the serving benchmark uses too): bf16 GEMM TFLOP/s and int8 `torch._int_mm` TOP/s on
+   Whisper's FFN shape, memory read GB/s over arrays larger than the caches, each the median of repeated passes with
+   its spread, with the benchmark's threads; also the GB/s that PyTorch's one-row matmuls (decoding's) reach on
+   Qwen3's shapes (best of 20), which is what keeps PyTorch's decoding below the ceiling;
 2. a random full-size checkpoint is written to a temporary folder (the processor included), so that every path
    loads it as a user would, with its language model as GGUF (bf16 and Q8_0) for llama.cpp;
 3. naive: `from_pretrained(dtype=bf16)` and the plain `model.generate` on the processor's output, as a user first
@@ -42,6 +43,7 @@ import torch
 
 from configuration_tinygiant import TinyGiantConfig
 from int8_tinygiant import Int8Linear, load_int8, quantize_int8
+from limits import measure_limits, passes, ratio_spread
 from measure import (ASSISTANT, NEWLINE, QWEN3_IM_END, QWEN3_IM_START, USER, StepClock, build_random_model, decode_rate,
                      followup_ttft, make_audio, make_processor, measure_peer, memory_mb)
 from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
@@ -264,25 +266,13 @@ def agreement(model, probe, reference_logits, reference_tokens, args):
 
 
 def worker_limits(args):
-    """The machine's rates with this process's threads: bf16 and int8 GEMM on Whisper's FFN shape, memory read."""
-    m, k, n = (256, 512, 1024) if args.quick else (1500, 1280, 5120)
-    a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
-    qa, qb = torch.randint(-127, 128, (m, k), dtype=torch.int8), torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    """The machine's limits (`limits.measure_limits`: medians of repeated passes, with spreads), and what PyTorch's
+    one-row matmuls reach on Qwen3's shapes, with this process's threads."""
+    result = measure_limits(quick=args.quick)
 
-    def best_of(fn, repeats=5):
-        fn()
-        return min(timed(fn)[1] for _ in range(repeats))
+    def best_of(fn, repeats):
+        return min(passes(fn, repeats))
 
-    flops = 2 * m * k * n
-    result = {"bf16_tflops": flops / best_of(lambda: a @ b.T) / 1e12,
-              "int8_tops": flops / best_of(lambda: torch._int_mm(qa, qb.T)) / 1e12}
-    size = 2**26 if args.quick else 2**30
-    rates = []
-    for dtype in (torch.float32, torch.bfloat16):
-        x = torch.ones(size // torch.finfo(dtype).bits * 8, dtype=dtype)
-        rates.append(size / best_of(lambda: x.sum()) / 1e9)
-        del x
-    result["read_gb_per_s"] = max(rates)
     # What batch-1 decoding's matmuls reach: one row through Qwen3's MLP and LM-head shapes, bf16 and int8 weights.
     for name, (k, n) in {"mlp": (1024, 3072), "lm_head": (1024, 151936)}.items():
         if args.quick:
@@ -292,7 +282,7 @@ def worker_limits(args):
         result[f"gemv_{name}_bf16_gb_per_s"] = w.nbytes / best_of(lambda: torch.nn.functional.linear(x, w), 20) / 1e9
         result[f"gemv_{name}_int8_gb_per_s"] = qw.nbytes / best_of(lambda: torch._weight_int8pack_mm(x, qw, scales),
                                                                    20) / 1e9
-    return {k: round(v, 3) for k, v in result.items()}
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
 
 
 def worker_checkpoint(args):
@@ -505,6 +495,13 @@ def ratios(limits, naive, int8, best, peer, whisper_config):
         "int8_peak_rss_vs_resident": int8["peak_rss_load_mb"] / int8["rss_ready_mb"],
     }
     out = {k: round(v, 3) for k, v in out.items()}
+    # Each ratio against a limit, over that limit's spread (`limits.ratio_spread`).
+    out["spread"] = {"decode_vs_ceiling_bf16": ratio_spread(out["decode_vs_ceiling_bf16"], limits, "read_gb_per_s"),
+                     "decode_vs_ceiling_int8": ratio_spread(out["decode_vs_ceiling_int8"], limits, "read_gb_per_s"),
+                     # The floor is mostly int8 (best) or bf16 (naive) GEMM time.
+                     "encoder_vs_floor_best": ratio_spread(out["encoder_vs_floor_best"], limits, "int8_tops", True),
+                     "encoder_vs_floor_naive": ratio_spread(out["encoder_vs_floor_naive"], limits, "bf16_tflops",
+                                                            True)}
     out["best_decoding"] = {"bf16": bf16_name, "int8": int8_name}
     if peer:
         out["peer"] = {"name": peer["name"], "ttft30_ratio": round(best["clip30"]["ttft_s"] / peer["ttft_s"], 3),
@@ -527,10 +524,12 @@ def markdown(report):
     lines = [f"# TinyGiant CPU benchmark ({report['name']})", "",
              f"{report['machine']}; torch {report['torch']}, {report['threads']} threads; {report['wall_s']} s. "
              "Random weights; batch 1; 100-token question; greedy.", "",
-             "| ratio | value | target |", "|---|---:|---|"]
-    lines += [f"| {k} | {v} | {TARGETS.get(k, '')} |" for k, v in flat.items()]
+             "| ratio | value | over the limits' spread | target |", "|---|---:|---|---|"]
+    spread = r.get("spread") or {}
+    lines += [f"| {k} | {v} | {spread.get(k) or ''} | {TARGETS.get(k, '')} |" for k, v in flat.items()]
     lines += ["", f"Limits: bf16 GEMM {lim['bf16_tflops']} TFLOP/s, int8 GEMM {lim['int8_tops']} TOP/s, memory read "
-              f"{lim['read_gb_per_s']} GB/s; one-row matmuls (decoding) reach "
+              f"{lim['read_gb_per_s']} GB/s (medians; spreads {lim.get('bf16_tflops_spread')}, "
+              f"{lim.get('int8_tops_spread')}, {lim.get('read_gb_per_s_spread')}); one-row matmuls (decoding) reach "
               + ", ".join(f"{k[5:-9].replace('_', ' ')} {v}" for k, v in lim.items() if k.startswith("gemv_"))
               + f" GB/s. Best decoding: {r['best_decoding']}. Peer: "
               f"{r['peer']['name'] if r['peer'] else 'not run'}.", "",

@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark_tinygiant import best_decoding, decode_bytes_per_token, encoder_floor_s, ratios, whisper_flops
+from limits import measure_limits, ratio_spread
 
 from configuration_tinygiant import whisper_large_v3_turbo_config
 from int8_tinygiant import quantize_int8
@@ -74,3 +75,20 @@ def test_ratios_are_best_over_naive_and_against_the_limits():
     assert r["best_decoding"] == {"bf16": "static_cache", "int8": "static_cache"}
     assert r["peer"] == {"name": "peer", "ttft30_ratio": 0.25, "decode_ratio": 10.0, "peak_rss_ratio": 0.25}
     assert ratios(LIMITS, naive, int8, best, None, whisper_large_v3_turbo_config())["peer"] is None
+
+
+def test_limits_are_medians_of_passes_with_their_spread():
+    limits = measure_limits(quick=True, repeats=3)
+    for name in ("bf16_tflops", "int8_tops", "read_gb_per_s"):
+        low, high = limits[f"{name}_spread"]
+        assert 0 < low <= limits[name] <= high
+    assert len(limits["read_bytes_per_pass"]) == 3
+
+
+def test_ratio_spread_follows_the_limit():
+    limits = {"read_gb_per_s": 30.0, "read_gb_per_s_spread": [20.0, 40.0]}
+    # A rate over a ceiling made of the limit: lower against the fastest pass.
+    assert ratio_spread(0.6, limits, "read_gb_per_s") == [0.45, 0.9]
+    # A time over a floor computed at the limit's rate: higher against the fastest pass.
+    assert ratio_spread(1.5, limits, "read_gb_per_s", time_over_floor=True) == [1.0, 2.0]
+    assert ratio_spread(0.6, {"read_gb_per_s": 30.0}, "read_gb_per_s") is None

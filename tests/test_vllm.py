@@ -34,6 +34,7 @@ import soundfile
 import torch
 from conftest import talkative, tone
 
+from int8_tinygiant import quantize_int8
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import SYSTEM_PROMPT, parse_response
 from processing_tinygiant import TinyGiantProcessor
@@ -244,10 +245,14 @@ def test_audio_url_parts_data_and_http(client, tmp_path):
 
 def test_tinygiant_serve_engine_vllm_no_app_runs_that_command(monkeypatch):
     ran = []
-    monkeypatch.setattr("tinygiant.vllm_server.subprocess.call", lambda command, env: ran.append(command) or 0)
+    monkeypatch.setattr("tinygiant.vllm_server.subprocess.call",
+                        lambda command, env: ran.append((command, env.get("TINYGIANT_VLLM_INT8_ENCODERS"))) or 0)
     assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--no-app",
                      "--", "--dtype", "float32"]) == 0
-    assert ran == [serve_command("ckpt", port=8123, extra_args=["--dtype", "float32"])]
+    assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--no-app", "--no-int8"]) == 0
+    # On this CPU the frozen encoders run as int8 unless `--no-int8`.
+    assert ran == [(serve_command("ckpt", port=8123, extra_args=["--dtype", "float32"]), "1"),
+                   (serve_command("ckpt", port=8123), None)]
     with pytest.raises(SystemExit):  # an app option without the app is a mistake, not a `vllm serve` flag
         cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--no-app", "--greedy"])
 
@@ -331,6 +336,25 @@ def test_both_switches_off_with_two_tensor_parallel_ranks(checkpoints, tmp_path)
         client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=120)
         for question in QUESTIONS:
             assert_matches(client, reference, [user_message(question, wav_bytes(sweep(2)))])
+
+
+def test_int8_encoders_equal_transformers_with_the_same_int8_encoders(checkpoints, tmp_path):
+    """`TINYGIANT_VLLM_INT8_ENCODERS=1` (what `tinygiant serve --engine vllm` sets on a CPU): the frozen encoders run
+    as the checkpoint's W8A8 `quantize_int8` makes them in transformers, and the answers are those of that model."""
+    reference = Reference(checkpoints["full"])
+    messages = [[user_message(question, wav_bytes(sweep(2)))] for question in QUESTIONS]
+    float_logprobs = [reference.answer(m)[1] for m in messages]
+    audio = reference.model.model
+    quantize_int8(reference.model, modules=[audio.whisper_encoder, audio.htsat_encoder, audio.clap_encoder],
+                  activations="int8")
+    # int8 moves the answer's log-probabilities by more than the tolerance, so a float server would fail below.
+    assert max((reference.answer(m)[1] - f).abs().max().item() for m, f in zip(messages, float_logprobs)) > \
+        LOGPROB_TOLERANCE
+    with VllmServer(checkpoints["full"], port=free_port(), log_path=tmp_path / "int8.log", extra_args=TEST_FLAGS,
+                    int8_encoders=True) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=120)
+        for m in messages:
+            assert_matches(client, reference, m)
 
 
 def test_reasoning_parser_reads_every_form_parse_response_reads(checkpoints):

@@ -70,7 +70,7 @@ def server(request, checkpoint, tmp_path_factory):
                 "--greedy", "--system-prompt", ""]
     if request.param == "vllm":
         command = ["serve", "--engine", "vllm", "--model", str(checkpoint), "--port", str(free_port()),
-                   "--log", str(logs / "vllm.log"), *app_args[2:], "--app-port", str(port),
+                   "--log", str(logs / "vllm.log"), "--no-int8", *app_args[2:], "--app-port", str(port),
                    "--", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"]
     else:
         command = ["serve", "--model", str(checkpoint), "--no-int8", *app_args]

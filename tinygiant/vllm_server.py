@@ -13,7 +13,9 @@ It runs `vllm serve DIR` (from `$TINYGIANT_VLLM`, else `.venv-vllm/bin/vllm` bes
 the PATH) with what a TinyGiant checkpoint needs: `--trust-remote-code` (its config and audio half are remote code),
 `--reasoning-parser tinygiant` (the think block to `reasoning`, the answer to `content`) and the default system prompt
 (`parsing_tinygiant.SYSTEM_PROMPT`, the pipeline's) for conversations that bring none. On a machine without a GPU it
-also gives vLLM's CPU backend a KV cache of `$VLLM_CPU_KVCACHE_SPACE` GB (default 4).
+also gives vLLM's CPU backend a KV cache of `$VLLM_CPU_KVCACHE_SPACE` GB (default 4) and, as the web app does in
+process, runs the frozen encoders' linear layers as int8 with int8 activations (`TINYGIANT_VLLM_INT8_ENCODERS=1`, the
+plugin's switch; `--no-int8` keeps them float, as `VllmServer` does unless told).
 
 vLLM itself lives in its own environment (install.sh makes `.venv-vllm/`): it pins an older transformers than this
 project needs, and talks to the tools here only over HTTP.
@@ -63,10 +65,18 @@ def serve_command(model, host="127.0.0.1", port=8000, audio_limit=DEFAULT_AUDIO_
     ]
 
 
-def server_environment():
+def server_environment(int8_encoders=False):
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    if int8_encoders:
+        env["TINYGIANT_VLLM_INT8_ENCODERS"] = "1"
     return env
+
+
+def cpu_only():
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 class VllmServer:
@@ -80,7 +90,7 @@ class VllmServer:
     """
 
     def __init__(self, model, host="127.0.0.1", port=8000, extra_args=(), log_path=None, timeout=600, env=None,
-                 audio_limit=DEFAULT_AUDIO_LIMIT, plain=False):
+                 audio_limit=DEFAULT_AUDIO_LIMIT, plain=False, int8_encoders=False):
         # `plain=True`: only `vllm serve MODEL --trust-remote-code --reasoning-parser tinygiant` and `extra_args`, the
         # command a user types by hand (no default system prompt, vLLM's own audio limit).
         self.command = (
@@ -92,7 +102,7 @@ class VllmServer:
         self.url = f"{self.base}/v1"
         self.log_path = Path(log_path) if log_path else None
         self.timeout = timeout
-        self.env = {**server_environment(), **(env or {})}
+        self.env = {**server_environment(int8_encoders), **(env or {})}
         self.process = None
 
     def start(self):
@@ -155,20 +165,23 @@ def main(argv=None):
     parser.add_argument("--audio-limit", type=int, default=DEFAULT_AUDIO_LIMIT, help="audios in one prompt")
     parser.add_argument("--app-port", type=int, default=7860, help="the web app's port")
     parser.add_argument("--no-app", action="store_true", help="run the server alone")
+    parser.add_argument("--no-int8", action="store_true", help="keep the frozen encoders float on a CPU")
     parser.add_argument("--log", help="with the app: write the server's output to this file (default: discarded)")
     args, app_args = parser.parse_known_args(argv)
+    int8_encoders = not args.no_int8 and cpu_only()
     if args.no_app:
         if app_args:
             parser.error(f"unknown options {app_args} (options for `vllm serve` go after `--`)")
         command = serve_command(args.model, args.host, args.port, args.audio_limit, vllm_args)
         print(" ".join(command[:3]), "...", file=sys.stderr, flush=True)
-        return subprocess.call(command, env=server_environment())
+        return subprocess.call(command, env=server_environment(int8_encoders))
 
     from tinygiant import web_app
 
     # SIGTERM as Ctrl-C, so that `with` below stops the server's whole process group on either.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server = VllmServer(args.model, args.host, args.port, vllm_args, log_path=args.log, audio_limit=args.audio_limit)
+    server = VllmServer(args.model, args.host, args.port, vllm_args, log_path=args.log, audio_limit=args.audio_limit,
+                        int8_encoders=int8_encoders)
     print(f"starting vLLM on {server.base} ...", file=sys.stderr, flush=True)
     with server:
         web_app.main([*app_args, "--backend", server.url, "--host", args.host, "--port", str(args.app_port)])

@@ -52,6 +52,10 @@ from vllm.sequence import IntermediateTensors
 INSTRUCTION_IDS = "instruction_ids"
 # Frozen-encoder outputs kept per clip in the model; 0 turns the cache off.
 AUDIO_CACHE_ITEMS = int(os.environ.get("TINYGIANT_VLLM_AUDIO_CACHE", "32"))
+# "1": the frozen encoders' linear layers as int8 with int8 activations on CPU (W8A8, the checkpoint's own
+# `int8_tinygiant`, as the pipeline's `int8="w8a8"`; `tinygiant serve --engine vllm` sets it on a machine without a
+# GPU). Off by default: the paper's float encoders, whose outputs equal transformers'.
+INT8_ENCODERS = os.environ.get("TINYGIANT_VLLM_INT8_ENCODERS", "0") == "1"
 # The profiling run's audio: TinyGiant gives every audio the same N tokens, so one 30 s window stands for any length.
 DUMMY_AUDIO_SECONDS = 30
 DUMMY_SAMPLING_RATE = 16000
@@ -230,7 +234,7 @@ class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        model_config = vllm_config.model_config
+        self.model_config = model_config = vllm_config.model_config
         self.config = config = model_config.hf_config
         self.mean_instruction_embedding = checkpoint_code(model_config, "modeling_tinygiant.mean_instruction_embedding")
         audio_model_class = checkpoint_code(model_config, "modeling_tinygiant.TinyGiantAudioModel")
@@ -285,4 +289,10 @@ class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        loaded = AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        if INT8_ENCODERS:  # after loading: the int8 weights are made from the float ones
+            quantize_int8 = checkpoint_code(self.model_config, "int8_tinygiant.quantize_int8")
+            audio = self.audio_model
+            encoders = [e for e in (audio.whisper_encoder, audio.htsat_encoder, audio.clap_encoder) if e is not None]
+            quantize_int8(audio, modules=encoders, activations="int8")
+        return loaded
