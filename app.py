@@ -47,12 +47,13 @@ from transformers import TextIteratorStreamer, pipeline
 
 try:
     from .parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,
-                                    format_question, openai_messages, parse_output, parse_response)
+                                    format_question, openai_messages, parse_output, parse_response, reasoning_of)
 except ImportError:
     if __package__:  # run as part of a package: the sibling is there, so a dependency it imports is missing
         raise
     from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,  # beside
-                                   format_question, openai_messages, parse_output, parse_response)  # this file
+                                   format_question, openai_messages, parse_output, parse_response,  # this file
+                                   reasoning_of)
 
 HERE = Path(__file__).resolve().parent
 MAX_SECONDS = 120.0  # a 2-core CPU takes about a second per second of audio to encode; the model takes up to 600
@@ -130,7 +131,8 @@ class ServerBackend:
         if call_kwargs.pop("do_sample", True) is False:
             self.request["temperature"] = 0.0
         if call_kwargs:
-            raise ValueError(f"a server backend takes max_new_tokens, do_sample and system_prompt, not {sorted(call_kwargs)}")
+            raise ValueError(f"a server backend takes max_new_tokens, do_sample and system_prompt, not "
+                             f"{sorted(call_kwargs)}")
         if self.system_prompt == "":
             self.request["extra_body"] = NO_DEFAULT_SYSTEM_PROMPT
         self.concurrency = concurrency
@@ -147,7 +149,7 @@ class ServerBackend:
                 if not chunk.choices:
                     continue
                 delta = chunk.choices[0].delta
-                piece = getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None)
+                piece = reasoning_of(delta)
                 if piece:
                     reasoning = (reasoning or "") + piece
                 if delta.content:

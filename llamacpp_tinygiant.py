@@ -43,28 +43,21 @@ from transformers import (
 )
 
 try:
-    from .int8_tinygiant import _release_freed_memory
+    from .int8_tinygiant import _release_freed_memory, cpu_has_amx
     from .modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS
 except ImportError:
     if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
         raise
-    from int8_tinygiant import _release_freed_memory  # this repository, imported as top-level modules
+    from int8_tinygiant import _release_freed_memory, cpu_has_amx  # this repository, imported as top-level modules
     from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS
 
 GGUF_WEIGHTS = ("q8_0", "bf16")
 
 
-def _cpu_has_amx():
-    try:
-        return " amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 # llama.cpp's extra weight buffers (Q8_0 repacked for AVX, or for AMX tiles). On a Xeon with AMX, llama-cpp-python
 # 0.3.35-0.3.36 built for the machine segfaulted in the first decode of a Q8_0 GGUF (the tiny test model): there they
 # stay off, and decoding reads the plain Q8_0 weights; elsewhere they are on, as measured in the benchmarks.
-EXTRA_BUFFER_TYPES = not _cpu_has_amx()
+EXTRA_BUFFER_TYPES = not cpu_has_amx()
 # What `generate` passes to `TinyGiantModel.embed_inputs` rather than to the generation config.
 MODEL_INPUTS = (*AUDIO_INPUTS, *ENCODED_AUDIO_INPUTS, "instruction_mask")
 

@@ -114,6 +114,12 @@ def _input_audio(audio):
     return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": container}}
 
 
+def reasoning_of(message):
+    """The reasoning a chat API message or stream delta carries, if any: `reasoning` (vLLM 0.32) or
+    `reasoning_content` (older vLLM, and most other servers)."""
+    return getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
+
+
 def chat_reply_text(content=None, reasoning=None):
     """The model's output text from a chat API reply, as the pipeline would decode it: a server with a reasoning
     parser sends the think block as `reasoning` and the rest as `content` (either may still be arriving, or be None);

@@ -12,7 +12,8 @@ Each figure is the median of repeated passes (`repeats` per size, after a warm-u
 [min, max] of those passes: a single best-of pass swings with what else the machine does (on one kind of machine the
 read bandwidth came out at 53 and at 33 GB/s in two runs), the median of many does much less, and the spread says how
 far a ratio against it may be trusted. `ratio_spread` turns a ratio against a limit into the range it spans over
-that spread. All run with the calling process's torch threads.
+that spread. All run with the calling process's torch threads, on the CPU, or with `device="cuda"` on a GPU (where
+the cache is its L2, and the arrays are at least 1 GB all the same).
 """
 
 import statistics
@@ -35,13 +36,16 @@ def last_level_cache_bytes():
     return max(sizes, default=64 * 2**20)
 
 
-def passes(fn, repeats):
-    """Seconds of each of `repeats` calls of `fn`, after one warm-up call."""
+def passes(fn, repeats, device="cpu"):
+    """Seconds of each of `repeats` calls of `fn`, after one warm-up call (on a GPU, each waits for its kernels)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -50,23 +54,25 @@ def summary(name, rates):
     return {name: round(statistics.median(rates), 3), f"{name}_spread": [round(min(rates), 3), round(max(rates), 3)]}
 
 
-def measure_limits(quick=False, repeats=9):
+def measure_limits(quick=False, repeats=9, device="cpu"):
     """The three limits above with their spreads; `quick` uses small shapes and arrays (a smoke run, not a figure)."""
     m, k, n = (256, 512, 1024) if quick else (1500, 1280, 5120)
     flops = 2 * m * k * n
-    a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
-    qa, qb = torch.randint(-127, 128, (m, k), dtype=torch.int8), torch.randint(-127, 128, (n, k), dtype=torch.int8)
-    result = {**summary("bf16_tflops", [flops / t / 1e12 for t in passes(lambda: a @ b.T, repeats)]),
-              **summary("int8_tops", [flops / t / 1e12 for t in passes(lambda: torch._int_mm(qa, qb.T), repeats)])}
+    a, b = (torch.randn(rows, k, dtype=torch.bfloat16, device=device) for rows in (m, n))
+    qa, qb = (torch.randint(-127, 128, (rows, k), dtype=torch.int8, device=device) for rows in (m, n))
+    result = {**summary("bf16_tflops", [flops / t / 1e12 for t in passes(lambda: a @ b.T, repeats, device)]),
+              **summary("int8_tops", [flops / t / 1e12 for t in passes(lambda: torch._int_mm(qa, qb.T), repeats,
+                                                                        device)])}
 
-    smallest = 2**25 if quick else max(2**30, 2 * last_level_cache_bytes())
+    on_cpu = torch.device(device).type == "cpu"
+    smallest = 2**25 if quick else max(2**30, 2 * last_level_cache_bytes() if on_cpu else 0)
     by_dtype = {}
     for dtype in (torch.float32, torch.bfloat16):
         rates = []
         for scale in (1.0, 1.5, 2.0):
             size = int(smallest * scale) // 64 * 64
-            x = torch.ones(size // (torch.finfo(dtype).bits // 8), dtype=dtype)
-            rates += [size / t / 1e9 for t in passes(lambda: x.sum(), repeats)]
+            x = torch.ones(size // (torch.finfo(dtype).bits // 8), dtype=dtype, device=device)
+            rates += [size / t / 1e9 for t in passes(lambda: x.sum(), repeats, device)]
             del x
         by_dtype[dtype] = rates
     best = max(by_dtype.values(), key=statistics.median)  # bf16's sum can be compute-bound on older CPUs

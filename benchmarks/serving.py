@@ -15,12 +15,12 @@ Steps, each in a process of its own:
 2. checkpoint: a random full-size TinyGiant saved as the project saves one, with `whisper_trim_padding` on (as the
    CPU benchmark's best path runs); and the workload's cost, counted by torch's `FlopCounterMode` on one request:
    encoder + projector FLOPs, the prompt pass's FLOPs, and one decoding step's weight bytes and FLOPs;
-3. pipeline: today's best CPU path, `pipeline("audio-reasoning", int8="w8a8", llama_cpp=True)` (int8 weights and
-   activations in the encoders, projector and prompt pass; the language model's decoding on llama.cpp Q8_0), each
+3. pipeline: today's best CPU path, `pipeline("audio-reasoning", int8="w8a8", llama_cpp=True)` (W8A8 encoders and
+   projector, where `int8_tinygiant.w8a8_encoders_pay_off`, else bf16; the language model on llama.cpp Q8_0), each
    request after the last; time to first token from the file, by a streamer;
-4. vLLM: `tinygiant.vllm_server.VllmServer` (bf16; on CPU the encoders W8A8 int8, as `tinygiant serve --engine
-   vllm` runs them there) at concurrency 1, 4 and 16 through the `openai`
-   client, streamed: time to first token is the first chunk's arrival, time per output token the rest over 127.
+4. vLLM: `tinygiant.vllm_server.VllmServer` (bf16, the encoders W8A8 by the same rule, as `tinygiant serve --engine
+   vllm` runs them) at concurrency 1, 4 and 16 through the `openai` client, streamed: time to first token is the
+   first chunk's arrival, time per output token the rest over 127.
 
 The machine's limit for the workload (requests/s at concurrency 16): each request's encoder, projector and prefill
 FLOPs at the measured bf16 GEMM peak, plus its share of 128 decoding steps at batch 16, each step bound by the larger
@@ -47,6 +47,7 @@ import numpy as np
 import soundfile
 import torch
 
+from int8_tinygiant import w8a8_encoders_pay_off
 from limits import measure_limits, ratio_spread
 from measure import build_random_model, make_audio, make_processor
 from parsing_tinygiant import SYSTEM_PROMPT, conversation, openai_messages
@@ -106,7 +107,7 @@ def summarize(results, wall_s):
 
 
 def worker_limits(args):
-    return measure_limits(quick=args.quick)
+    return measure_limits(quick=args.quick, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def worker_checkpoint(args):
@@ -135,17 +136,22 @@ def worker_checkpoint(args):
     (path, text), = workload(clips, processor.tokenizer, 10_000, 1, args.seconds, args.question_tokens)
     inputs = processor.apply_chat_template(messages(path, text), tokenize=True, add_generation_prompt=True,
                                            return_dict=True)
+    embed = lambda: model.model.embed_inputs(inputs["input_ids"], None, inputs["whisper_input_features"],
+                                             inputs["clap_input_features"], inputs["whisper_lengths"],
+                                             inputs["htsat_lengths"], inputs["instruction_mask"])
+    model.model.enable_audio_cache()
     with torch.no_grad(), FlopCounterMode(display=False) as audio:
-        model.model.embed_inputs(inputs["input_ids"], None, inputs["whisper_input_features"],
-                                 inputs["clap_input_features"], inputs["whisper_lengths"], inputs["htsat_lengths"],
-                                 inputs["instruction_mask"])
+        embed()
+    with torch.no_grad(), FlopCounterMode(display=False) as projector:  # the encoders' outputs come from the cache
+        embed()
     with torch.no_grad(), FlopCounterMode(display=False) as whole:
         model(**inputs, logits_to_keep=1)
     lm = model.model.language_model
     decode_modules = [lm.layers, lm.norm, model.lm_head]
     decode_bytes = sum(t.numel() * t.element_size() for m in decode_modules for t in [*m.parameters(), *m.buffers()])
     decode_flops = 2 * sum(p.numel() for m in (lm.layers, model.lm_head) for p in m.parameters() if p.dim() == 2)
-    return {"audio_flops": audio.get_total_flops(), "prefill_flops": whole.get_total_flops() - audio.get_total_flops(),
+    return {"audio_flops": audio.get_total_flops(), "projector_flops": projector.get_total_flops(),
+            "prefill_flops": whole.get_total_flops() - projector.get_total_flops(),
             "prompt_tokens": int(inputs["input_ids"].shape[1]), "decode_weight_bytes": decode_bytes,
             "decode_flops_per_token": decode_flops}
 
@@ -168,8 +174,8 @@ def worker_pipeline(args):
     from transformers import pipeline
 
     cpu = not torch.cuda.is_available()
-    pipe = pipeline("audio-reasoning", model=args.checkpoint, trust_remote_code=True, int8="w8a8" if cpu else False,
-                    llama_cpp=cpu, device=None if cpu else 0)
+    pipe = pipeline("audio-reasoning", model=args.checkpoint, trust_remote_code=True,
+                    int8="w8a8" if w8a8_encoders_pay_off() else False, llama_cpp=cpu, device=None if cpu else 0)
     tokenizer = pipe.tokenizer
     clips = Path(args.work) / "pipeline"
     fixed = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
@@ -185,7 +191,8 @@ def worker_pipeline(args):
     for i, (path, text) in enumerate(workload(clips, tokenizer, 0, args.requests, args.seconds, args.question_tokens)):
         results.append(ask(path, text, **fixed))
         print(f"   pipeline request {i + 1}/{args.requests}: TTFT {results[-1]['ttft_s']:.2f} s", flush=True)
-    report = {"sequential": summarize(results, time.perf_counter() - started)}
+    report = {"path": f"{'W8A8' if w8a8_encoders_pay_off() else 'bf16'} encoders, llama.cpp Q8_0" if cpu else "bf16",
+              "sequential": summarize(results, time.perf_counter() - started)}
     report["followup"] = followup(lambda path, text: ask(path, text, max_new_tokens=1, do_sample=False)["ttft_s"],
                                   clips, tokenizer, args)
     return report
@@ -203,7 +210,7 @@ def followup(time_to_first_token, folder, tokenizer, args):
 WORKERS = {"limits": worker_limits, "checkpoint": worker_checkpoint, "pipeline": worker_pipeline}
 
 
-# ----------------------------------------------------------------------------- vLLM (a server, and this process as its client)
+# ----------------------------------------------------------------------------- vLLM: a server, this process its client
 
 
 def run_vllm(args, tokenizer):
@@ -214,9 +221,9 @@ def run_vllm(args, tokenizer):
     flags = ["--dtype", "bfloat16" if not args.quick else "float32", "--max-model-len", "2048",
              "--max-num-seqs", str(max(CONCURRENCY))]
     log = Path(args.work) / "vllm.log"
-    # As `tinygiant serve --engine vllm` runs on a machine without a GPU: the frozen encoders as W8A8 int8.
+    # As `tinygiant serve --engine vllm` runs: the frozen encoders W8A8 where that is faster than bf16.
     server = VllmServer(args.checkpoint, port=args.port, extra_args=flags, log_path=log, audio_limit=1, timeout=1200,
-                        int8_encoders=not torch.cuda.is_available())
+                        int8_encoders=w8a8_encoders_pay_off())
     started = time.perf_counter()
     server.start()
     report = {"start_s": round(time.perf_counter() - started, 1)}
@@ -269,13 +276,35 @@ def workload_limit(cost, limits, batch=16, new_tokens=128):
                 "decode_flops_per_token"] / peak else "compute"}
 
 
-def ratios(pipeline, vllm, limit, limits):
+# One H100 SXM as NVIDIA's datasheet gives it: the dense bf16 tensor-core peak and the HBM3 bandwidth.
+H100 = {"name": "H100 SXM, nominal", "bf16_tflops": 989.0, "read_gb_per_s": 3350.0}
+
+
+def on_paper(cost, device=H100, batch=16, new_tokens=128):
+    """The workload's figures on `device` from the counted FLOPs and bytes: its limit at concurrency `batch` and a
+    single request's time to first token (encoders, projector and prefill at the peak, then one decoding step).
+    Upper bounds: the frozen encoders are small eager kernels there, and a 0.6 B decoder's step is launch-bound."""
+    limit = workload_limit(cost, device, batch, new_tokens)
+    single = workload_limit(cost, device, 1, new_tokens)
+    ttft = limit["encoder_projector_s"] + limit["prefill_s"] + single["decode_step_s"]
+    return {"device": device["name"], "limit_requests_per_s": limit["requests_per_s"],
+            "limit_output_tokens_per_s": round(limit["requests_per_s"] * new_tokens, 1),
+            "ttft_s": round(ttft, 4), "decode_step_s_batch16": limit["decode_step_s"],
+            "decode_bound": limit["decode_bound"],
+            "command": "pip install vllm ./vllm_plugin && python benchmarks/serving.py   # on the GPU machine"}
+
+
+def ratios(pipeline, vllm, limit, limits, cost):
     out = {"c16_vs_limit": vllm["c16"]["requests_per_s"] / limit["requests_per_s"],
            "throughput_ratio_c16": vllm["c16"]["requests_per_s"] / pipeline["sequential"]["requests_per_s"],
            "ttft_p50_c1_ratio": vllm["c1"]["ttft_p50_s"] / pipeline["sequential"]["ttft_p50_s"],
            "followup_ttft_ratio": vllm["followup"]["followup_ttft_p50_s"] / vllm["followup"]["first_ttft_s"],
            "pipeline_followup_ttft_ratio": (pipeline["followup"]["followup_ttft_p50_s"]
-                                            / pipeline["followup"]["first_ttft_s"])}
+                                            / pipeline["followup"]["first_ttft_s"]),
+           # A follow-up skips only the encoders: the projector and the prompt pass over the 300 audio tokens, which
+           # depend on the question (eq. 12-13), run again. At equal efficiency its share is this.
+           "followup_ttft_floor": ((cost["projector_flops"] + cost["prefill_flops"])
+                                   / (cost["audio_flops"] + cost["prefill_flops"]))}
     out = {k: round(v, 3) for k, v in out.items()}
     # The limit is mostly GEMM time (encoders, prefill); its decoding part is bandwidth-bound at batch 16.
     out["spread"] = {"c16_vs_limit": ratio_spread(out["c16_vs_limit"], limits, "bf16_tflops")}
@@ -294,8 +323,9 @@ def markdown(report):
              "", "| ratio | value | over the limits' spread | target |", "|---|---:|---|---|"]
     lines += [f"| {k} | {val} | {r['spread'].get(k) or ''} | {TARGETS.get(k, '')} |" for k, val in r.items()
               if k != "spread"]
-    lines += ["", "| path | requests/s | output tok/s | TTFT p50 s | TTFT p95 s | TPOT s |", "|---|---:|---:|---:|---:|---:|"]
-    rows = {"pipeline (int8 W8A8, llama.cpp), one at a time": p["sequential"],
+    lines += ["", "| path | requests/s | output tok/s | TTFT p50 s | TTFT p95 s | TPOT s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    rows = {f"pipeline ({p['path']}), one at a time": p["sequential"],
             **{f"vLLM, concurrency {c}": v[f"c{c}"] for c in CONCURRENCY}}
     for label, s in rows.items():
         lines.append(f"| {label} | {s['requests_per_s']} | {s['output_tokens_per_s']} | {s['ttft_p50_s']} | "
@@ -305,7 +335,8 @@ def markdown(report):
               f"{limit['encoder_projector_s']} s and prefill {limit['prefill_s']} s at {lim['bf16_tflops']} TFLOP/s; "
               f"a batch-16 decoding step {limit['decode_step_s']} s, {limit['decode_bound']}-bound at "
               f"{lim['read_gb_per_s']} GB/s). Counted per request: {cost['audio_flops'] / 1e12:.3f} TFLOP audio, "
-              f"{cost['prefill_flops'] / 1e12:.3f} TFLOP prefill ({cost['prompt_tokens']} tokens), "
+              f"(projector {cost['projector_flops'] / 1e12:.3f}), {cost['prefill_flops'] / 1e12:.3f} TFLOP prefill "
+              f"({cost['prompt_tokens']} tokens), "
               f"{cost['decode_weight_bytes'] / 1e9:.2f} GB read per decoding step.",
               f"Limits (medians; [min, max]): bf16 GEMM {lim['bf16_tflops']} {lim['bf16_tflops_spread']} TFLOP/s, "
               f"int8 GEMM {lim['int8_tops']} {lim['int8_tops_spread']} TOP/s, read {lim['read_gb_per_s']} "
@@ -313,7 +344,11 @@ def markdown(report):
               f"Follow-up time to first token: pipeline {p['followup']['first_ttft_s']} s then "
               f"{p['followup']['followup_ttft_p50_s']} s; vLLM {v['followup']['first_ttft_s']} s then "
               f"{v['followup']['followup_ttft_p50_s']} s (median of {FOLLOWUP_QUESTIONS - 1}). vLLM started in "
-              f"{v['start_s']} s.", ""]
+              f"{v['start_s']} s."]
+    g = report["gpu_on_paper"]
+    lines += [f"On paper, {g['device']}: at most {g['limit_requests_per_s']} requests/s "
+              f"({g['limit_output_tokens_per_s']} output tok/s) at concurrency 16, time to first token at least "
+              f"{g['ttft_s'] * 1000:.1f} ms; measure there with `{g['command'].split('   #')[0]}`.", ""]
     return "\n".join(lines)
 
 
@@ -371,7 +406,8 @@ def main(argv=None):
 
         report["vllm"] = run_vllm(args, AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True))
     report["limit"] = workload_limit(report["cost"], report["limits"], max(CONCURRENCY), args.new_tokens)
-    report["ratios"] = ratios(report["pipeline"], report["vllm"], report["limit"], report["limits"])
+    report["ratios"] = ratios(report["pipeline"], report["vllm"], report["limit"], report["limits"], report["cost"])
+    report["gpu_on_paper"] = on_paper(report["cost"], H100, max(CONCURRENCY), args.new_tokens)
     report["wall_s"] = round(time.time() - started, 1)
     RESULTS.mkdir(exist_ok=True)
     write_json_atomic(RESULTS / f"{args.name}.json", report, indent=1)

@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark_tinygiant import best_decoding, decode_bytes_per_token, encoder_floor_s, ratios, whisper_flops
 from limits import measure_limits, ratio_spread
+from serving import ratios as serving_ratios, workload_limit
 
 from configuration_tinygiant import whisper_large_v3_turbo_config
 from int8_tinygiant import quantize_int8
@@ -92,3 +93,27 @@ def test_ratio_spread_follows_the_limit():
     # A time over a floor computed at the limit's rate: higher against the fastest pass.
     assert ratio_spread(1.5, limits, "read_gb_per_s", time_over_floor=True) == [1.0, 2.0]
     assert ratio_spread(0.6, {"read_gb_per_s": 30.0}, "read_gb_per_s") is None
+
+
+def test_serving_limit_adds_compute_and_the_batched_decoding_share():
+    cost = {"audio_flops": 0.6e12, "projector_flops": 0.02e12, "prefill_flops": 0.4e12, "prompt_tokens": 500,
+            "decode_weight_bytes": 1.2e9, "decode_flops_per_token": 1.2e9}
+    limits = {"bf16_tflops": 2.0, "read_gb_per_s": 24.0, "bf16_tflops_spread": [1.0, 2.5]}
+    limit = workload_limit(cost, limits, batch=16, new_tokens=128)
+    # 0.5 s of GEMMs a request, and 128 steps of max(1.2 GB / 24 GB/s, 16 x 1.2 GFLOP / 2 TFLOP/s) = 0.05 s shared by 16.
+    assert limit["decode_step_s"] == 0.05 and limit["decode_bound"] == "memory"
+    assert limit["requests_per_s"] == pytest.approx(1 / (0.5 + 128 * 0.05 / 16), abs=1e-4)
+    assert workload_limit(cost, {**limits, "read_gb_per_s": 1e6}, 16)["decode_bound"] == "compute"
+
+    def run(rps, ttft, first=None, followup=None):
+        return {"requests_per_s": rps, "ttft_p50_s": ttft}, {"first_ttft_s": first, "followup_ttft_p50_s": followup}
+
+    sequential, pipe_followup = run(0.1, 4.0, 4.0, 3.0)
+    c16, vllm_followup = run(0.6, None, 2.0, 0.5)
+    pipeline = {"sequential": sequential, "followup": pipe_followup}
+    vllm = {"c1": {"ttft_p50_s": 2.0}, "c16": c16, "followup": vllm_followup}
+    r = serving_ratios(pipeline, vllm, {"requests_per_s": 1.2}, limits, cost)
+    assert r["c16_vs_limit"] == 0.5 and r["throughput_ratio_c16"] == 6.0 and r["ttft_p50_c1_ratio"] == 0.5
+    assert r["followup_ttft_ratio"] == 0.25 and r["pipeline_followup_ttft_ratio"] == 0.75
+    assert r["followup_ttft_floor"] == pytest.approx(0.42 / 1.0, abs=1e-3)
+    assert r["spread"]["c16_vs_limit"] == [0.4, 1.0]  # the GEMM-bound limit over the GEMM rate's spread

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPT, chat_reply_text, conversation, format_question,
-                               openai_messages, parse_output)
+                               openai_messages, parse_output, reasoning_of)
 from tinygiant.rubrics import RateLimiter
 
 
@@ -67,6 +67,5 @@ class ChatEndpoint:
         except self.openai.APIError as error:  # connection, timeout and status errors, after the retries
             raise RuntimeError(f"{self.client.base_url} failed after retries: {type(error).__name__}: {error}") from error
         choice = response.choices[0]
-        reasoning = getattr(choice.message, "reasoning", None) or getattr(choice.message, "reasoning_content", None)
-        text = chat_reply_text(choice.message.content, reasoning)
+        text = chat_reply_text(choice.message.content, reasoning_of(choice.message))
         return parse_output(text, item.get("choices"), finished=choice.finish_reason != "length")

@@ -67,7 +67,9 @@ def write_space(out_dir, repo_id=None):
 Record or upload a sound and ask about it: TinyGiant, a compact audio-language model ({model}), reasons in a
 collapsible block and then answers. Follow-up questions in the same chat are about the same clip.
 
-On CPU hardware the model runs with int8 weights. One request runs at a time.
+On CPU hardware the model runs with int8 weights, one request at a time. With the Space variable `TINYGIANT_BACKEND`
+set to an OpenAI-compatible server's URL (TinyGiant on vLLM), the Space holds no model and serves several users at
+once. From code: `gradio_client.Client(space).predict(handle_file("clip.wav"), question, choices, api_name="/answer")`.
 """)
     card.save(out / "README.md")
     return out

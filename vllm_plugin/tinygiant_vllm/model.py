@@ -53,8 +53,8 @@ INSTRUCTION_IDS = "instruction_ids"
 # Frozen-encoder outputs kept per clip in the model; 0 turns the cache off.
 AUDIO_CACHE_ITEMS = int(os.environ.get("TINYGIANT_VLLM_AUDIO_CACHE", "32"))
 # "1": the frozen encoders' linear layers as int8 with int8 activations on CPU (W8A8, the checkpoint's own
-# `int8_tinygiant`, as the pipeline's `int8="w8a8"`; `tinygiant serve --engine vllm` sets it on a machine without a
-# GPU). Off by default: the paper's float encoders, whose outputs equal transformers'.
+# `int8_tinygiant`, as the pipeline's `int8="w8a8"`; `tinygiant serve --engine vllm` sets it on CPUs where it is
+# faster than bf16). Off by default: the paper's float encoders, whose outputs equal transformers'.
 INT8_ENCODERS = os.environ.get("TINYGIANT_VLLM_INT8_ENCODERS", "0") == "1"
 # The profiling run's audio: TinyGiant gives every audio the same N tokens, so one 30 s window stands for any length.
 DUMMY_AUDIO_SECONDS = 30
