@@ -1,8 +1,9 @@
 """TinyGiant's prompt and answer format: how a question becomes chat messages, how a CoTA row becomes a training
 conversation, and how an output is read back into its reasoning, its answer and the option it picks.
 
-Shared by the pipeline, training data and evaluation, so that the model is always asked, taught and scored the same
-way. Standard library only: this file ships with the remote code.
+Shared by the pipeline, training data and evaluation, and by the clients of a serving engine (the MMAR endpoint, the
+web app's server backend), so that the model is always asked, taught and scored the same way. Standard library
+only: this file ships with the remote code.
 """
 
 import base64
@@ -107,7 +108,9 @@ def openai_messages(messages):
 def _input_audio(audio):
     if isinstance(audio, (bytes, bytearray)):
         data, container = bytes(audio), "wav"
-    elif isinstance(audio, (str, Path)) and Path(audio).is_file():
+    elif isinstance(audio, (str, Path)):
+        if not Path(audio).is_file():
+            raise ValueError(f"audio file {audio} does not exist" if not Path(audio).exists() else f"{audio} is not a file")
         data, container = Path(audio).read_bytes(), AUDIO_FORMATS.get(Path(audio).suffix.lower(), "wav")
     else:
         raise ValueError(f"an audio sent to a chat API must be a file path or the file's bytes, got {audio!r:.80}")

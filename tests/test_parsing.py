@@ -224,8 +224,10 @@ def test_openai_messages_carry_the_audio_and_the_reasoning(tmp_path):
     assert sent[2] == {"role": "assistant", "content": "Two.", "reasoning": "I hear two."}
     assert sent[3] == {"role": "user", "content": "Sure?"}
     assert messages[1]["content"][0]["audio"] == clip  # the caller's conversation is left as it was
-    with pytest.raises(ValueError, match="file path or the file's bytes"):
+    with pytest.raises(ValueError, match="missing.wav does not exist"):
         openai_messages(conversation("How many?", audio=str(tmp_path / "missing.wav")))
+    with pytest.raises(ValueError, match="file path or the file's bytes"):
+        openai_messages(conversation("How many?", audio={"array": [0.0], "sampling_rate": 16000}))
 
     # A reply split by a reasoning parser reads as the pipeline's output does; an open think block has no answer yet.
     assert parse_output(chat_reply_text("(b) two", "I hear two."), ["one", "two"]) == parse_output(

@@ -39,6 +39,7 @@ from parsing_tinygiant import SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AUDIO_LIMIT = 8  # audios in one prompt: each is N = 300 tokens for the full-size model
+SMALL_MACHINE_CPUS = 4  # up to this many cores, vLLM's CPU worker gets them all (`server_environment`)
 
 
 def vllm_executable():
@@ -68,9 +69,6 @@ def serve_command(model, host="127.0.0.1", port=8000, audio_limit=DEFAULT_AUDIO_
     ]
 
 
-SMALL_MACHINE_CPUS = 4
-
-
 def server_environment(int8_encoders=False):
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
@@ -84,9 +82,6 @@ def server_environment(int8_encoders=False):
     if int8_encoders:
         env["TINYGIANT_VLLM_INT8_ENCODERS"] = "1"
     return env
-
-
-
 
 
 class VllmServer:
@@ -176,7 +171,8 @@ def main(argv=None):
     parser.add_argument("--app-port", type=int, default=7860, help="the web app's port")
     parser.add_argument("--no-app", action="store_true", help="run the server alone")
     parser.add_argument("--no-int8", action="store_true", help="keep the frozen encoders float on a CPU")
-    parser.add_argument("--log", help="with the app: write the server's output to this file (default: discarded)")
+    parser.add_argument("--log", help="with the app: the server's output goes to this file (default: vllm-server.log "
+                        "in $TINYGIANT_CACHE, ~/.cache/tinygiant)")
     args, app_args = parser.parse_known_args(argv)
     int8_encoders = not args.no_int8 and w8a8_encoders_pay_off()
     if args.no_app:
@@ -187,12 +183,15 @@ def main(argv=None):
         return subprocess.call(command, env=server_environment(int8_encoders))
 
     from tinygiant import web_app
+    from tinygiant.model_source import cache_dir
 
     # SIGTERM as Ctrl-C, so that `with` below stops the server's whole process group on either.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server = VllmServer(args.model, args.host, args.port, vllm_args, log_path=args.log, audio_limit=args.audio_limit,
+    log = Path(args.log) if args.log else cache_dir() / "vllm-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = VllmServer(args.model, args.host, args.port, vllm_args, log_path=log, audio_limit=args.audio_limit,
                         int8_encoders=int8_encoders)
-    print(f"starting vLLM on {server.base} ...", file=sys.stderr, flush=True)
+    print(f"starting vLLM on {server.base} (its log: {log}) ...", file=sys.stderr, flush=True)
     with server:
         web_app.main([*app_args, "--backend", server.url, "--host", args.host, "--port", str(args.app_port)])
     return 0
