@@ -45,11 +45,9 @@ from configuration_tinygiant import TinyGiantConfig
 from int8_tinygiant import Int8Linear, load_int8, quantize_int8
 from limits import measure_limits, passes, ratio_spread
 from measure import (ASSISTANT, NEWLINE, QWEN3_IM_END, QWEN3_IM_START, USER, StepClock, build_random_model, decode_rate,
-                     followup_ttft, make_audio, make_processor, measure_peer, memory_mb)
+                     followup_ttft, make_audio, make_processor, measure_peer, memory_mb, write_results)
 from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
-from tinygiant.files import write_json_atomic, write_text_atomic
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -635,11 +633,7 @@ def main(argv=None):
                               whisper_config)
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / f"{args.name}.json", report, indent=1)
-    write_text_atomic(RESULTS / f"{args.name}.md", markdown(report))
-    print(markdown(report))
-    print(f"wrote {RESULTS / args.name}.json and .md in {report['wall_s']} s")
+    write_results(args.name, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 - the follow-up question's time to first token through the audio cache (`followup_ttft`; `followup_ttft.py`, and the
   best path of `benchmark_tinygiant.py`);
 - the peer, Qwen2.5-Omni-3B's thinker built from its published sizes with random weights (`measure_peer`;
-  `peer_qwen_omni.py`, and the peer step of `benchmark_tinygiant.py`).
+  `peer_qwen_omni.py`, and the peer step of `benchmark_tinygiant.py`);
+- a run's report written as `results/NAME.json` and `.md` (`write_results`).
 """
 
 import time
@@ -20,6 +21,20 @@ from modeling_tinygiant import TinyGiantForConditionalGeneration
 # Qwen3's chat token ids (Qwen2.5's are the same): <|im_start|>, <|im_end|>, <|endoftext|>, "user", "assistant", "\n".
 QWEN3_IM_START, QWEN3_IM_END, QWEN3_PAD = 151644, 151645, 151643
 USER, ASSISTANT, NEWLINE = 872, 77091, 198
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(name, report, markdown):
+    """`results/NAME.json` (the report) and `results/NAME.md` (its `markdown`), atomically; prints the markdown."""
+    from tinygiant.files import write_json_atomic, write_text_atomic
+
+    RESULTS.mkdir(exist_ok=True)
+    write_json_atomic(RESULTS / f"{name}.json", report, indent=1)
+    write_text_atomic(RESULTS / f"{name}.md", markdown)
+    print(markdown)
+    print(f"wrote {RESULTS / name}.json and .md in {report['wall_s']} s")
 
 
 # ----------------------------------------------------------------------------- clocks and memory

@@ -49,11 +49,10 @@ import torch
 
 from int8_tinygiant import w8a8_encoders_pay_off
 from limits import measure_limits, ratio_spread
-from measure import build_random_model, make_audio, make_processor
+from measure import build_random_model, make_audio, make_processor, write_results
 from parsing_tinygiant import SYSTEM_PROMPT, conversation, openai_messages
-from tinygiant.files import write_json_atomic, write_text_atomic
+from tinygiant.files import write_json_atomic
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 4, 16)
 FOLLOWUP_QUESTIONS = 8
 WORDS = ("sound", "voice", "music", "rhythm", "noise", "speaker", "tempo", "pitch", "beat", "instrument", "loud",
@@ -409,11 +408,7 @@ def main(argv=None):
     report["ratios"] = ratios(report["pipeline"], report["vllm"], report["limit"], report["limits"], report["cost"])
     report["gpu_on_paper"] = on_paper(report["cost"], H100, max(CONCURRENCY), args.new_tokens)
     report["wall_s"] = round(time.time() - started, 1)
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / f"{args.name}.json", report, indent=1)
-    write_text_atomic(RESULTS / f"{args.name}.md", markdown(report))
-    print(markdown(report))
-    print(f"wrote {RESULTS / args.name}.json and .md in {report['wall_s']} s")
+    write_results(args.name, report, markdown(report))
 
 
 if __name__ == "__main__":
