@@ -122,7 +122,7 @@ def open_app(browser, url):
 
 def upload(browser, path):
     browser.find_element(By.CSS_SELECTOR, "#clip input[type=file]").send_keys(str(path))
-    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#clip audio, #clip .waveform-container"))
+    WebDriverWait(browser, 90).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#clip audio, #clip .waveform-container"))
 
 
 def ask(browser, question, choices="", timeout=120):
@@ -208,7 +208,7 @@ def test_bad_input_is_explained_in_the_page(server, browser, tmp_path):
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("these are notes, not sound\n" * 20)
     browser.find_element(By.CSS_SELECTOR, "#clip input[type=file]").send_keys(str(not_audio))
-    WebDriverWait(browser, 30).until(lambda b: "notes" in (b.find_element(By.ID, "clip").text + b.page_source))
+    WebDriverWait(browser, 90).until(lambda b: "notes" in (b.find_element(By.ID, "clip").text + b.page_source))
     assert "Could not read notes.wav as audio" in ask(browser, "What is it?")
 
     open_app(browser, server)
