@@ -72,7 +72,7 @@ def measure_limits(quick=False, repeats=9, device="cpu"):
         for scale in (1.0, 1.5, 2.0):
             size = int(smallest * scale) // 64 * 64
             x = torch.ones(size // (torch.finfo(dtype).bits // 8), dtype=dtype, device=device)
-            rates += [size / t / 1e9 for t in passes(lambda: x.sum(), repeats, device)]
+            rates += [size / t / 1e9 for t in passes(x.sum, repeats, device)]
             del x
         by_dtype[dtype] = rates
     best = max(by_dtype.values(), key=statistics.median)  # bf16's sum can be compute-bound on older CPUs
