@@ -259,8 +259,9 @@ def build_app(backend, examples_dir=None, max_seconds=MAX_SECONDS):
         `thinking`, its `answer` (None if the output reached the length limit first), the `choice` it picks (None
         without choices, or when none matches) and its whole output `text`."""
         try:
-            conversation, _ = first_question(audio, question, list(choices or []) or None)
-            *_, (_, result) = backend.stream(conversation, list(choices or []) or None)
+            choices = list(choices or []) or None
+            conversation, _ = first_question(audio, question, choices)
+            *_, (_, result) = backend.stream(conversation, choices)
         except Exception as error:
             raise gr.Error(capitalized(error), print_exception=False) from error
         return {"thinking": result["thinking"], "answer": result["answer"], "choice": result.get("choice"),
