@@ -30,7 +30,7 @@ except ImportError:
 # Inputs that exist once per audio window or per audio, consumed at prefill only.
 AUDIO_INPUTS = ("whisper_input_features", "clap_input_features", "whisper_lengths", "htsat_lengths")
 # The frozen encoders' pooled outputs (`TinyGiantModel.encode_audio`), which can be passed instead of the mels above
-# (e.g. from the training feature cache, `tinygiant.feature_cache`): one row per audio.
+# (e.g. from the training feature cache, `tinygiant.training.feature_cache`): one row per audio.
 ENCODED_AUDIO_INPUTS = ("whisper_frames", "htsat_frames", "clap_vector")
 
 

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of TinyGiant on CoTA-format audio reasoning data with TRL's `SFTTrainer`.
 
 Shaped like TRL's `examples/scripts/sft_vlm.py`. TRL has no audio support, so the data and the collator come from
-`tinygiant.data` and TRL is told to leave the dataset alone.
+`tinygiant.training.data` and TRL is told to leave the dataset alone.
 
 # Paper recipe (section 4.2) from the pretrained parts, 8 GPUs, effective batch 32:
 accelerate launch --config_file accelerate_configs/multi_gpu.yaml train_sft.py \
@@ -28,7 +28,7 @@ Kept from TRL: `bf16=True` and checkpointing of the LLM's activations (`--activa
 pass `--bf16 false` there for speed). Forced, because the collator does the work: `max_length=None`,
 `remove_unused_columns=False`, `dataset_kwargs={"skip_prepare_dataset": True}`. `--push_to_hub` pushes no checkpoints
 during training: the complete, merged, loadable repo is pushed at the end. `--feature_cache_dir DIR` keeps the frozen
-encoders' outputs per clip on disk (`tinygiant.feature_cache`): a clip's encoders run once, in whichever run first
+encoders' outputs per clip on disk (`tinygiant.training.feature_cache`): a clip's encoders run once, in whichever run first
 sees it. The output_dir ends up a complete checkpoint folder (`pipeline("audio-reasoning", model=output_dir,
 trust_remote_code=True)` works on it).
 """
@@ -43,9 +43,9 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from parsing_tinygiant import SYSTEM_PROMPT
 from tinygiant.assemble import CLAP, HTSAT, LLM, WHISPER
-from tinygiant.data import COTA_REPO, TinyGiantCollator, load_cota
-from tinygiant.feature_cache import AudioFeatureCache
-from tinygiant.trainer import (
+from tinygiant.training.data import COTA_REPO, TinyGiantCollator, load_cota
+from tinygiant.training.feature_cache import AudioFeatureCache
+from tinygiant.training.trainer import (
     MetricsLogger,
     ProgressLines,
     TinyGiantSFTTrainer,

@@ -418,8 +418,8 @@ def worker_peer(args):
 def worker_training(args):
     """Seconds per training step (forward, backward, AdamW) at batch 1: live encoders vs the feature cache, the latter
     through train_sft's collator, as `train_sft.py --feature_cache_dir` runs it."""
-    from tinygiant.data import TinyGiantCollator
-    from tinygiant.feature_cache import AudioFeatureCache
+    from tinygiant.training.data import TinyGiantCollator
+    from tinygiant.training.feature_cache import AudioFeatureCache
 
     result = {"load_start": load_snapshot(), "clip_s": args.train_seconds}
     model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.bfloat16)

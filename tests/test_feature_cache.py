@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import chat, tone
 
-from tinygiant.feature_cache import AudioFeatureCache, audio_key, encoder_fingerprint
+from tinygiant.training.feature_cache import AudioFeatureCache, audio_key, encoder_fingerprint
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 
 
@@ -138,7 +138,7 @@ def test_a_damaged_file_is_detected_and_recomputed_with_a_warning(model, process
     else:
         data = b""
     path.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="tinygiant.feature_cache"):
+    with caplog.at_level("WARNING", logger="tinygiant.training.feature_cache"):
         assert cache.get(key) is None  # a miss, never wrong numbers
     assert f"feature cache file {path} is corrupt" in caplog.text and not path.exists()
     cache.encode([audio])  # recomputed and stored again
@@ -146,7 +146,7 @@ def test_a_damaged_file_is_detected_and_recomputed_with_a_warning(model, process
 
 
 def test_collator_recomputes_a_damaged_cache_file(model, processor, tmp_path, caplog):
-    from tinygiant.data import TinyGiantCollator
+    from tinygiant.training.data import TinyGiantCollator
 
     audio = {"array": tone(1.5, freq=700), "sampling_rate": 16000}
     cache = AudioFeatureCache(tmp_path, model, processor)
@@ -154,7 +154,7 @@ def test_collator_recomputes_a_damaged_cache_file(model, processor, tmp_path, ca
     good = cache.fetch([key])
     cache.path(key).write_bytes(cache.path(key).read_bytes()[:100])
     collator = TinyGiantCollator(processor, feature_cache=cache)
-    with caplog.at_level("WARNING", logger="tinygiant.feature_cache"):
+    with caplog.at_level("WARNING", logger="tinygiant.training.feature_cache"):
         batch = collator([{"user": "<audio> How many beeps?", "assistant": "Three.", "audio": audio}])
     assert "is corrupt" in caplog.text
     assert int(batch["num_feature_cache_misses"]) == 1 and "whisper_input_features" not in batch

@@ -14,7 +14,7 @@ from parsing_tinygiant import format_question
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
 from processing_tinygiant import load_audio
 from tinygiant import cli, mmar
-from tinygiant.data import BadRow, TinyGiantCollator
+from tinygiant.training.data import BadRow, TinyGiantCollator
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from transformers import TrainerCallback
 
 import train_sft
 from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
-from tinygiant.data import BadRow, TinyGiantCollator, load_cota
-from tinygiant.trainer import gradient_accumulation_for
+from tinygiant.training.data import BadRow, TinyGiantCollator, load_cota
+from tinygiant.training.trainer import gradient_accumulation_for
 from modeling_tinygiant import TinyGiantForConditionalGeneration, TinyGiantModel
 from processing_tinygiant import TinyGiantProcessor
 from tinygiant.synthetic import make_synthetic_dataset
@@ -142,7 +142,7 @@ def test_bad_rows_are_skipped_counted_and_replaced(processor, data, tmp_path, ca
         {**good[0], "assistant": "   "},
     ]
     collator = TinyGiantCollator(processor, system_prompt=None, fallback_rows=bad + good)
-    with caplog.at_level("WARNING", logger="tinygiant.data"):
+    with caplog.at_level("WARNING", logger="tinygiant.training.data"):
         batch = collator([bad[0], good[0], bad[1], good[1]])
     assert batch["input_ids"].shape[0] == 2 and batch["num_skipped_rows"].item() == 2
     assert "skipping a bad row" in caplog.text
@@ -313,8 +313,8 @@ sys.path.insert(0, {root!r})
 from transformers import TrainerCallback
 import train_sft
 from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
-from tinygiant.data import BadRow, TinyGiantCollator, load_cota
-from tinygiant.trainer import gradient_accumulation_for
+from tinygiant.training.data import BadRow, TinyGiantCollator, load_cota
+from tinygiant.training.trainer import gradient_accumulation_for
 
 class Kill(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):

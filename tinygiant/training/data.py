@@ -24,7 +24,7 @@ from modeling_tinygiant import AUDIO_INPUTS
 from parsing_tinygiant import cota_to_messages
 from processing_tinygiant import TOKEN_PADDING, load_audio
 
-logger = logging.getLogger("tinygiant.data")
+logger = logging.getLogger("tinygiant.training.data")
 
 COTA_REPO = "zhifeixie/Audio-Reasoner-CoTA"
 COTA_COLUMNS = ["user", "assistant", "audio"]

@@ -1,10 +1,13 @@
-"""TRL's `SFTTrainer` for TinyGiant: two learning rates, the collator's counts in the logs, LoRA on the LLM only,
-progress lines, and the final save as a complete checkpoint folder."""
+"""What TinyGiant's TRL trainers share, and the SFT trainer: two learning rates (`ProjectorLearningRate`), model
+loading, LoRA on the LLM only, progress lines, and the final save as a complete checkpoint folder. The GRPO trainer
+(`tinygiant.training.grpo`) builds on the same pieces."""
 
 import json
 import os
+import shutil
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -16,19 +19,18 @@ from tinygiant.publish import save_checkpoint
 
 # The LLM's attention and MLP projections, and nothing in the encoders or the projector.
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Where `save_final(..., save_adapter=True)` puts the unmerged LoRA adapter inside the output folder.
+ADAPTER_FOLDER = "adapter"
 # Counts the collator sends along in each batch (it may run in a dataloader worker), and their names in the logs.
 COLLATOR_COUNTS = {"num_skipped_rows": "skipped_rows", "num_feature_cache_hits": "feature_cache_hits",
                    "num_feature_cache_misses": "feature_cache_misses"}
 
 
-class TinyGiantSFTTrainer(SFTTrainer):
-    """SFTTrainer with the projector's own learning rate and the collator's counts (skipped rows, feature cache hits
-    and misses) in every log."""
+class ProjectorLearningRate:
+    """A `Trainer` mixin: AdamW with the projector in its own parameter group at `projector_learning_rate` (the paper's
+    1e-4) and everything else trainable at `args.learning_rate`. Set `projector_learning_rate` before `__init__`."""
 
-    def __init__(self, *args, projector_learning_rate=1e-4, **kwargs):
-        self.projector_learning_rate = projector_learning_rate
-        self.counts = {name: torch.zeros((), dtype=torch.long) for name in COLLATOR_COUNTS.values()}
-        super().__init__(*args, **kwargs)
+    projector_learning_rate: float
 
     def create_optimizer(self, model=None):
         # Built here, from the model as it is now (after PEFT wrapping): param groups made before the trainer wraps
@@ -47,6 +49,16 @@ class TinyGiantSFTTrainer(SFTTrainer):
                 lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
             )
         return self.optimizer
+
+
+class TinyGiantSFTTrainer(ProjectorLearningRate, SFTTrainer):
+    """SFTTrainer with the projector's own learning rate and the collator's counts (skipped rows, feature cache hits
+    and misses) in every log."""
+
+    def __init__(self, *args, projector_learning_rate=1e-4, **kwargs):
+        self.projector_learning_rate = projector_learning_rate
+        self.counts = {name: torch.zeros((), dtype=torch.long) for name in COLLATOR_COUNTS.values()}
+        super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         for key, name in COLLATOR_COUNTS.items():
@@ -152,14 +164,20 @@ def _clock(seconds):
     return "?" if seconds is None else str(timedelta(seconds=round(seconds))).removeprefix("0:")
 
 
-def save_final(trainer, processor, output_dir, summary, use_peft):
+def save_final(trainer, processor, output_dir, summary, use_peft, save_adapter=False):
     """The trained model (LoRA merged into the LLM) as a complete checkpoint folder in `output_dir`; returns it.
 
-    Sharded runs (FSDP, ZeRO-3) save through the trainer, which gathers the weights; then process 0 writes the rest
-    of the folder around them.
+    With `save_adapter` (LoRA runs only), the adapter is also saved unmerged in `output_dir/adapter/` (PEFT's
+    `adapter_config.json` and `adapter_model.safetensors`, the projector among its `modules_to_save`), for loading
+    onto the base checkpoint or serving several fine-tunes of one base. Sharded runs (FSDP, ZeRO-3) save through the
+    trainer, which gathers the weights; then process 0 writes the rest of the folder around them.
     """
+    if save_adapter and not use_peft:
+        raise ValueError("--save_adapter saves a LoRA adapter: it needs --use_peft")
     trainer.accelerator.wait_for_everyone()
     folder = None
+    if save_adapter and trainer.is_world_process_zero():
+        save_adapter_folder(trainer.model, Path(output_dir) / ADAPTER_FOLDER)
     if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and not use_peft:
         trainer.save_model(output_dir)
         if trainer.is_world_process_zero():
@@ -172,4 +190,16 @@ def save_final(trainer, processor, output_dir, summary, use_peft):
         final.model.freeze_audio_encoders()
         folder = save_checkpoint(final, processor, output_dir, training_summary=summary)
     trainer.accelerator.wait_for_everyone()
+    return folder
+
+
+def save_adapter_folder(peft_model, folder: Path) -> Path:
+    """The PEFT model's adapter, unmerged, written beside `folder` and moved into place whole."""
+    from tinygiant.files import partial_path
+
+    staging = partial_path(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    peft_model.save_pretrained(staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
     return folder

@@ -11,7 +11,8 @@ The projector and the LLM still run (and train) on every step.
     batch.update(cache.fetch([cache.key(a) for a in audios]))   # in the collator: no encoder, no model needed
     model(**batch)                                       # input_ids, attention_mask, instruction_mask, labels + features
 
-`train_sft.py --feature_cache_dir DIR` fills and reads such a cache as it trains (`tinygiant.data.TinyGiantCollator`).
+`train_sft.py --feature_cache_dir DIR` fills and reads such a cache as it trains
+(`tinygiant.training.data.TinyGiantCollator`).
 """
 
 import hashlib
