@@ -112,8 +112,8 @@ class PipelineBackend:
 class ServerBackend:
     """The model behind an OpenAI-compatible chat server at `url` (TinyGiant on vLLM: `tinygiant serve --engine vllm`),
     streamed; `concurrency` requests at once. `call_kwargs` are the pipeline's names: `max_new_tokens`, `do_sample`
-    (False: greedy) and `system_prompt` (`""`: none; by default the server's, which a TinyGiant server sets to the
-    pipeline's). Its result has the pipeline's fields, read by the same rule (`parse_output`)."""
+    (False: greedy) and `system_prompt` (`""`: none; by default the served checkpoint's own, which its chat template
+    carries). Its result has the pipeline's fields, read by the same rule (`parse_output`)."""
 
     def __init__(self, url, model=None, call_kwargs=None, concurrency=16, timeout=600.0, api_key=None):
         import openai
@@ -329,8 +329,8 @@ def main(argv=None):
     parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="longest clip accepted")
     parser.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
-    parser.add_argument("--system-prompt", help="default: the pipeline's (Audio-Reasoner's); '' for none, as the "
-                        "offline demo's model was trained")
+    parser.add_argument("--system-prompt", help="default: the checkpoint's own (the prompt it was trained with); "
+                        "'' for none")
     args = parser.parse_args(argv)
     call_kwargs = {}
     if args.max_new_tokens:

@@ -10,14 +10,19 @@ The audio half (eq. 1-15) is written once, in `TinyGiantAudioMixin`: `TinyGiantM
 """
 
 import hashlib
+import itertools
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import ClapAudioModel, GenerationMixin, PreTrainedModel, Qwen3Model
+from transformers.cache_utils import Cache
 from transformers.generation import CompileConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 try:
@@ -81,7 +86,16 @@ class QueryGuidedProjector(nn.Module):
             self.clap_gate = nn.Linear(config.clap_config.hidden_size, d)
             self.gate_norm = nn.LayerNorm(d)
 
-    def forward(self, whisper_frames, htsat_frames, intent_query=None, clap_vector=None):
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype it computes in, read off a float tensor it holds: never a linear layer's `weight`, which an
+        int8 layer (`int8_tinygiant.Int8Linear`) would have to dequantise."""
+        return next(t.dtype for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point())
+
+    def forward(
+        self, whisper_frames: torch.Tensor, htsat_frames: torch.Tensor, intent_query: torch.Tensor | None = None,
+        clap_vector: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`whisper_frames` (A, N, 1280) and `htsat_frames` (A, N, 768) -> (A, N, d_model).
 
         `intent_query` (A, d_model) is needed when Stage B is on, `clap_vector` (A, 1024) when Stage C is on.
@@ -208,11 +222,12 @@ class TinyGiantPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         # transformers 5 recreates loaded parameters as trainable, so freeze the encoders again.
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded  # (model, loading info) on request
         for module in model.modules():
             if isinstance(module, TinyGiantModel):
                 module.freeze_audio_encoders()
-        return model
+        return loaded
 
 
 class TinyGiantAudioMixin:
@@ -331,7 +346,7 @@ class TinyGiantAudioMixin:
         1280), `htsat_frames` (audios, N, 768) and `clap_vector` (audios, 1024; only with the gate), as returned by
         `encode_audio`: the frozen encoders are then skipped.
         """
-        dtype = self.projector.input_proj.weight.dtype
+        dtype = self.projector.dtype
         if whisper_frames is None:
             encode = self.encode_audio if self.audio_cache is None else self.encode_audio_cached
             whisper_frames, htsat_frames, clap_vector = encode(
@@ -399,14 +414,24 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
         return mask
 
     def get_intent_query(
-        self, inputs_embeds: torch.Tensor, instruction_mask: torch.Tensor, placeholder_mask: torch.Tensor
+        self, inputs_embeds: torch.Tensor, instruction_mask: torch.Tensor, placeholder_mask: torch.Tensor,
+        prepended: bool = False,
     ) -> torch.Tensor:
-        """q_intent per audio: the mean input embedding over its sample's instruction tokens (eq. 11)."""
+        """q_intent per audio: the mean input embedding over its sample's instruction tokens (eq. 11).
+
+        `instruction_mask` covers the processor's tokens. When the sequence is longer, the extra positions were added
+        either after the prompt (generation without a KV cache re-feeds prompt + generated ids) or, with `prepended`,
+        before it (PEFT's prompt tuning and p-tuning put their virtual tokens' embeddings first); the mask is aligned
+        accordingly, so the intent still averages exactly the instruction's tokens.
+        """
         if instruction_mask is None:
             raise ValueError("the intent query needs `instruction_mask` (TinyGiantProcessor returns it)")
         mask = instruction_mask.to(inputs_embeds.device)
-        if mask.shape[1] < inputs_embeds.shape[1]:  # generation without cache appends tokens after the prompt
-            mask = F.pad(mask, (0, inputs_embeds.shape[1] - mask.shape[1]))
+        extra = inputs_embeds.shape[1] - mask.shape[1]
+        if extra < 0:
+            raise ValueError(f"instruction_mask covers {mask.shape[1]} positions but the input has only "
+                             f"{inputs_embeds.shape[1]}: pass the mask the processor made for these tokens")
+        mask = F.pad(mask, (extra, 0) if prepended else (0, extra))
         per_sample = mean_instruction_embedding(inputs_embeds, mask.bool() & ~placeholder_mask)
         audios_per_sample = placeholder_mask.sum(1) // self.config.num_audio_tokens
         return per_sample.repeat_interleave(audios_per_sample, dim=0)
@@ -435,7 +460,9 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, num_audios=num_audios)
             intent_query = None
             if self.config.use_intent_query:
-                intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask)
+                # Only embeddings given: anything beyond the processor's tokens was prepended (PEFT prompt learning).
+                intent_query = self.get_intent_query(inputs_embeds, instruction_mask, placeholder_mask,
+                                                     prepended=input_ids is None)
             audio_embeds = self.get_audio_features(
                 whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths, intent_query,
                 whisper_frames=whisper_frames, htsat_frames=htsat_frames, clap_vector=clap_vector,
@@ -445,24 +472,26 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
             )
         return inputs_embeds
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as Qwen3's: PEFT's prefix tuning passes it
+    @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        cache=None,
-        inputs_embeds=None,
-        whisper_input_features=None,
-        clap_input_features=None,
-        whisper_lengths=None,
-        htsat_lengths=None,
-        instruction_mask=None,
-        use_cache=None,
-        whisper_frames=None,
-        htsat_frames=None,
-        clap_vector=None,
-        **kwargs,
-    ):
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        whisper_input_features: torch.FloatTensor | None = None,
+        clap_input_features: torch.FloatTensor | None = None,
+        whisper_lengths: torch.LongTensor | None = None,
+        htsat_lengths: torch.LongTensor | None = None,
+        instruction_mask: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        whisper_frames: torch.FloatTensor | None = None,
+        htsat_frames: torch.FloatTensor | None = None,
+        clap_vector: torch.FloatTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
         r"""
         whisper_input_features (`torch.FloatTensor` of shape `(windows, 128, 3000)`): 30 s log-mel windows at 16 kHz.
         clap_input_features (`torch.FloatTensor` of shape `(windows, 1, 1001, 64)`): 10 s log-mel windows at 48 kHz.
@@ -481,6 +510,7 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return BaseModelOutputWithPast(
@@ -495,6 +525,9 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
     """TinyGiant with its language-modelling head: what `AutoModel` and `AutoModelForCausalLM` load."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As Qwen3ForCausalLM's: the head is sharded like the tied embedding it shares its weight with.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config):
         super().__init__(config)
@@ -529,26 +562,28 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
     def disable_audio_cache(self):
         self.model.disable_audio_cache()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        cache=None,
-        inputs_embeds=None,
-        whisper_input_features=None,
-        clap_input_features=None,
-        whisper_lengths=None,
-        htsat_lengths=None,
-        instruction_mask=None,
-        labels=None,
-        use_cache=None,
-        logits_to_keep=0,
-        whisper_frames=None,
-        htsat_frames=None,
-        clap_vector=None,
-        **kwargs,
-    ):
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        whisper_input_features: torch.FloatTensor | None = None,
+        clap_input_features: torch.FloatTensor | None = None,
+        whisper_lengths: torch.LongTensor | None = None,
+        htsat_lengths: torch.LongTensor | None = None,
+        instruction_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        whisper_frames: torch.FloatTensor | None = None,
+        htsat_frames: torch.FloatTensor | None = None,
+        clap_vector: torch.FloatTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): unshifted targets, -100 where not trained.
         See [`TinyGiantModel.forward`] for the audio inputs.
@@ -568,6 +603,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             whisper_frames=whisper_frames,
             htsat_frames=htsat_frames,
             clap_vector=clap_vector,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -610,8 +646,6 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         else:
             kwargs.setdefault("disable_compile", True)
         return self.generate(*args, **kwargs)
-
-    generate_fast = generate_with_static_cache  # the old name
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """Repeat each sample's audios with the sample (beam search, `num_return_sequences`).

@@ -58,9 +58,11 @@ def check_choices(choices):
     return choices
 
 
-def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PROMPT, audio=None):
+def conversation(user_text, answer=None, reasoning=None, system_prompt=None, audio=None):
     """The chat messages for one audio and `user_text` (the audio first, as in CoTA), optionally with the assistant's
-    turn (`answer`, and `reasoning` for its think block). `system_prompt=None` or `""` sends no system turn. `audio`
+    turn (`answer`, and `reasoning` for its think block). `system_prompt` (a non-empty string) is written as the
+    system message; without one, the chat template gives the checkpoint's default system turn, unless the caller
+    renders with `default_system_prompt=""` (`NO_DEFAULT_SYSTEM_PROMPT` over a chat API). `audio`
     (a path, URL, bytes or `{"array", "sampling_rate"}`) goes in the audio item, for `apply_chat_template(tokenize=True)`
     and the pipeline; without it the item only marks where the audio goes."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -71,7 +73,7 @@ def conversation(user_text, answer=None, reasoning=None, system_prompt=SYSTEM_PR
     return messages
 
 
-def question_messages(question, choices=None, system_prompt=SYSTEM_PROMPT):
+def question_messages(question, choices=None, system_prompt=None):
     """The prompt for a question about one audio (`format_question` checks it), ready for a generation prompt."""
     return conversation(format_question(question, choices), system_prompt=system_prompt)
 
@@ -80,8 +82,8 @@ def question_messages(question, choices=None, system_prompt=SYSTEM_PROMPT):
 # The same conversation over an OpenAI-compatible chat API (TinyGiant on vLLM, or a peer's server)
 # ---------------------------------------------------------------------------------------------------
 
-# A TinyGiant server (`tinygiant serve --engine vllm`) gives a conversation without a system turn the default system
-# prompt, through this chat-template variable; a request that wants no system turn at all sends these extra fields.
+# A TinyGiant checkpoint's chat template gives a conversation without a system turn the system prompt it was trained
+# with (`processing_tinygiant.build_chat_template`); a request that wants no system turn at all sends these fields.
 NO_DEFAULT_SYSTEM_PROMPT = {"chat_template_kwargs": {"default_system_prompt": ""}}
 # `input_audio` names the container; the OpenAI API knows wav and mp3, vLLM reads whatever its decoders read.
 AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".m4a": "m4a"}

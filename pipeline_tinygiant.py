@@ -34,13 +34,13 @@ from transformers.utils import logging
 try:
     from .int8_tinygiant import quantize_int8
     from .llamacpp_tinygiant import GGUF_WEIGHTS, LlamaCppDecoder
-    from .parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_output, question_messages
+    from .parsing_tinygiant import check_choices, parse_output, question_messages
 except ImportError:
     if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
         raise
     from int8_tinygiant import quantize_int8  # this repository, imported as top-level modules
     from llamacpp_tinygiant import GGUF_WEIGHTS, LlamaCppDecoder
-    from parsing_tinygiant import SYSTEM_PROMPT, check_choices, parse_output, question_messages
+    from parsing_tinygiant import check_choices, parse_output, question_messages
 
 logger = logging.get_logger(__name__)
 
@@ -61,7 +61,7 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         - a dict `{"audio": <any of the above>, "question": ..., "choices": [...]}` for a per-item question;
         - a conversation: a list of chat messages (dicts with "role" and "content") whose audio sits in the content,
           `{"type": "audio", "path"|"url"|"audio": ...}` as `TinyGiantProcessor.apply_chat_template` reads it.
-          Without a system message, the `system_prompt` is put first. The result adds `generated_text`: the
+          Without a system message, `system_prompt` decides its system turn. The result adds `generated_text`: the
           conversation with the new assistant turn (`content` the answer, `reasoning_content` the thinking, as the
           chat template renders them back), so a follow-up is `out["generated_text"] + [next user message]`.
 
@@ -86,8 +86,9 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         question (`str`): the question, unless every item carries its own (or is a conversation).
         choices (`list[str]`, *optional*): 2 to 6 options, listed in the prompt as `(a) ...`, `(b) ...`. For a
             conversation, whose text already lists them, they only serve to read back the `choice`.
-        system_prompt (`str`, *optional*): defaults to `SYSTEM_PROMPT` (Audio-Reasoner's, with `<think>` markup);
-            `None` or `""` sends no system turn.
+        system_prompt (`str`, *optional*): the system turn. By default, the checkpoint's own: the prompt it was
+            trained with, which its chat template carries (`processing_tinygiant.build_chat_template`); `""` sends
+            no system turn.
         sampling_rate (`int`, *optional*): rate of raw arrays.
         batch_size (`int`, *optional*): items per `generate` call (one left-padded batch).
         Anything else (`max_new_tokens`, `do_sample`, `temperature`, `top_p`, `streamer`, ...) goes to
@@ -146,20 +147,23 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
 
-    def _sanitize_parameters(self, question=None, choices=None, system_prompt=..., sampling_rate=None,
+    def _sanitize_parameters(self, question=None, choices=None, system_prompt=None, sampling_rate=None,
                              generate_kwargs=None, **kwargs):
-        preprocess = {"question": question, "choices": choices, "sampling_rate": sampling_rate}
+        preprocess = {"question": question, "choices": choices, "system_prompt": system_prompt,
+                      "sampling_rate": sampling_rate}
         preprocess = {k: v for k, v in preprocess.items() if v is not None}
-        if system_prompt is not ...:  # `None` is a real value here: no system turn
-            preprocess["system_prompt"] = system_prompt
         forward = {**(generate_kwargs or {}), **kwargs}
         return preprocess, forward, {}
 
-    def preprocess(self, inputs, question=None, choices=None, system_prompt=SYSTEM_PROMPT, sampling_rate=None):
+    def preprocess(self, inputs, question=None, choices=None, system_prompt=None, sampling_rate=None):
         with self.lock:
             return self._preprocess(inputs, question, choices, system_prompt, sampling_rate)
 
     def _preprocess(self, inputs, question, choices, system_prompt, sampling_rate):
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ValueError(f"system_prompt must be a string ('' for no system turn), got {system_prompt!r}")
+        # "" overrides the template's default system turn; a prompt given is written as the system message.
+        template_kwargs = {"default_system_prompt": ""} if system_prompt == "" else {}
         if isinstance(inputs, Conversation):
             if question is not None:
                 raise ValueError("a conversation carries its own questions: put the question in its last user message")
@@ -167,7 +171,7 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             if system_prompt and messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": system_prompt}, *messages]
             model_inputs = self.processor.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                              add_generation_prompt=True)
+                                                              add_generation_prompt=True, **template_kwargs)
             choices = None if choices is None else check_choices(choices)
             return {**model_inputs, "choices": choices, "conversation": inputs.messages}
         if isinstance(inputs, dict) and "audio" in inputs:
@@ -183,7 +187,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         if question is None:
             raise ValueError("no question: pass `question=` or give each input as {'audio': ..., 'question': ...}")
         messages = question_messages(question, choices, system_prompt)  # raises on an empty question or bad choices
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                    **template_kwargs)
         model_inputs = self.processor(text=prompt, audio=inputs, sampling_rate=sampling_rate)
         return {**model_inputs, "choices": choices, "conversation": None}
 

@@ -14,6 +14,7 @@ repeat-padded for HTS-AT (as LAION CLAP was trained), and only the frames that c
 """
 
 import io
+import json
 import math
 import re
 import urllib.request
@@ -22,16 +23,25 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
-import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 try:
     from .configuration_tinygiant import AUDIO_LAYOUT
+    from .parsing_tinygiant import SYSTEM_PROMPT
 except ImportError:
     if __package__:  # remote code: the sibling is there, so a dependency it imports is missing; say which
         raise
     from configuration_tinygiant import AUDIO_LAYOUT  # this repository, imported as top-level modules
+    from parsing_tinygiant import SYSTEM_PROMPT
+
+try:  # optional: the torch-free ONNX runtime (onnx_tinygiant.py) reads audio and prompts through this file
+    import torch
+except ImportError:
+    torch = None
+
+# What a raw audio array may be.
+ARRAY_TYPES = (np.ndarray, list) if torch is None else (np.ndarray, torch.Tensor, list)
 
 # Tensors with one row per prompt, padded to a common length in a batch, and the value they are padded with (None:
 # the tokenizer's pad id). Every other tensor has one row per audio window or per audio and is concatenated.
@@ -40,20 +50,22 @@ TOKEN_PADDING = {"input_ids": None, "attention_mask": 0, "instruction_mask": 0, 
 # Qwen3's chat markup: `<|im_start|>role\n ... <|im_end|>`.
 TURN_PATTERN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(<\|im_end\|>|$)", re.DOTALL)
 
-# Qwen3 style. `default_system_prompt`, when the caller passes it (a serving engine does, with
-# `parsing_tinygiant.SYSTEM_PROMPT`), is the system turn of a conversation that has none; without it nothing is added.
+# Qwen3 style. A conversation without a system message gets the checkpoint's default system turn, which
+# `build_chat_template(default_system_prompt)` writes into the template itself (as Qwen's templates carry theirs): every
+# runtime that renders the checkpoint's template (transformers, vLLM, transformers.js) asks as the model was trained.
+# A caller can still override it per call with the template variable `default_system_prompt` (`""`: no system turn).
 # Audio content items render as `<audio>`; an assistant turn's `reasoning_content` goes inside
 # `<think>...</think>` before its answer, in every turn (reasoning is what TinyGiant is trained to produce);
 # `{% generation %}` marks what the assistant says, end-of-turn included, for `return_assistant_tokens_mask`.
-CHAT_TEMPLATE = """\
+CHAT_TEMPLATE_BODY = """\
 {%- macro render(content) -%}
 {%- if content is string -%}{{ content }}
 {%- else -%}{%- for item in content -%}
 {%- if item.type == 'audio' -%}<audio>{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}
 {%- endfor -%}{%- endif -%}
 {%- endmacro -%}
-{%- if default_system_prompt is defined and default_system_prompt and (not messages or messages[0].role != 'system') -%}
-{{- '<|im_start|>system\\n' + default_system_prompt + '<|im_end|>\\n' -}}
+{%- if system_turn and (not messages or messages[0].role != 'system') -%}
+{{- '<|im_start|>system\\n' + system_turn + '<|im_end|>\\n' -}}
 {%- endif -%}
 {%- for message in messages -%}
 {%- if message.role == 'assistant' -%}
@@ -76,6 +88,18 @@ CHAT_TEMPLATE = """\
 {%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}
 {%- endif -%}
 """
+
+
+def build_chat_template(default_system_prompt: str = SYSTEM_PROMPT) -> str:
+    """TinyGiant's chat template whose conversations without a system message get `default_system_prompt` as their
+    system turn (`""`: none). Training writes the prompt it trained with (`train_sft.py --system_prompt`) into the
+    checkpoint this way; a new checkpoint defaults to Audio-Reasoner's, the paper's SFT prompt."""
+    if not isinstance(default_system_prompt, str):
+        raise ValueError(f"the default system prompt must be a string ('' for none), got {default_system_prompt!r}")
+    # A JSON string is a valid Jinja string literal (same escapes), so any prompt text is embedded verbatim.
+    default = json.dumps(default_system_prompt)
+    return (f"{{%- set system_turn = default_system_prompt if default_system_prompt is defined else {default} -%}}\n"
+            + CHAT_TEMPLATE_BODY)
 
 
 # What an audio dict may hold: a decoded `datasets.Audio` value ({"array", "sampling_rate", "path"}) or an undecoded
@@ -122,7 +146,7 @@ def load_audio(audio, sampling_rate: int | None = None) -> tuple[np.ndarray, int
         except Exception as error:  # libsndfile names the format problem; keep its words
             raise ValueError(f"cannot decode {name}: {error}") from error
         return _check(waveform.mean(axis=1), sampling_rate)
-    if not isinstance(audio, (np.ndarray, torch.Tensor, list)):
+    if not isinstance(audio, ARRAY_TYPES):
         # A list given to the pipeline is a batch: a list of samples arrives here one number at a time.
         hint = " (a list is a batch of inputs: pass a clip's samples as an array)" if isinstance(
             audio, (int, float, np.number)) else ""
@@ -167,7 +191,7 @@ def chat_audio(item):
     """
     if item.get("audio") is not None:
         audio = item["audio"]
-        if isinstance(audio, (np.ndarray, torch.Tensor, list)):
+        if isinstance(audio, ARRAY_TYPES):
             if item.get("sampling_rate") is None:
                 raise ValueError(
                     "an audio item with an array needs its rate: {'type': 'audio', 'audio': array, 'sampling_rate': "
@@ -204,6 +228,7 @@ def split_windows(waveform, window_samples):
 
 def spans_to_mask(offsets, spans):
     """Mark the tokens whose character offsets start inside any of `spans` (pairs of character positions)."""
+    offsets = np.asarray(offsets).reshape(-1, 2)  # an empty text's offsets come back as an empty 1-D array
     starts, ends = offsets[:, 0], offsets[:, 1]
     mask = np.zeros(len(offsets), dtype=bool)
     for start, end in spans:
@@ -220,7 +245,8 @@ class TinyGiantProcessor(ProcessorMixin):
         feature_extractor ([`ClapFeatureExtractor`]): log-mels for the HTS-AT and CLAP towers.
         whisper_feature_extractor ([`WhisperFeatureExtractor`]): log-mels for the Whisper encoder.
         tokenizer: the Qwen3 tokenizer with the `<audio>` token added.
-        chat_template (`str`, *optional*): defaults to TinyGiant's Qwen3-style template.
+        chat_template (`str`, *optional*): defaults to `build_chat_template()`: TinyGiant's Qwen3-style template with
+            Audio-Reasoner's system prompt as the default system turn (a trained checkpoint carries its own).
         audio_token (`str`, *optional*, defaults to `"<audio>"`): the placeholder written once per audio.
         num_audio_tokens (`int`, *optional*, defaults to 300): how many placeholder ids one audio becomes (N).
         max_audio_seconds (`float`, *optional*, defaults to 600): longer audio is rejected with a `ValueError`.
@@ -240,7 +266,7 @@ class TinyGiantProcessor(ProcessorMixin):
         self.num_audio_tokens = num_audio_tokens
         self.max_audio_seconds = max_audio_seconds
         super().__init__(
-            feature_extractor, whisper_feature_extractor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE
+            feature_extractor, whisper_feature_extractor, tokenizer, chat_template=chat_template or build_chat_template()
         )
 
     @property
@@ -259,19 +285,16 @@ class TinyGiantProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         images=None,
         videos=None,
-        return_labels: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Tokenize `text` (a string or a list) and extract features of `audio` (one item or a list).
 
         Each `<audio>` in the text takes the next audio, in order; their counts must match. `sampling_rate` is the
         rate of raw arrays (files and dicts carry their own). `output_labels=True` adds `labels` for training (as
-        transformers' audio processors name it; `return_labels` is the old name and still works).
+        transformers' audio processors name it).
         `extract_audio_features=False` skips the mels (the audios then only have to match the markers): for callers
         that feed the frozen encoders' cached outputs (`whisper_frames`, ...) instead, such as a training feature cache.
         """
-        if return_labels is not None:
-            output_labels = return_labels
         if text is None:
             raise ValueError("TinyGiantProcessor needs `text`, with one `<audio>` marker per audio")
         if images is not None or videos is not None:

@@ -87,7 +87,7 @@ def test_multi_turn_several_audios_and_assistant_only_labels(processor):
         user({"audio": second, "sampling_rate": 16000}, "And this one?"),
     ]
     got = tokenized(processor, conversation, output_labels=True)
-    expected = reference(processor, conversation, [first, second], sampling_rate=16000, return_labels=True)
+    expected = reference(processor, conversation, [first, second], sampling_rate=16000, output_labels=True)
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
     assert got["whisper_lengths"].tolist() == [50, 150]  # each audio where its item stands, in order

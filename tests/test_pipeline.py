@@ -14,9 +14,8 @@ from conftest import talkative, tone, without
 from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
-from parsing_tinygiant import parse_response
-from parsing_tinygiant import SYSTEM_PROMPT
-from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
+from parsing_tinygiant import SYSTEM_PROMPT, parse_response
+from pipeline_tinygiant import Conversation, TinyGiantAudioReasoningPipeline
 from tinygiant.publish import save_checkpoint
 from tinygiant.synthetic import generate_clip
 
@@ -129,13 +128,23 @@ def test_inputs_of_every_kind_give_the_same_answer(pipe, tmp_path):
     assert list(pipe((a for a in [audio, audio]), sampling_rate=16000, **ask)) == [expected, expected]
 
 
-def test_default_system_prompt_and_choices_are_in_the_prompt(pipe):
-    item = pipe.preprocess(tone(1.0), sampling_rate=16000, question="Which tone?", choices=["low", "high"])
-    prompt = pipe.tokenizer.decode(item["input_ids"][0])
-    assert SYSTEM_PROMPT in prompt and "(a) low\n(b) high" in prompt
-    assert prompt.endswith("<|im_start|>assistant\n")
-    item = pipe.preprocess(tone(1.0), sampling_rate=16000, question="Which tone?", system_prompt=None)
-    assert "<|im_start|>system" not in pipe.tokenizer.decode(item["input_ids"][0])
+def test_the_checkpoints_system_prompt_and_choices_are_in_the_prompt(pipe):
+    def prompt(inputs=tone(1.0), **kwargs):
+        item = pipe.preprocess(inputs, sampling_rate=16000, question="Which tone?", choices=["low", "high"], **kwargs)
+        return pipe.tokenizer.decode(item["input_ids"][0])
+
+    default = prompt()  # a new checkpoint's chat template carries Audio-Reasoner's prompt
+    assert default.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>") and "(a) low\n(b) high" in default
+    assert default.endswith("<|im_start|>assistant\n")
+    assert prompt(system_prompt=None) == default
+    assert prompt(system_prompt="Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
+    assert prompt(system_prompt="").startswith("<|im_start|>user")  # no system turn at all
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": {"array": tone(1.0), "sampling_rate": 16000}},
+                                                 {"type": "text", "text": "Which tone?"}]}]
+    item = pipe.preprocess(Conversation(conversation), system_prompt="")
+    assert pipe.tokenizer.decode(item["input_ids"][0]).startswith("<|im_start|>user")
+    with pytest.raises(ValueError, match="system_prompt"):
+        prompt(system_prompt=["not", "a", "string"])
 
 
 def test_truncated_generation_keeps_text_but_has_no_answer(pipe):

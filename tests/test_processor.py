@@ -37,9 +37,6 @@ def test_text_only_mode_for_cached_features_gives_the_same_text_tensors(processo
         assert torch.equal(text_only[key], full[key]), key
     with pytest.raises(ValueError, match="markers"):  # the audios must still match the markers
         processor(text=text, audio=[], extract_audio_features=False)
-    old_name = processor(text=text, audio=tone(2.0), sampling_rate=16000, return_labels=True,
-                         extract_audio_features=False)
-    assert torch.equal(old_name["labels"], text_only["labels"])  # `return_labels`, the old name, still works
 
 
 @pytest.mark.parametrize("seconds, whisper_windows, htsat_windows", [(5, 1, 1), (29, 1, 3), (31, 2, 4), (65, 3, 7)])

@@ -1,0 +1,149 @@
+"""What the ecosystem's own suites expect of a model, checked black-box on a tiny checkpoint loaded as remote code.
+
+Each test stands for a bug that transformers' `ModelTesterMixin`, PEFT's and TRL's tests or vLLM's processing test
+found: a cache passed as `past_key_values`, `return_dict=False`, `output_loading_info=True`, the tensor-parallel plan,
+an empty text, PEFT's prefix and prompt tuning; and the checkpoint's own system prompt in its chat template.
+"""
+
+import pytest
+import torch
+from conftest import tone
+from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from transformers import AutoModel, AutoProcessor
+
+from processing_tinygiant import build_chat_template
+from tinygiant.publish import save_checkpoint
+
+QUESTION = "What is the sound?"
+
+
+@pytest.fixture(scope="module")
+def remote_processor(tiny_dir):
+    return AutoProcessor.from_pretrained(tiny_dir, trust_remote_code=True)
+
+
+def load_remote(tiny_dir, **kwargs):
+    model = AutoModel.from_pretrained(tiny_dir, trust_remote_code=True, **kwargs)
+    loaded = model[0] if kwargs.get("output_loading_info") else model
+    assert type(loaded).__module__.startswith("transformers_modules."), "not the checkpoint's own code"
+    return model
+
+
+@pytest.fixture(scope="module")
+def remote_model(tiny_dir):
+    return load_remote(tiny_dir).eval()
+
+
+def training_example(processor):
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "audio": {"array": tone(1.0), "sampling_rate": 16000}},
+                                     {"type": "text", "text": QUESTION}]},
+        {"role": "assistant", "content": "A single tone."},
+    ]
+    return processor.apply_chat_template(conversation, tokenize=True, return_dict=True, output_labels=True,
+                                         padding_side="right")
+
+
+def generation_prompt(processor):
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": {"array": tone(1.0), "sampling_rate": 16000}},
+                                                 {"type": "text", "text": QUESTION}]}]
+    return processor.apply_chat_template(conversation, tokenize=True, return_dict=True, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def test_past_key_values_continues_the_context(remote_model, remote_processor):
+    inputs = generation_prompt(remote_processor)
+    full = remote_model(**inputs).logits
+    # The last 3 prompt tokens are "<|im_start|>assistant\n": outside the instruction, so the prefix's intent is the same.
+    k = 3
+    prefix = {key: value[:, :-k] if key in ("input_ids", "attention_mask", "instruction_mask") else value
+              for key, value in inputs.items()}
+    cache = remote_model(**prefix, use_cache=True).cache
+    rest = remote_model(input_ids=inputs["input_ids"][:, -k:], attention_mask=inputs["attention_mask"],
+                        past_key_values=cache).logits
+    torch.testing.assert_close(rest, full[:, -k:], rtol=1e-4, atol=1e-4)
+    no_context = remote_model(input_ids=inputs["input_ids"][:, -k:]).logits
+    assert not torch.allclose(no_context, full[:, -k:], atol=1e-3)  # so the cache was really read
+
+
+@torch.no_grad()
+def test_return_dict_false_gives_a_tuple(remote_model, remote_processor):
+    inputs = training_example(remote_processor)
+    as_dict = remote_model(**inputs)
+    as_tuple = remote_model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    inner = remote_model.model(**{k: v for k, v in inputs.items() if k != "labels"}, return_dict=False)
+    assert isinstance(inner, tuple) and inner[0].shape[:2] == inputs["input_ids"].shape
+
+
+def test_output_loading_info_gives_the_info_dict(tiny_dir):
+    model, info = load_remote(tiny_dir, output_loading_info=True)
+    assert {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"} <= set(info)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not any(p.requires_grad for encoder in model.model.audio_encoders() for p in encoder.parameters())
+
+
+def test_tensor_parallel_plan_shards_the_head_with_its_tied_embedding(remote_model):
+    plan = remote_model.tp_plan
+    assert plan["model.language_model.embed_tokens"] == "embedding_rowwise"
+    assert plan["lm_head"] == "colwise_gather_output"  # as Qwen3ForCausalLM's
+
+
+def test_processor_takes_an_empty_text(remote_processor):
+    out = remote_processor(text="")
+    assert out["input_ids"].shape == out["instruction_mask"].shape == (1, 0)
+    batch = remote_processor(text=["", "Hello"])
+    assert batch["instruction_mask"][0].sum() == 0 and batch["instruction_mask"][1].sum() > 0
+
+
+def test_peft_prefix_tuning_changes_the_loss_and_trains(tiny_dir, remote_processor):
+    inputs = training_example(remote_processor)
+    model = load_remote(tiny_dir)
+    base = model(**inputs).loss.item()
+    tuned = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    loss = tuned(**inputs).loss
+    assert abs(loss.item() - base) > 1e-4  # the prefix is attended to
+    loss.backward()
+    prefix = [p for p in tuned.parameters() if p.requires_grad]
+    assert prefix and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prefix)
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "p_tuning"])
+def test_peft_virtual_tokens_keep_the_intent_on_the_instruction(tiny_dir, remote_processor, kind):
+    from peft import PromptEncoderConfig
+
+    inputs = training_example(remote_processor)
+    model = load_remote(tiny_dir).eval()
+    intents = []
+    model.model.projector.register_forward_hook(lambda module, args, kwargs, out: intents.append(args[2]),
+                                                with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+        config = (PromptTuningConfig if kind == "prompt_tuning" else PromptEncoderConfig)(
+            task_type="CAUSAL_LM", num_virtual_tokens=4, **({"encoder_hidden_size": 16} if kind == "p_tuning" else {}))
+        get_peft_model(model, config).eval()(**inputs)
+    # The virtual tokens come first; q_intent (eq. 11) must still average exactly "What is the sound?".
+    torch.testing.assert_close(intents[1], intents[0])
+
+
+def test_a_checkpoint_renders_the_system_prompt_it_was_trained_with(tiny_dir, tmp_path, remote_model):
+    processor = AutoProcessor.from_pretrained(tiny_dir, trust_remote_code=True)
+    conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": QUESTION}]}]
+    odd = 'Say "yes" or {{ no }} {% raw %}\\ à\nthen stop.'  # quotes, Jinja markup, a backslash, non-ASCII, a newline
+    cases = [("Answer briefly.", "<|im_start|>system\nAnswer briefly.<|im_end|>\n"),
+             (odd, f"<|im_start|>system\n{odd}<|im_end|>\n"), ("", "")]
+    for trained_with, expected in cases:
+        processor.chat_template = build_chat_template(trained_with)
+        folder = save_checkpoint(remote_model, processor, tmp_path / f"trained-{len(trained_with)}")
+        reloaded = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        text = reloaded.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        assert text == f"{expected}<|im_start|>user\n<audio>{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+        # A system message of the conversation's own, or the call's override, still wins.
+        own = reloaded.apply_chat_template([{"role": "system", "content": "Mine."}, *conversation], tokenize=False)
+        assert own.startswith("<|im_start|>system\nMine.<|im_end|>") and own.count("<|im_start|>system") == 1
+        none = reloaded.apply_chat_template(conversation, tokenize=False, default_system_prompt="")
+        assert none.startswith("<|im_start|>user")
+    with pytest.raises(ValueError, match="string"):
+        build_chat_template(None)
