@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from pipeline_tinygiant import load_pipeline
-from tinygiant.mmar import load_meta, load_predictions, predict, score
+from tinygiant.eval.runner import predict
+from tinygiant.eval.synthetic import BENCHMARK
 
 # name -> (the pipeline's `int8=`, `whisper_trim_padding`)
 VARIANTS = {"float": (False, False), "int8": (True, False), "w8a8": ("w8a8", False), "trim_padding": (False, True)}
@@ -32,19 +33,19 @@ def answer_all(model_dir, data_dir, meta, out_dir, name):
     start = time.perf_counter()
     predict(meta, data_dir, pipe, path, batch_size=25, generate_kwargs={"max_new_tokens": 256, "system_prompt": None})
     seconds = time.perf_counter() - start
-    records = load_predictions(path, meta)
-    return records, score(meta, records), seconds
+    records = BENCHMARK.read_predictions(path, meta)
+    return records, BENCHMARK.score(meta, records), seconds
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a trained TinyGiant folder, e.g. runs/demo/model")
-    parser.add_argument("data", help="its synthetic data folder, with mmar-meta.jsonl and audio/")
+    parser.add_argument("data", help="its synthetic data folder, with eval-meta.jsonl and audio/")
     parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "float"],
                         choices=[v for v in VARIANTS if v != "float"])
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "int8-agreement.json"))
     args = parser.parse_args(argv)
-    meta = load_meta(Path(args.data) / "mmar-meta.jsonl")
+    meta = BENCHMARK.load_folder(args.data).items
     with tempfile.TemporaryDirectory() as tmp:
         runs = {name: answer_all(args.model, args.data, meta, tmp, name) for name in ["float", *args.variants]}
     floats = runs["float"][0]

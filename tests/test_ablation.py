@@ -9,6 +9,7 @@ import pytest
 
 import tinygiant.synthetic as syn
 from tinygiant import ablation, demo
+from tinygiant.eval.stats import mcnemar_exact
 
 
 def test_t_interval_and_mcnemar():
@@ -16,10 +17,10 @@ def test_t_interval_and_mcnemar():
     assert mean == 2.0 and hi - mean == pytest.approx(4.303 / math.sqrt(3)) and mean - lo == pytest.approx(hi - mean)
     assert ablation.t_interval([5.0]) == (5.0, [5.0, 5.0])
     # Exact two-sided binomial tail on the discordant pairs.
-    assert ablation.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
-    assert ablation.mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
-    assert ablation.mcnemar_exact(9, 1) == ablation.mcnemar_exact(1, 9)
-    assert ablation.mcnemar_exact(3, 3) == 1.0 and ablation.mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
     # Binomial upper tail: 3 or more right of 3 at chance 1/2, and at least 0 right, which is certain.
     assert ablation.above_chance_p(3, 3, 0.5) == pytest.approx(1 / 8)
     assert ablation.above_chance_p(2, 3, 0.5) == pytest.approx(4 / 8)
@@ -81,11 +82,11 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
         trained.append(name)
 
     def fake_evaluate(run_dir, data_dir, out_dir):
-        meta = [json.loads(line) for line in open(data_dir / "mmar-meta.jsonl")]
+        meta = [json.loads(line) for line in open(data_dir / "eval-meta.jsonl")]
         right = run_dir.name.startswith("full")  # Full answers everything, the others nothing
         out_dir.mkdir(parents=True, exist_ok=True)
         items = [{"id": m["id"], "status": "correct" if right else "wrong"} for m in meta]
-        (out_dir / "scores.json").write_text(json.dumps({"items": items}))  # as the MMAR harness writes it
+        (out_dir / "scores.json").write_text(json.dumps({"items": items}))  # as the evaluation runner writes it
         return {"overall": {"accuracy": 100.0 * right}}
 
     monkeypatch.setattr(ablation, "train", fake_train)

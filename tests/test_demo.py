@@ -18,9 +18,9 @@ def test_demo_trains_with_progress_scores_through_the_harness_and_answers(tmp_pa
         assert overall["total"] == n_questions > 0 and 0.0 <= overall["accuracy"] <= 100.0
         assert saved[run]["final_loss"] > 0
         # Scored by the MMAR harness: its predictions, scores and report, one sub-category per task.
-        predictions = (out / run / "mmar" / "predictions.jsonl").read_text().splitlines()
+        predictions = (out / run / "eval" / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == n_questions and {"id", "answer_prediction"} <= set(json.loads(predictions[0]))
-        assert json.loads((out / run / "mmar" / "scores.json").read_text())["overall"]["correct"] == overall["correct"]
+        assert json.loads((out / run / "eval" / "scores.json").read_text())["overall"]["correct"] == overall["correct"]
         assert sum(cell["total"] for cell in saved[run]["per_task"].values()) == n_questions
         # Progress while training: a line per run with the step count and an ETA.
         assert f"[{run}] step 1/2 (50%) | loss " in printed and f"[{run}] step 2/2 (100%) | done in" in printed

@@ -1,4 +1,4 @@
-"""tinygiant.files: atomic writes and the resumable JSON-lines logs; tinygiant.stats: the shared bootstrap."""
+"""tinygiant.files: atomic writes and the resumable JSON-lines logs; tinygiant.eval.stats: the shared bootstrap."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinygiant.files import leftover_partials, read_jsonl_log, replacing, write_json_atomic, write_text_atomic
-from tinygiant.stats import bootstrap_interval
+from tinygiant.eval.stats import bootstrap_interval
 
 
 def test_an_atomic_write_replaces_the_file_or_leaves_it_as_it_was(tmp_path):

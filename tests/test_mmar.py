@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import tinygiant.mmar as ev
-from tinygiant.mmar_format import string_match
+import tinygiant.eval.mmar as ev
+from tinygiant.eval.runner import load_predictions, string_match
+from tinygiant.eval.stats import wilson_interval
 
 # --- string_match ---------------------------------------------------------------------------------
 #
@@ -66,12 +67,12 @@ def test_string_match_follows_the_official_rule(answer, prediction, choices, exp
 
 
 def test_wilson_interval():
-    assert ev.wilson_interval(0, 0) is None
-    low, high = ev.wilson_interval(5, 10)
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(5, 10)
     assert low == pytest.approx(23.66, abs=0.01) and high == pytest.approx(76.34, abs=0.01)
-    low, high = ev.wilson_interval(0, 11)
+    low, high = wilson_interval(0, 11)
     assert low == 0 and high == pytest.approx(25.88, abs=0.01)
-    low, high = ev.wilson_interval(464, 1000)
+    low, high = wilson_interval(464, 1000)
     assert low == pytest.approx(43.33, abs=0.01) and high == pytest.approx(49.49, abs=0.01)
 
 
@@ -185,7 +186,7 @@ def _prediction(id, answer, thinking="I listened."):
 def test_load_predictions(tmp_path):
     meta = [_item("a"), _item("b")]
     path = _write_jsonl(tmp_path / "p.jsonl", [_prediction("a", "Parrot"), {"id": "b", "error": "audio missing"}])
-    assert ev.load_predictions(path, meta) == {
+    assert load_predictions(path, meta) == {
         "a": _prediction("a", "Parrot"),
         "b": {"id": "b", "error": "audio missing"},
     }
@@ -194,20 +195,20 @@ def test_load_predictions(tmp_path):
 def test_load_predictions_rejects_unknown_ids(tmp_path):
     path = _write_jsonl(tmp_path / "p.jsonl", [_prediction("a", "Dog"), _prediction("zz_unknown", "Dog")])
     with pytest.raises(ValueError, match="zz_unknown"):
-        ev.load_predictions(path, [_item("a")])
-    assert set(ev.load_predictions(path)) == {"a", "zz_unknown"}  # without meta nothing to check against
+        load_predictions(path, [_item("a")])
+    assert set(load_predictions(path)) == {"a", "zz_unknown"}  # without meta nothing to check against
 
 
 def test_load_predictions_rejects_duplicate_ids(tmp_path):
     path = _write_jsonl(tmp_path / "p.jsonl", [_prediction("a", "Dog"), _prediction("b", "Dog"), _prediction("a", "Cat")])
     with pytest.raises(ValueError, match="duplicate prediction ids: \\['a'\\]"):
-        ev.load_predictions(path, [_item("a"), _item("b")])
+        load_predictions(path, [_item("a"), _item("b")])
 
 
 def test_load_predictions_needs_an_answer_or_an_error(tmp_path):
     path = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "thinking_prediction": "hmm"}])
     with pytest.raises(ValueError, match="prediction a has no string 'answer_prediction'"):
-        ev.load_predictions(path)
+        load_predictions(path)
 
 
 # --- end to end -----------------------------------------------------------------------------------
@@ -251,11 +252,11 @@ def _cell(scores, group, key):
 def test_score_counts_missing_and_errors_as_wrong(mmar_files):
     meta_path, predictions_path = mmar_files
     meta = ev.load_meta(meta_path)
-    scores = ev.score(meta, ev.load_predictions(predictions_path, meta))
+    scores = ev.score(meta, load_predictions(predictions_path, meta))
 
     assert (scores["overall"]["correct"], scores["overall"]["total"]) == (5, 12)
     assert scores["overall"]["accuracy"] == pytest.approx(100 * 5 / 12)
-    assert scores["overall"]["ci95"] == pytest.approx(ev.wilson_interval(5, 12))
+    assert scores["overall"]["ci95"] == pytest.approx(wilson_interval(5, 12))
     assert (scores["n_items"], scores["n_predicted"], scores["n_missing"], scores["n_errors"]) == (12, 10, 2, 2)
     # The official script skips i04, i09 (no line) and i12 (no answer_prediction key): 5 of 9.
     assert (scores["official"]["correct"], scores["official"]["total"]) == (5, 9)
@@ -296,7 +297,7 @@ def test_score_only_cli_writes_the_same_numbers(mmar_files, tmp_path):
     meta_path, predictions_path = mmar_files
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "tinygiant.mmar", "--meta", str(meta_path),
+        [sys.executable, "-m", "tinygiant.eval.mmar", "--meta", str(meta_path),
          "--score-only", str(predictions_path), "--output-dir", str(out)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
     )
@@ -305,8 +306,8 @@ def test_score_only_cli_writes_the_same_numbers(mmar_files, tmp_path):
     assert "official-script accuracy over predicted items: 55.56 % (5/9)" in run.stdout
 
     meta = ev.load_meta(meta_path)
-    expected = ev.score(meta, ev.load_predictions(predictions_path, meta))
-    assert json.loads((out / "scores.json").read_text(encoding="utf-8")) == json.loads(json.dumps(expected))
+    expected = ev.score(meta, load_predictions(predictions_path, meta))
+    assert json.loads((out / "scores.json").read_text(encoding="utf-8")) == {"benchmark": "mmar", **json.loads(json.dumps(expected))}
 
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "| all | 41.7 | 5/12 |" in report

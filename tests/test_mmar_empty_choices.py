@@ -12,8 +12,9 @@ import pytest
 import soundfile
 from conftest import tone
 
-import tinygiant.mmar
-from tinygiant.mmar import load_meta, load_predictions, score
+import tinygiant.eval.mmar
+from tinygiant.eval.mmar import load_meta, score
+from tinygiant.eval.runner import load_predictions
 
 ROWS = Path(__file__).parent / "data" / "mmar_empty_choice_rows.jsonl"
 IDS = ["BV1gK4y1t7gv_00-49-43_00-50-13", "BV1Tm4y1h7JU_00-00-00_00-00-25", "ztvEag8Y2_Y_00-00-00_00-00-16",
@@ -28,7 +29,7 @@ def test_the_fixture_is_the_published_shape():
     rows = raw_rows()
     assert [row["id"] for row in rows] == IDS
     assert all(row["choices"][-1] == "" for row in rows)
-    assert all(set(tinygiant.mmar.REQUIRED_KEYS) <= set(row) and len(row["rubric"]) == 5 for row in rows)
+    assert all(set(tinygiant.eval.mmar.REQUIRED_KEYS) <= set(row) and len(row["rubric"]) == 5 for row in rows)
 
 
 def test_empty_choices_are_dropped_with_one_warning_naming_the_items(capsys):
@@ -46,7 +47,7 @@ def test_score_only_scores_all_four(tmp_path, capsys):
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text("".join(json.dumps({"id": row["id"], "thinking_prediction": "", "answer_prediction": pick})
                                    + "\n" for row, pick in zip(rows, picks)))
-    scores = tinygiant.mmar.main(["--meta", str(ROWS), "--score-only", str(predictions),
+    scores = tinygiant.eval.mmar.main(["--meta", str(ROWS), "--score-only", str(predictions),
                                   "--output-dir", str(tmp_path / "out")])
     assert (scores["n_items"], scores["n_missing"], scores["n_errors"]) == (4, 0, 0)
     assert {o["id"]: o["status"] for o in scores["items"]} == dict(zip(IDS, ["correct"] * 3 + ["wrong"]))
@@ -63,7 +64,7 @@ def test_generation_answers_all_four(tiny_dir, tmp_path):
     for i, name in enumerate(IDS):
         soundfile.write(tmp_path / "audio" / f"{name}.wav", tone(1.0, 16000, 300.0 * (i + 1)), 16000)
     out = tmp_path / "eval"
-    scores = tinygiant.mmar.main(["--model", str(tiny_dir), "--meta", str(tmp_path / "MMAR-meta.jsonl"),
+    scores = tinygiant.eval.mmar.main(["--model", str(tiny_dir), "--meta", str(tmp_path / "MMAR-meta.jsonl"),
                                   "--output-dir", str(out), "--batch-size", "4", "--max-new-tokens", "3"])
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == IDS

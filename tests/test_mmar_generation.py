@@ -6,8 +6,9 @@ import pytest
 import soundfile
 from conftest import tone
 
-import tinygiant.mmar
-from tinygiant.mmar import MODALITIES, finished_ids, load_meta, predict
+import tinygiant.eval.mmar
+from tinygiant.eval.mmar import MODALITIES, load_meta
+from tinygiant.eval.runner import predict, resume
 
 SUB_CATEGORIES = [("Perception Layer", "Counting and Statistics"), ("Signal Layer", "Acoustic Quality Analysis"),
                   ("Semantic Layer", "Content Analysis"), ("Cultural Layer", "Imagination")]
@@ -33,7 +34,7 @@ def fixture_dir(tmp_path):
 
 def test_generation_scores_reports_and_score_only_agree(tiny_dir, fixture_dir, capsys):
     out = fixture_dir / "eval"
-    scores = tinygiant.mmar.main(["--model", str(tiny_dir), "--meta", str(fixture_dir / "MMAR-meta.jsonl"),
+    scores = tinygiant.eval.mmar.main(["--model", str(tiny_dir), "--meta", str(fixture_dir / "MMAR-meta.jsonl"),
                                  "--output-dir", str(out), "--batch-size", "3", "--max-new-tokens", "3"])
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [f"item{i}" for i in range(9)]
@@ -44,7 +45,7 @@ def test_generation_scores_reports_and_score_only_agree(tiny_dir, fixture_dir, c
         assert (out / name).stat().st_size > 0
     assert scores["n_items"] == 9 and scores["n_errors"] == 1
     assert sum(cell["total"] for cell in scores["by_modality"].values()) == 9
-    rescored = tinygiant.mmar.main(["--meta", str(fixture_dir / "MMAR-meta.jsonl"), "--score-only",
+    rescored = tinygiant.eval.mmar.main(["--meta", str(fixture_dir / "MMAR-meta.jsonl"), "--score-only",
                                    str(out / "predictions.jsonl"), "--output-dir", str(fixture_dir / "again")])
     for key in ("overall", "by_modality", "by_layer", "by_sub_category", "official"):
         assert rescored[key] == scores[key]
@@ -73,7 +74,7 @@ def test_interrupted_generation_resumes_without_redoing_items(fixture_dir):
     assert len(first.asked) == 4  # 5 items, one of them without audio
     # A crash in the middle of a write leaves a partial last line.
     path.write_text(path.read_text() + '{"id": "item5", "thinking_pred')
-    assert finished_ids(path) == {f"item{i}" for i in range(5)}
+    assert resume(path) == {f"item{i}" for i in range(5)}
     second = CountingPipeline()
     predict(meta, fixture_dir, second, path, batch_size=2)
     assert second.asked == [f"Question {i}?" for i in range(5, 9)]

@@ -13,7 +13,8 @@ from conftest import tone
 from parsing_tinygiant import format_question
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
 from processing_tinygiant import load_audio
-from tinygiant import cli, mmar
+from tinygiant import cli
+from tinygiant.eval import mmar
 from tinygiant.training.data import BadRow, TinyGiantCollator
 
 

@@ -16,7 +16,7 @@ from conftest import talkative, tone
 import tinygiant.publish
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
-from tinygiant import mmar
+from tinygiant.eval import mmar
 from tinygiant.publish import missing_files, save_checkpoint
 
 
@@ -123,7 +123,7 @@ def test_evaluation_killed_mid_batch_resumes_to_the_same_scores(chatty, processo
     whole = mmar.main([*args, "--output-dir", str(tmp_path / "whole")])
     killed = tmp_path / "killed"
     predictions = killed / "predictions.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "tinygiant.mmar", *args, "--output-dir", str(killed)],
+    process = subprocess.Popen([sys.executable, "-m", "tinygiant.eval.mmar", *args, "--output-dir", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     deadline = time.monotonic() + 300

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from judge_server import ScriptedJudge
-from tinygiant import mmar
-from tinygiant.rubrics import (
+from tinygiant.eval import mmar
+from tinygiant.eval.rubrics import (
     JUDGEMENTS_FILE, Judge, JudgeReplyError, check_rubric, middle_mean, parse_grade, read_judgements,
 )
 
@@ -200,7 +200,7 @@ def test_killed_run_resumes_without_judging_anything_twice(tmp_path):
             "--judge-concurrency", "1"]
     log = tmp_path / "out" / JUDGEMENTS_FILE
     with ScriptedJudge(default=[1, 1, 1, 0, 0], delay=0.2) as judge:
-        process = subprocess.Popen([sys.executable, "-m", "tinygiant.mmar", *args, "--judge-base-url", judge.base_url],
+        process = subprocess.Popen([sys.executable, "-m", "tinygiant.eval.mmar", *args, "--judge-base-url", judge.base_url],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
         deadline = time.monotonic() + 120
         while not (log.is_file() and len(log.read_text().splitlines()) >= 6):

@@ -19,28 +19,7 @@ import soundfile as sf
 import tinygiant.synthetic as syn
 from parsing_tinygiant import format_question, parse_response
 
-# MMAR's names (data_formats.md §2.3-2.4): sub-category -> layer.
-MMAR_MODALITIES = {"sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
-                   "mix-sound-music-speech"}
-MMAR_SUB_CATEGORIES = {
-    "Acoustic Quality Analysis": "Signal Layer",
-    "Anomaly Detection": "Signal Layer",
-    "Audio Difference Analysis": "Signal Layer",
-    "Environmental Perception and Reasoning": "Perception Layer",
-    "Counting and Statistics": "Perception Layer",
-    "Music Theory": "Perception Layer",
-    "Correlation Analysis": "Perception Layer",
-    "Temporal Analysis": "Perception Layer",
-    "Spatial Analysis": "Perception Layer",
-    "Content Analysis": "Semantic Layer",
-    "Emotion and Intention": "Semantic Layer",
-    "Speaker Analysis": "Semantic Layer",
-    "Professional Knowledge and Reasoning": "Cultural Layer",
-    "Culture of Speaker": "Cultural Layer",
-    "Imagination": "Cultural Layer",
-    "Aesthetic Evaluation": "Cultural Layer",
-}
-MMAR_KEYS = ["id", "audio_path", "question", "choices", "answer", "modality", "category", "sub-category"]
+EVAL_KEYS = ["id", "question", "choices", "answer", "task", "audio_path"]
 ASSISTANT = re.compile(
     r"<THINK>\n<PLANNING>\n([^\n<]+)</PLANNING>\n<CAPTION>\n([^\n<]+)</CAPTION>\n"
     r"<REASONING>\n([^\n<]+)</REASONING>\n<SUMMARY>\n([^\n<]+)</SUMMARY>\n</THINK>\n"
@@ -115,8 +94,8 @@ def tonal_share(wave, sr):
     return power[np.abs(freqs - f0) <= 0.03 * f0].sum() / power.sum()
 
 
-def mmar_string_match(answer, prediction, choices):
-    """MMAR's official accuracy rule (data_formats.md §2.5): all answer tokens, no distractor token."""
+def official_string_match(answer, prediction, choices):
+    """MMAU's and MMAR's official accuracy rule: all answer tokens, no distractor token."""
     def tokens(text):
         return set(re.findall(r"\b\w+\b", text.lower()))
 
@@ -136,7 +115,7 @@ def mmar_string_match(answer, prediction, choices):
 def test_same_seed_gives_identical_files(dataset, tmp_path):
     out, _, rows = dataset
     syn.make_synthetic_dataset(str(tmp_path), n_train=N_TRAIN, n_heldout=N_HELDOUT, seed=0)
-    names = ["train.jsonl", "heldout.jsonl", "mmar-meta.jsonl", "summary.json"]
+    names = ["train.jsonl", "heldout.jsonl", "eval-meta.jsonl", "summary.json"]
     names += [r["audio"] for r in all_rows(rows)]
     for name in names:
         assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
@@ -208,7 +187,7 @@ def test_user_and_assistant_markup(dataset):
             assert response == f"The answer is {row['answer']}."
             # The project's own parser and MMAR's scorer both read the response as the right option.
             assert parse_response(row["assistant"], row["choices"])["choice"] == row["answer"]
-            assert mmar_string_match(row["answer"], response, row["choices"])
+            assert official_string_match(row["answer"], response, row["choices"])
     assert len(positions) >= 2  # options really are shuffled
 
 
@@ -259,23 +238,23 @@ def test_count_clips_share_one_length(dataset):
     assert lengths == {syn.COUNT_SECONDS}
 
 
-def test_mmar_meta(dataset):
-    out, _, rows = dataset
-    meta = read_jsonl(out / "mmar-meta.jsonl")
+def test_eval_meta(dataset):
+    """The held-out multiple-choice rows are the synthetic benchmark's items, with its own fields (no MMAR labels)."""
+    from tinygiant.eval.synthetic import load_meta
+
+    out, summary, rows = dataset
+    meta = load_meta(out / "eval-meta.jsonl")
     multiple_choice = [r for r in rows["heldout"] if r["choices"] is not None]
     assert [m["id"] for m in meta] == [r["id"] for r in multiple_choice]
     for item, row in zip(meta, multiple_choice):
-        assert list(item) == MMAR_KEYS
-        assert item["audio_path"] == f"./audio/{item['id']}.wav"
+        assert list(item) == EVAL_KEYS
+        assert item["audio_path"] == f"audio/{item['id']}.wav"
         assert (out / item["audio_path"]).is_file()
-        assert item["modality"] in MMAR_MODALITIES
-        assert MMAR_SUB_CATEGORIES[item["sub-category"]] == item["category"]
+        assert item["task"] in summary["tasks"]
         assert item["answer"] in item["choices"] and 2 <= len(item["choices"]) <= 6
-        for key in ("question", "choices", "answer", "modality", "category", "sub-category"):
+        for key in ("question", "choices", "answer", "task"):
             assert item[key] == row[key]
-    for row in all_rows(rows):  # CoTA rows carry the same valid labels
-        assert row["modality"] in MMAR_MODALITIES
-        assert MMAR_SUB_CATEGORIES[row["sub-category"]] == row["category"]
+    assert not any("modality" in row or "sub-category" in row for row in all_rows(rows))
 
 
 def test_train_and_heldout_are_disjoint(dataset):
@@ -317,7 +296,7 @@ def test_generate_clip_and_task_functions():
         other = syn.TASKS[task](np.random.default_rng(0), 16000)
         assert other.sampling_rate == 16000 and 1.5 <= len(other.waveform) / 16000 <= 4.0
         row = syn.to_cota_row(clip, "demo", "audio/demo.wav")
-        assert row["audio"] == "audio/demo.wav" and row["sub-category"] == clip.sub_category
+        assert row["audio"] == "audio/demo.wav" and row["task"] == clip.task
     assert syn.generate_clip(seed=5).task in syn.available_tasks()
     with pytest.raises(ValueError):
         syn.generate_clip("no_such_task")
@@ -374,7 +353,7 @@ def test_scene_clips_are_asked_every_question(scenes):
             assert ASSISTANT.fullmatch(row["assistant"]) and row["user"].startswith("<audio>")
             assert parse_response(row["assistant"], row["choices"])["choice"] == row["answer"]
         assert len(by_clip) == n and all(sorted(t) == sorted(summary["tasks"]) for t in by_clip.values())
-    meta = read_jsonl(Path(summary["paths"]["mmar_meta"]))
+    meta = read_jsonl(Path(summary["paths"]["eval_meta"]))
     assert [m["id"] for m in meta] == [r["id"] for r in rows["heldout"]]
 
 

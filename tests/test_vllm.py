@@ -427,26 +427,30 @@ if __name__ == "__main__":
     assert (hits - hits_before, misses - misses_before) == (1, 1)
 
 
-def test_mmar_through_the_server_equals_the_in_process_harness(server, checkpoints, tmp_path):
-    """`tinygiant eval mmar --server` against TinyGiant on vLLM writes the in-process harness's predictions."""
-    from pipeline_tinygiant import load_pipeline
-    from tinygiant.chat_endpoint import ChatEndpoint
-    from tinygiant.mmar import predict
+def test_mmau_through_the_server_equals_the_in_process_runner(server, checkpoints, tmp_path):
+    """`tinygiant eval mmau --server URL` against TinyGiant on vLLM writes the in-process runner's predictions (each
+    with its own default system prompt: the checkpoint's), and a report naming the server."""
+    from tinygiant.eval import mmau
 
-    (tmp_path / "audio").mkdir()
+    (tmp_path / "test-mini-audios").mkdir()
     meta = []
     for i, seconds in enumerate((1.0, 2.5, 4.0)):
-        soundfile.write(tmp_path / "audio" / f"{i}.wav", sweep(seconds, 22050), 22050)
-        meta.append({"id": f"item{i}", "audio_path": f"./audio/{i}.wav", "question": QUESTIONS[i % 2],
-                     "choices": ["one", "two", "three"][: 2 + i % 2]})
-    endpoint = ChatEndpoint(server.url, client_model_name(server), concurrency=3)
-    predict(meta, tmp_path, endpoint, tmp_path / "server.jsonl", batch_size=3,
-            generate_kwargs={"max_new_tokens": MAX_TOKENS})
-    predict(meta, tmp_path, load_pipeline(str(checkpoints["full"])), tmp_path / "local.jsonl", batch_size=1,
-            generate_kwargs={"max_new_tokens": MAX_TOKENS})
-    server_records, local_records = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
-                                     for name in ("server.jsonl", "local.jsonl"))
-    assert server_records == local_records
+        soundfile.write(tmp_path / "test-mini-audios" / f"{i}.wav", sweep(seconds, 22050), 22050)
+        meta.append({"id": f"item{i}", "audio_id": f"./test-mini-audios/{i}.wav", "question": QUESTIONS[i % 2],
+                     "choices": ["one", "two", "three"][: 2 + i % 2], "answer": "two", "dataset": "synthetic",
+                     "task": mmau.TASKS[i], "split": "test-mini", "category": "Reasoning",
+                     "sub-category": mmau.SUB_CATEGORIES[mmau.TASKS[i]][0], "difficulty": "easy"})
+    (tmp_path / "mmau-test-mini.json").write_text(json.dumps(meta))
+    common = ["--meta", str(tmp_path / "mmau-test-mini.json"), "--max-new-tokens", str(MAX_TOKENS)]
+    by_server = mmau.main(["--server", server.url, "--concurrency", "3", "--output-dir", str(tmp_path / "server"),
+                           *common])
+    in_process = mmau.main(["--model", str(checkpoints["full"]), "--batch-size", "1",
+                            "--output-dir", str(tmp_path / "local"), *common])
+    server_records, local_records = ([json.loads(line) for line in (tmp_path / run / "predictions.jsonl")
+                                      .read_text().splitlines()] for run in ("server", "local"))
+    assert server_records == local_records and len(server_records) == 3
+    assert by_server["overall"] == in_process["overall"]
+    assert server.url in (tmp_path / "server" / "report.md").read_text()
 
 
 def client_model_name(server):

@@ -3,7 +3,7 @@
     tinygiant demo --ablation --seeds 3 [--output-dir runs/ablation]
 
 Every variant (Vanilla, w/o IQ, w/o CLAP, Full) is trained with each seed on the same data (`synthetic.scene`: one
-clip, five questions) under a tight audio-token budget, and scored through the MMAR harness on the same held-out
+clip, five questions) under a tight audio-token budget, and scored through the synthetic benchmark on the same held-out
 items. A seed changes the projector's initial weights and the order of the training rows; the "pretrained" parts
 (frozen encoders, LLM initialisation) stay the same, as they would with real checkpoints, so the frozen encoders'
 features are computed once per encoder set and reused by all runs (one feature cache). Finished runs are not
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygiant.files import replacing, write_json_atomic, write_text_atomic
-from tinygiant.stats import bootstrap_interval
+from tinygiant.eval.stats import bootstrap_interval, mcnemar_exact
 from tinygiant.toy_training import evaluate, train
 
 # The paper's Table 3 variants, in its order.
@@ -72,15 +72,6 @@ def above_chance_p(n_correct, n_items, chance):
     one fixed option and scores exactly chance on balanced items)."""
     return float(sum(math.comb(n_items, k) * chance ** k * (1 - chance) ** (n_items - k)
                      for k in range(n_correct, n_items + 1)))
-
-
-def mcnemar_exact(only_a, only_b):
-    """Two-sided exact McNemar p-value from the discordant counts (A right and B wrong, and the reverse)."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 def summarise(correct, tasks, seed=0, chance=None):
@@ -165,7 +156,7 @@ def write_report(summary, out_dir, chance, meta):
     """Write `ablation.json`, `ablation.md` and `ablation.png` into `out_dir` (each atomically); returns their paths.
 
     `chance` maps each task to its chance accuracy (a fraction); `meta` describes the run (preset, seeds, time)."""
-    from tinygiant.mmar import PAPER_MMAR
+    from tinygiant.eval.mmar import PAPER_MMAR
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +171,7 @@ def write_report(summary, out_dir, chance, meta):
         + ("" if meta["runs_scored"] == meta["runs_planned"] else " (a partial protocol: the intervals cover the seeds "
            "each variant has)") + ". "
         f"Variants x seeds, each trained on the same {meta['n_train_rows']} rows and scored "
-        f"through the MMAR harness on the same {meta['n_items']} held-out items ({meta['n_heldout_clips']} clips, "
+        f"through the synthetic benchmark on the same {meta['n_items']} held-out items ({meta['n_heldout_clips']} clips, "
         f"{len(tasks)} questions each); N = {meta['preset']['num_audio_tokens']} audio tokens, "
         f"{meta['steps_per_run']} optimizer steps per run. Training and scoring took {meta['run_seconds_total'] / 60:.0f} "
         f"min of run time in all, two runs at a time ({meta['runs_trained']} runs trained in the last invocation, "
@@ -233,7 +224,7 @@ def plot(summary, chance, chance_overall, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tinygiant.mmar import PAPER_MMAR
+    from tinygiant.eval.mmar import PAPER_MMAR
 
     variants = list(summary["variants"])
     tasks = ["overall", *next(iter(summary["variants"].values()))["per_task"]]
@@ -275,7 +266,7 @@ def plot(summary, chance, chance_overall, path):
 
 
 def item_outcomes(scores_path):
-    """`{item id: correct}` from a run's MMAR `scores.json`."""
+    """`{item id: correct}` from a run's `scores.json` (the evaluation runner's)."""
     scores = json.loads(Path(scores_path).read_text())
     return {item["id"]: item["status"] == "correct" for item in scores["items"]}
 

@@ -7,7 +7,9 @@
     tinygiant serve [--model PATH_OR_REPO] [--port 7860] ...   # the web app (app.py), see `tinygiant serve --help`
     tinygiant serve --engine vllm --model PATH_OR_REPO ...    # the OpenAI-compatible API on vLLM (tinygiant.vllm_server)
     tinygiant demo ...                         # see `tinygiant demo --help`
-    tinygiant eval mmar ...                    # MMAR evaluation, see `tinygiant eval mmar --help`
+    tinygiant eval mmar|mmau|mmsu|synthetic ... # a benchmark, see `tinygiant eval mmau --help` (tinygiant.eval)
+    tinygiant eval compare RUN_A RUN_B         # two runs on the same items, paired
+    tinygiant eval report RUN ...              # the field's table: runs beside the peers' published figures
 
 `ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
 object and nothing else on stdout. Progress and timings go to stderr.
@@ -31,7 +33,7 @@ from tinygiant.model_source import default_model
 DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
-    "eval": ("tinygiant.mmar", "MMAR evaluation (`tinygiant eval mmar --help`)"),
+    "eval": ("tinygiant.eval", "benchmarks, comparisons and the field's table (`tinygiant eval --help`)"),
     "serve": ("tinygiant.web_app", "the web app (`tinygiant serve --help`)"),
 }
 
@@ -145,10 +147,7 @@ def main(argv=None):
     if argv and argv[0] in DISPATCH:
         engine = argv[0] == "serve" and any(a == "--engine" or a.startswith("--engine=") for a in argv)
         module = importlib.import_module("tinygiant.vllm_server" if engine else DISPATCH[argv[0]][0])
-        rest = argv[1:]
-        if argv[0] == "eval" and rest[:1] == ["mmar"]:  # MMAR is the one benchmark so far
-            rest = rest[1:]
-        module.main(rest)  # these raise on failure; what they return is for Python callers
+        module.main(argv[1:])  # these raise on failure; what they return is for Python callers
         return 0
     args = build_parser().parse_args(argv)
     try:

@@ -6,9 +6,10 @@
 2. writes a tiny, randomly initialised TinyGiant (`tinygiant.tiny_checkpoint`; 32 audio tokens instead of 300);
 3. trains it twice with `train_sft.py` (TRL SFTTrainer), printing progress: once on the real audio, once as a
    CONTROL on silence;
-4. scores both through the MMAR harness (`tinygiant.mmar.predict` / `score`) on the held-out multiple-choice
-   questions, the control asked about silence too: one sub-category per task, with chance beside it; writes
-   `metrics.json`, each run's MMAR report and `loss_curve.png`;
+4. scores both through the synthetic benchmark (`tinygiant.eval.synthetic`, on the evaluation runner) on the
+   held-out multiple-choice questions, the control asked about silence too: per task, with chance beside it; writes
+   `metrics.json`, each run's report (`<run>/eval/`) and `loss_curve.png`; `tinygiant eval compare runs/demo/model/eval
+   runs/demo/control/eval` then tests the gap item by item;
 5. asks the trained model about a freshly generated clip through `pipeline("audio-reasoning")`.
 
 The frozen encoders are random here, so whatever the model learns about a clip has to come through the projector
@@ -38,20 +39,10 @@ PRESET = dict(n_train=1600, n_heldout=100, num_audio_tokens=32, epochs=10, batch
 ABLATION_PRESET = dict(PRESET, n_train=800, n_heldout=40, num_audio_tokens=8, epochs=4)
 
 
-def per_task(scores, data_dir, task_names):
-    """The harness's sub-category cells of the synthetic tasks `task_names` (one sub-category each), with each one's
-    chance."""
-    from tinygiant.mmar import load_meta
-    from tinygiant.synthetic import MMAR_LABELS
-
-    meta = load_meta(data_dir / "mmar-meta.jsonl")
-    tasks = {MMAR_LABELS[task][2]: task for task in task_names}
-    cells = {}
-    for sub, cell in scores["by_sub_category"].items():
-        if cell["total"]:
-            chance = [100 / len(item["choices"]) for item in meta if item["sub-category"] == sub]
-            cells[f"{tasks[sub]} ({sub})"] = {**cell, "chance": sum(chance) / len(chance)}
-    return cells
+def per_task(scores, chance):
+    """The benchmark's task cells that hold items, each with its chance accuracy in % (`chance`: the dataset summary's
+    per-task fractions)."""
+    return {task: {**cell, "chance": 100 * chance[task]} for task, cell in scores["by_task"].items() if cell["total"]}
 
 
 def plot_losses(histories, path):
@@ -92,7 +83,7 @@ def main(argv=None):
     parser.add_argument("--no-control", action="store_true", help="skip the zeroed-audio control run")
     parser.add_argument("--ablation", action="store_true",
                         help="instead: train the paper's four Table 3 variants on the scene benchmark, --seeds times "
-                             "each, and compare them through the MMAR harness (tinygiant.ablation)")
+                             "each, and compare them on the synthetic benchmark (tinygiant.ablation)")
     parser.add_argument("--seeds", type=int, default=3, help="with --ablation: training seeds per variant")
     for key, value in PRESET.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
@@ -132,12 +123,12 @@ def main(argv=None):
 
     metrics = {"preset": preset, "chance": summary["heldout_chance_accuracy"]}
     for name, zero_audio in runs.items():
-        scores = evaluate(out / name, data_dir, out / name / "mmar", zero_audio=zero_audio)
-        with open(out / name / "mmar" / "predictions.jsonl") as f:
+        scores = evaluate(out / name, data_dir, out / name / "eval", zero_audio=zero_audio)
+        with open(out / name / "eval" / "predictions.jsonl") as f:
             example = json.loads(f.readline())
         chance = 100 * summary["heldout_chance_accuracy"]["overall"]
         metrics[name] = {"overall": {**scores["overall"], "chance": chance},
-                         "per_task": per_task(scores, data_dir, summary["tasks"]),
+                         "per_task": per_task(scores, summary["heldout_chance_accuracy"]["per_task"]),
                          "final_loss": [h["loss"] for h in histories[name] if "loss" in h][-1], "example": example}
         m = metrics[name]["overall"]
         label = "trained on audio" if not zero_audio else "control, trained and asked on silence"

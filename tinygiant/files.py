@@ -1,4 +1,6 @@
-"""Files the tools write so that a crash never leaves half of one, and the append-only JSON-lines logs they resume from.
+"""Files the tools write so that a crash never leaves half of one, and the append-only JSON-lines logs they resume from
+(`JsonlAppender` writes them, `read_jsonl_log` reads them back); also `RateLimiter`, which paces the calls whose
+replies those logs keep.
 
 A file is written beside its place first, as `.NAME.partial-PID`, then moved into place in one step (`os.replace`):
 a reader, or the next run after a kill, finds the old file or the new one. The remote code at the repository root
@@ -8,6 +10,8 @@ cannot import this package and keeps its own (`llamacpp_tinygiant.export_gguf`).
 import glob
 import json
 import os
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,3 +73,48 @@ def read_jsonl_log(path, keys=("id",)):
     if len(kept) < len(lines) or (kept and not kept[-1].endswith("\n")):
         write_text_atomic(path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
     return records
+
+
+class JsonlAppender:
+    """Appends JSON lines to `path`, each flushed and synced before `append` returns, from any thread; a kill loses at
+    most the line being written, which `read_jsonl_log` then drops. Use it as a context manager."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, *records):
+        with self.lock:
+            for record in records:
+                self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RateLimiter:
+    """At most `qps` calls started per second, over all threads (no limit if `qps` is None or 0)."""
+
+    def __init__(self, qps):
+        self.interval = 1.0 / qps if qps else 0.0
+        self.lock = threading.Lock()
+        self.next_start = 0.0
+
+    def wait(self):
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start)
+            self.next_start = start + self.interval
+        time.sleep(max(0.0, start - now))

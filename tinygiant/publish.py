@@ -30,6 +30,7 @@ SHIPPED_CODE = (
     "int8_tinygiant.py",
     "llamacpp_tinygiant.py",
     "pipeline_tinygiant.py",
+    "client_tinygiant.py",
 )
 # Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
 # clone or a Space folder (`tinygiant.web_app`).

@@ -4,7 +4,8 @@ When the Hugging Face Hub is out of reach, this makes a few hundred short clips 
 tones, chords, noise bursts and, if `espeak-ng` is installed, speech), asks one question about each,
 and writes them in the CoTA format: a `user` turn built with `format_question` and an `assistant`
 turn with CoTA's upper-case <THINK>/<RESPONSE> markup, one short sentence per section. The held-out
-multiple-choice rows are also written in MMAR's metadata format, so the MMAR harness can score them.
+multiple-choice rows are also written as the synthetic benchmark's metadata (`eval-meta.jsonl`: id, audio path,
+question, choices, answer, task), which `tinygiant eval synthetic` scores (`tinygiant.eval.synthetic`).
 
 The tasks are deliberately crisp (loud, well separated sounds over faint noise), so that a tiny
 TinyGiant with randomly initialised frozen encoders can learn them from energy patterns alone, in a
@@ -48,21 +49,6 @@ TASK_OPTIONS = {
     "scene_background": ["a high hiss", "a low rumble"],
 }
 
-# (modality, category, sub-category): MMAR's own names, so its harness can break scores down; one sub-category per
-# task, so that the harness's sub-category breakdown is the per-task breakdown.
-MMAR_LABELS = {
-    "count_beeps": ("sound", "Perception Layer", "Counting and Statistics"),
-    "higher_tone": ("music", "Signal Layer", "Audio Difference Analysis"),
-    "what_came_first": ("sound", "Perception Layer", "Temporal Analysis"),
-    "chord_or_note": ("music", "Perception Layer", "Music Theory"),
-    "is_there_speech": ("mix-sound-speech", "Semantic Layer", "Content Analysis"),
-    "scene_count": ("sound", "Perception Layer", "Counting and Statistics"),
-    "scene_higher": ("music", "Signal Layer", "Audio Difference Analysis"),
-    "scene_order": ("sound", "Perception Layer", "Temporal Analysis"),
-    "scene_speech": ("mix-sound-speech", "Semantic Layer", "Content Analysis"),
-    "scene_background": ("sound", "Signal Layer", "Acoustic Quality Analysis"),
-}
-
 PHRASES = [
     "the weather is nice today",
     "please close the door",
@@ -86,9 +72,6 @@ class Clip:
     choices: list | None  # None for an open question
     answer: str  # the correct choice's text, or the open answer
     sections: dict  # PLANNING, CAPTION, REASONING, SUMMARY, RESPONSE: one sentence each
-    modality: str
-    category: str
-    sub_category: str
 
 
 # ----------------------------------------------------------------------------- sound building blocks
@@ -166,7 +149,7 @@ def _make_clip(rng, task, wave, sr, multiple_choice, answer, question, open_ques
                reasoning, summary, open_response):
     """Assemble a Clip; multiple-choice rows get shuffled options and a "The answer is <option text>." response.
 
-    The response names the option by its text, not its letter: MMAR scores the option's text, and reading the letter
+    The response names the option by its text, not its letter: the benchmarks' token rule scores the option's text, and reading the letter
     off the shuffled list is a text skill that the demo's 2-layer LLM does not pick up in its ~2000 steps (measured
     with "(b) the first" targets: the option text right on 81 % of held-out questions, the letter on 40 %).
     """
@@ -179,7 +162,7 @@ def _make_clip(rng, task, wave, sr, multiple_choice, answer, question, open_ques
     sections = {"PLANNING": planning, "CAPTION": caption, "REASONING": reasoning, "SUMMARY": summary,
                 "RESPONSE": response}
     wave = np.clip(wave, -1.0, 1.0).astype(np.float32)
-    return Clip(wave, sr, task, question, choices, answer, sections, *MMAR_LABELS[task])
+    return Clip(wave, sr, task, question, choices, answer, sections)
 
 
 COUNT_SECONDS = 2.5
@@ -531,24 +514,12 @@ def to_cota_row(clip, row_id, audio_path):
         "choices": clip.choices,
         "answer": clip.answer,
         "task": clip.task,
-        "modality": clip.modality,
-        "category": clip.category,
-        "sub-category": clip.sub_category,
     }
 
 
-def to_mmar_row(row):
-    """A multiple-choice CoTA row in MMAR's metadata format (audio path relative to the meta file)."""
-    return {
-        "id": row["id"],
-        "audio_path": "./" + row["audio"],
-        "question": row["question"],
-        "choices": row["choices"],
-        "answer": row["answer"],
-        "modality": row["modality"],
-        "category": row["category"],
-        "sub-category": row["sub-category"],
-    }
+def to_eval_row(row):
+    """A multiple-choice CoTA row as an item of the synthetic benchmark (audio path relative to the meta file)."""
+    return {key: row[key] for key in ("id", "question", "choices", "answer", "task")} | {"audio_path": row["audio"]}
 
 
 def _plan(tasks, n, rng):
@@ -581,7 +552,7 @@ def make_synthetic_dataset(out_dir, n_train=400, n_heldout=100, seed=0, tasks=No
     """Write the dataset to `out_dir` and return its summary, plus the written files under "paths".
 
     Files: `audio/<id>.wav` (16-bit PCM, 44.1 kHz, mono), `train.jsonl` and `heldout.jsonl` (CoTA rows),
-    `mmar-meta.jsonl` (the held-out multiple-choice rows in MMAR's metadata format) and `summary.json`
+    `eval-meta.jsonl` (the held-out multiple-choice rows, the synthetic benchmark's items) and `summary.json`
     (tasks used and dropped, counts, answer balance and chance accuracy on the held-out
     multiple-choice rows). `tasks` is a list of task names (default: all); is_there_speech is dropped,
     and the summary says so, when espeak-ng is missing.
@@ -618,14 +589,14 @@ def make_synthetic_dataset(out_dir, n_train=400, n_heldout=100, seed=0, tasks=No
 
 
 def _write_dataset(out_dir, splits, tasks, dropped, seed):
-    """Write the splits' jsonl files, the MMAR meta file and `summary.json`; returns the summary with "paths"."""
-    mmar_rows = [to_mmar_row(r) for r in splits["heldout"] if r["choices"] is not None]
+    """Write the splits' jsonl files, the benchmark's meta file and `summary.json`; returns the summary with "paths"."""
+    eval_rows = [to_eval_row(r) for r in splits["heldout"] if r["choices"] is not None]
 
-    files = {"train": "train.jsonl", "heldout": "heldout.jsonl", "mmar_meta": "mmar-meta.jsonl",
+    files = {"train": "train.jsonl", "heldout": "heldout.jsonl", "eval_meta": "eval-meta.jsonl",
              "summary": "summary.json", "audio": "audio"}
     _write_jsonl(os.path.join(out_dir, files["train"]), splits["train"])
     _write_jsonl(os.path.join(out_dir, files["heldout"]), splits["heldout"])
-    _write_jsonl(os.path.join(out_dir, files["mmar_meta"]), mmar_rows)
+    _write_jsonl(os.path.join(out_dir, files["eval_meta"]), eval_rows)
 
     counts = {split: {t: {"multiple_choice": 0, "open": 0} for t in tasks} for split in splits}
     answers = {split: {t: dict.fromkeys(TASK_OPTIONS[t], 0) for t in tasks} for split in splits}

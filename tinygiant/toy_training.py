@@ -1,5 +1,6 @@
 """The toy training loop of the demo and the ablation: one `train_sft.py` run in a subprocess, runs two at a time,
-and a trained run scored through the MMAR harness on the held-out multiple-choice questions.
+and a trained run scored through the synthetic benchmark (`tinygiant.eval.synthetic`) on the held-out multiple-choice
+questions.
 """
 
 import json
@@ -61,13 +62,19 @@ def train_in_parallel(jobs):
 
 
 def evaluate(run_dir, data_dir, out_dir, zero_audio=False):
-    """Score the model in `run_dir` on the held-out multiple-choice questions through the MMAR harness; writes its
-    predictions, scores and report into `out_dir` and returns the scores."""
-    from tinygiant.mmar import load_meta, load_predictions, predict, score, write_report
+    """Score the model in `run_dir` on the held-out multiple-choice questions through the synthetic benchmark
+    (`tinygiant.eval.synthetic`); writes its predictions, scores and report into `out_dir` and returns the scores."""
+    from tinygiant.eval.runner import describe_run, predict
+    from tinygiant.eval.synthetic import BENCHMARK
+    from tinygiant.files import write_json_atomic
 
-    meta = load_meta(data_dir / "mmar-meta.jsonl")
+    loaded = BENCHMARK.load_folder(data_dir)
     predictions = Path(out_dir) / "predictions.jsonl"
-    predict(meta, data_dir, str(run_dir), predictions, batch_size=25, generate_kwargs=GENERATE, zero_audio=zero_audio)
-    scores = score(meta, load_predictions(predictions, meta))
-    write_report(scores, out_dir)
+    predict(loaded.items, loaded.audio_dir, str(run_dir), predictions, batch_size=25, generate_kwargs=GENERATE,
+            zero_audio=zero_audio)
+    run = describe_run({"model": str(run_dir)}, {**GENERATE, "decoding": "greedy", "asked_about_silence": zero_audio})
+    write_json_atomic(Path(out_dir) / "run.json", run)
+    scored = BENCHMARK.score(loaded.items, BENCHMARK.read_predictions(predictions, loaded.items))
+    scores = {"benchmark": BENCHMARK.name, **scored, "run": run}
+    BENCHMARK.write_report(scores, out_dir, run, loaded)
     return scores

@@ -2,7 +2,7 @@
 metric, MMAR's `code/evaluation_rubrics.py`).
 
 The protocol, rebuilt from the challenge's description:
-- An item whose `answer_prediction` is wrong by MMAR's string rule (`mmar_format.string_match`) scores 0 and costs no
+- An item whose `answer_prediction` is wrong by MMAR's string rule (`runner.string_match`) scores 0 and costs no
   call; so does an item without a prediction or flagged with an error (as our accuracy counts it).
 - Otherwise a judge (default `gpt-4o-2024-11-20`, temperature 0, seed 42) reads the question, the correct answer, the
   reference reasoning and the item's rubric (a list of criteria `{name, scoring_point, note, choices}`), then the
@@ -26,18 +26,18 @@ judge still unreachable after the client's retries stops the run with a clear er
 """
 
 import json
-import os
 import re
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 
-from tinygiant.files import read_jsonl_log
-from tinygiant.mmar_format import LAYERS, MODALITIES, SUB_CATEGORIES, string_match
-from tinygiant.stats import bootstrap_interval
+from client_tinygiant import ServerError, openai_client, server_errors
+from tinygiant.eval.mmar_format import LAYERS, MODALITIES, SUB_CATEGORIES
+from tinygiant.eval.runner import string_match
+from tinygiant.eval.stats import bootstrap_interval
+from tinygiant.files import JsonlAppender, RateLimiter, read_jsonl_log
 
 JUDGE_MODEL = "gpt-4o-2024-11-20"
 JUDGE_TEMPERATURE = 0.0
@@ -191,46 +191,9 @@ def read_judgements(path):
     return {(record["id"], record["grader"]): record for record in read_jsonl_log(path, keys=("id", "grader"))}
 
 
-class JudgementLog:
-    """Appends one JSON line per judgement, flushed and synced, from any thread."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        self.file = open(self.path, "a", encoding="utf-8")
-
-    def append(self, record):
-        with self.lock:
-            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())
-
-    def close(self):
-        self.file.close()
-
-
 # ---------------------------------------------------------------------------------------------------
 # The judge
 # ---------------------------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """At most `qps` calls started per second, over all threads (no limit if `qps` is None or 0)."""
-
-    def __init__(self, qps):
-        self.interval = 1.0 / qps if qps else 0.0
-        self.lock = threading.Lock()
-        self.next_start = 0.0
-
-    def wait(self):
-        if not self.interval:
-            return
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start)
-            self.next_start = start + self.interval
-        time.sleep(max(0.0, start - now))
 
 
 class Judge:
@@ -248,18 +211,12 @@ class Judge:
 
     def __init__(self, base_url=None, model=JUDGE_MODEL, api_key=None, timeout=60.0, max_retries=6,
                  reply_attempts=3, qps=None):
-        try:
-            import openai
-        except ImportError as error:
-            raise ImportError("MMAR-Rubrics needs the openai client: pip install 'tinygiant[judge]'") from error
-        api_key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            if base_url is None:
-                raise ValueError("set OPENAI_API_KEY for the OpenAI judge, or pass --judge-base-url for another "
-                                 "OpenAI-compatible endpoint (vLLM, Ollama, ...)")
-            api_key = "unused"  # local servers usually ignore the key, but the client requires one
-        self.openai = openai
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        try:  # OpenAI's own API needs a key; a local server does not
+            self.client = openai_client(base_url, api_key, "OPENAI_API_KEY", timeout, max_retries,
+                                        key_required=base_url is None)
+        except ValueError as error:
+            raise ValueError(f"{error}, or pass --judge-base-url for another OpenAI-compatible endpoint (vLLM, "
+                             "Ollama, ...)") from error
         self.model, self.reply_attempts = model, reply_attempts
         self.limiter = RateLimiter(qps)
 
@@ -270,12 +227,12 @@ class Judge:
         for _ in range(self.reply_attempts):
             self.limiter.wait()
             try:
-                response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=JUDGE_TEMPERATURE, seed=JUDGE_SEED
-                )
-            except self.openai.APIError as error:  # connection, timeout and status errors, after retries
-                raise RuntimeError(f"the judge at {self.client.base_url} failed after retries: "
-                                   f"{type(error).__name__}: {error}") from error
+                with server_errors(self.client):
+                    response = self.client.chat.completions.create(
+                        model=self.model, messages=messages, temperature=JUDGE_TEMPERATURE, seed=JUDGE_SEED
+                    )
+            except ServerError as error:  # after the client's retries
+                raise RuntimeError(f"the judge at {self.client.base_url} failed after retries: {error}") from error
             reply = response.choices[0].message.content if response.choices else None
             try:
                 grade, scores = parse_grade(reply or "", rubric)
@@ -314,7 +271,7 @@ def judge_items(to_judge, judge, judgements_path, concurrency=4, graders=NUM_GRA
     calls = [(item, record, k) for item, record in to_judge for k in range(graders) if (item["id"], k) not in done]
     if not calls:
         return done
-    log = JudgementLog(judgements_path)
+    log = JsonlAppender(judgements_path)
     stop = threading.Event()  # set when a call fails: queued calls then return without calling
 
     def run(call):
