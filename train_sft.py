@@ -8,10 +8,11 @@ accelerate launch --config_file accelerate_configs/multi_gpu.yaml train_sft.py \
     --dataset_config complex_audio --streaming --max_steps 20000 \
     --per_device_train_batch_size 4 --output_dir runs/tinygiant-sft
 
-# Continue from a TinyGiant checkpoint, with LoRA on the LLM (projector fully trained), pushed to the Hub at the end:
+# Continue from a TinyGiant checkpoint, with LoRA on the LLM (projector fully trained), pushed to the Hub at the end;
+# --save_adapter also keeps the adapter unmerged in OUTPUT_DIR/adapter/ (e.g. for vLLM's multi-LoRA serving):
 accelerate launch --config_file accelerate_configs/zero2.yaml train_sft.py \
     --model_name_or_path you/tinygiant --dataset_config complex_audio --streaming --max_steps 5000 \
-    --use_peft --lora_r 64 --lora_alpha 128 --push_to_hub --hub_model_id you/tinygiant-lora-merged
+    --use_peft --lora_r 64 --lora_alpha 128 --save_adapter --push_to_hub --hub_model_id you/tinygiant-lora-merged
 
 # Offline, on local CoTA-format files (JSONL or Parquet; audio as a path relative to the file, bytes, or 16 kHz floats):
 python train_sft.py --model_name_or_path tiny --dataset_files data/train.jsonl --bf16 false --use_cpu
@@ -42,6 +43,7 @@ from datasets import IterableDataset
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from parsing_tinygiant import SYSTEM_PROMPT
+from processing_tinygiant import build_chat_template
 from tinygiant.assemble import CLAP, HTSAT, LLM, WHISPER
 from tinygiant.training.data import COTA_REPO, TinyGiantCollator, load_cota
 from tinygiant.training.feature_cache import AudioFeatureCache
@@ -96,7 +98,14 @@ class ScriptArguments:
     max_text_length: int = field(default=2048, metadata={"help": "Text-token limit per row; audio tokens never cut."})
     zero_audio: bool = field(default=False, metadata={"help": "Control run: replace every audio with silence."})
     system_prompt: str = field(
-        default=SYSTEM_PROMPT, metadata={"help": "System turn of every row (the pipeline's by default; '' for none)."}
+        default=SYSTEM_PROMPT,
+        metadata={"help": "System turn of every row (Audio-Reasoner's by default; '' for none). The saved checkpoint's "
+                  "chat template makes it the default system turn, so every way in asks as the model was trained."}
+    )
+    save_adapter: bool = field(
+        default=False,
+        metadata={"help": "With --use_peft: also save the LoRA adapter unmerged in OUTPUT_DIR/adapter/ (PEFT format), "
+                  "beside the merged checkpoint."},
     )
     feature_cache_dir: str | None = field(
         default=None,
@@ -121,6 +130,8 @@ def main(script_args, training_args, model_args, callbacks=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. you/tinygiant)")
+    if script_args.save_adapter and not model_args.use_peft:
+        raise ValueError("--save_adapter saves a LoRA adapter: it needs --use_peft")
     push, training_args.push_to_hub = training_args.push_to_hub, False  # Trainer would push partial checkpoints
     # TRL's own dataset preparation and truncation are text-only; the collator does both for audio.
     training_args.max_length = None
@@ -147,6 +158,8 @@ def main(script_args, training_args, model_args, callbacks=None):
     parts = {name: getattr(script_args, name) for name in ("whisper", "htsat", "clap", "llm")}
     model, processor = load_model(model_args, parts, use_intent_query=script_args.use_intent_query,
                                   use_clap_gate=script_args.use_clap_gate)
+    # The checkpoint carries the prompt it is trained with: its chat template's default system turn.
+    processor.chat_template = build_chat_template(script_args.system_prompt)
     # Under DDP every rank reads and writes the same cache; writes are atomic, so a clip two ranks encode at once is
     # merely encoded twice.
     feature_cache = AudioFeatureCache(script_args.feature_cache_dir, model, processor) if script_args.feature_cache_dir else None
@@ -180,7 +193,8 @@ def main(script_args, training_args, model_args, callbacks=None):
     # Save (LoRA merged into the LLM) and push
     summary = {"metrics": metrics, "args": vars(script_args), "peft": model_args.use_peft,
                "global_step": trainer.state.global_step}
-    folder = save_final(trainer, processor, training_args.output_dir, summary, model_args.use_peft)
+    folder = save_final(trainer, processor, training_args.output_dir, summary, model_args.use_peft,
+                        save_adapter=script_args.save_adapter)
     if push and trainer.is_world_process_zero():
         from tinygiant.publish import push_to_hub
 

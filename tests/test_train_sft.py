@@ -279,6 +279,28 @@ def test_lora_trains_adapters_and_projector_then_merges(tiny32, data, tmp_path):
     assert torch.equal(reloaded.state_dict()[q], after[q])
 
 
+def test_save_adapter_keeps_the_lora_adapter_unmerged_beside_the_merged_checkpoint(tiny32, data, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "lora"
+    run(["--model_name_or_path", str(tiny32), "--dataset_files", str(data / "train.jsonl"), "--output_dir", str(out),
+         "--per_device_train_batch_size", "2", "--effective_batch_size", "2", "--max_steps", "2",
+         "--save_strategy", "no", "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--save_adapter"])
+    adapter = out / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    assert any("lora_" in k for k in load_file(str(adapter / "adapter_model.safetensors")))
+    # The adapter on the starting checkpoint, merged, is the merged checkpoint the run saved.
+    base = TinyGiantForConditionalGeneration.from_pretrained(tiny32)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload().state_dict()
+    saved = tensors(out)
+    for key in ("model.language_model.layers.0.self_attn.q_proj.weight", "model.projector.input_proj.weight"):
+        torch.testing.assert_close(merged[key], saved[key], rtol=0, atol=1e-6, msg=key)
+    assert not torch.equal(tensors(tiny32)["model.projector.input_proj.weight"], saved["model.projector.input_proj.weight"])
+    with pytest.raises(ValueError, match="needs --use_peft"):
+        run(["--model_name_or_path", str(tiny32), "--dataset_files", str(data / "train.jsonl"),
+             "--output_dir", str(tmp_path / "plain"), "--max_steps", "1", "--save_adapter"])
+
+
 def test_ddp_two_processes_on_cpu_and_remote_code_reload(tiny32, data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -32,9 +32,9 @@ SHIPPED_CODE = (
     "pipeline_tinygiant.py",
     "client_tinygiant.py",
 )
-# Root files that are not remote code: the TRL-style training script and the web app (Spaces' `app.py`), run from a
+# Root files that are not remote code: the TRL-style training scripts and the web app (Spaces' `app.py`), run from a
 # clone or a Space folder (`tinygiant.web_app`).
-ROOT_SCRIPTS = ("train_sft.py", "app.py")
+ROOT_SCRIPTS = ("train_sft.py", "train_grpo.py", "app.py")
 REQUIRED_FILES = (
     *SHIPPED_CODE,
     "config.json",
