@@ -6,9 +6,9 @@
     tinygiant serve --engine vllm --model DIR            # starts a vLLM server and this app on it
 
 Named `app.py` as Hugging Face Spaces expect; `tinygiant publish --space DIR` writes a Space folder around it. It needs
-`gradio`, `transformers`, `soundfile` and `soxr` (and `openai` for `--backend`), and only its sibling
-`parsing_tinygiant.py` (the prompt format, one place) of TinyGiant's files: the model runs its checkpoint's own remote
-code, or on a server.
+`gradio`, `transformers`, `soundfile` and `soxr` (and `openai` for `--backend`), and only its siblings
+`parsing_tinygiant.py` (the prompt format, one place) and `client_tinygiant.py` (the chat-server client the tools use
+too) of TinyGiant's files: the model runs its checkpoint's own remote code, or on a server.
 
 - Where the model runs (a backend): in this process (`PipelineBackend`, the default: a laptop, a CPU Space), or behind
   an OpenAI-compatible server (`ServerBackend`, `--backend URL` or `$TINYGIANT_BACKEND`: TinyGiant on vLLM, which
@@ -46,11 +46,13 @@ import torch
 from transformers import TextIteratorStreamer, pipeline
 
 try:
+    from .client_tinygiant import ServerError, openai_client, server_errors
     from .parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,
                                     format_question, openai_messages, parse_output, parse_response, reasoning_of)
 except ImportError:
     if __package__:  # run as part of a package: the sibling is there, so a dependency it imports is missing
         raise
+    from client_tinygiant import ServerError, openai_client, server_errors  # beside this file
     from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,  # beside
                                    format_question, openai_messages, parse_output, parse_response,  # this file
                                    reasoning_of)
@@ -116,14 +118,11 @@ class ServerBackend:
     carries). Its result has the pipeline's fields, read by the same rule (`parse_output`)."""
 
     def __init__(self, url, model=None, call_kwargs=None, concurrency=16, timeout=600.0, api_key=None):
-        import openai
-
-        self.openai = openai
-        self.client = openai.OpenAI(base_url=url, api_key=api_key or os.environ.get("TINYGIANT_BACKEND_API_KEY")
-                                    or "none", timeout=timeout, max_retries=2)
+        self.client = openai_client(url, api_key, "TINYGIANT_BACKEND_API_KEY", timeout=timeout, max_retries=2)
         try:
-            self.model = model or self.client.models.list().data[0].id
-        except openai.APIError as error:
+            with server_errors(self.client):
+                self.model = model or self.client.models.list().data[0].id
+        except ServerError as error:
             raise RuntimeError(f"the model server at {url} did not answer: {error}") from error
         call_kwargs = dict(call_kwargs or {})
         self.system_prompt = call_kwargs.pop("system_prompt", None)
@@ -143,24 +142,24 @@ class ServerBackend:
             conversation = [{"role": "system", "content": self.system_prompt}, *conversation]
         content = reasoning = finish_reason = None
         try:
-            chunks = self.client.chat.completions.create(model=self.model, messages=openai_messages(conversation),
-                                                         stream=True, **self.request)
-            for chunk in chunks:
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta
-                piece = reasoning_of(delta)
-                if piece:
-                    reasoning = (reasoning or "") + piece
-                if delta.content:
-                    content = (content or "") + delta.content
-                finish_reason = chunk.choices[0].finish_reason or finish_reason
-                yield chat_reply_text(content, reasoning), None
-        except self.openai.APIStatusError as error:  # the server's own message says what was wrong
-            message = error.body.get("message") if isinstance(error.body, dict) else None
-            raise RuntimeError(f"the model server refused the request: {message or error}") from error
-        except self.openai.APIError as error:
-            raise RuntimeError(f"the model server did not answer: {error}") from error
+            with server_errors(self.client):
+                chunks = self.client.chat.completions.create(model=self.model, messages=openai_messages(conversation),
+                                                             stream=True, **self.request)
+                for chunk in chunks:
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta
+                    piece = reasoning_of(delta)
+                    if piece:
+                        reasoning = (reasoning or "") + piece
+                    if delta.content:
+                        content = (content or "") + delta.content
+                    finish_reason = chunk.choices[0].finish_reason or finish_reason
+                    yield chat_reply_text(content, reasoning), None
+        except ServerError as error:  # the server's own message says what was wrong
+            if error.status is None:
+                raise RuntimeError(f"the model server did not answer: {error.server_message}") from error
+            raise RuntimeError(f"the model server refused the request: {error.server_message}") from error
         text = chat_reply_text(content, reasoning)
         result = parse_output(text, choices, finished=finish_reason != "length")
         reply = {"role": "assistant", "content": result["answer"] or "", "reasoning_content": result["thinking"]}

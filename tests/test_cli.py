@@ -12,6 +12,7 @@ from conftest import talkative, tone
 
 from tinygiant import cli as tinygiant_cli
 from tinygiant import model_source
+from tinygiant.web_app import SPACE_CODE
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from tinygiant.publish import missing_files, save_checkpoint
 
@@ -99,7 +100,7 @@ def test_default_model(monkeypatch, tmp_path, capsys):
 
 def test_default_model_starts_with_the_web_apps_rule(monkeypatch, tmp_path):
     """`app.py`'s `default_model` is the one home of `$TINYGIANT_MODEL` and `space.json`; the tools use it first."""
-    for name in ("app.py", "parsing_tinygiant.py"):
+    for name in SPACE_CODE:  # the app and its siblings, as a Space holds them
         (tmp_path / name).write_bytes((PROJECT / name).read_bytes())
     (tmp_path / "space.json").write_text(json.dumps({"model": "someone/space"}))
     monkeypatch.delenv("TINYGIANT_MODEL", raising=False)

@@ -63,7 +63,8 @@ class ScriptedPeer:
                 if self.path != "/v1/chat/completions":
                     return self.send(404, {"error": {"message": "Not Found"}})
                 user = body["messages"][-1]["content"]
-                question = next(part["text"] for part in user if part["type"] == "text").splitlines()[0]
+                text = user if isinstance(user, str) else next(part["text"] for part in user if part["type"] == "text")
+                question = text.splitlines()[0]
                 with peer.lock:
                     peer.calls[question] += 1
                     peer.requests.append(body)

@@ -18,8 +18,8 @@ from tinygiant.files import write_json_atomic, write_text_atomic
 from tinygiant.model_source import cache_dir, default_model, load_app, root_file
 from tinygiant.synthetic import generate_clip
 
-# The root files a Space runs: the app and the one sibling it imports (the prompt format).
-SPACE_CODE = ("app.py", "parsing_tinygiant.py")
+# The root files a Space runs: the app and the siblings it imports (the prompt format, the chat-server client).
+SPACE_CODE = ("app.py", "parsing_tinygiant.py", "client_tinygiant.py")
 # One clip per task whose sounds a listener can check by ear, seeded so every run writes the same files.
 EXAMPLE_TASKS = (("count_beeps", 3), ("higher_tone", 1), ("chord_or_note", 2))
 # `openai` is for `app.py --backend` (a Space whose variable `TINYGIANT_BACKEND` names a server).
