@@ -159,7 +159,6 @@ def score(meta: Sequence[dict], predictions: dict | list, breakdowns: Sequence[B
     outcomes, official = [], [0, 0]
     for item in meta:
         record = predictions.get(item["id"])
-        scored_officially = False
         if record is None:
             status = "missing"
         else:
@@ -168,14 +167,13 @@ def score(meta: Sequence[dict], predictions: dict | list, breakdowns: Sequence[B
             if "answer_prediction" in record:  # the official scripts skip items lacking the key
                 official[0] += right
                 official[1] += 1
-                scored_officially = True
+                for b in breakdowns:
+                    official_groups[b.group].setdefault(item[b.key], [0, 0])[0] += right
+                    official_groups[b.group][item[b.key]][1] += 1
             status = "error" if "error" in record else ("correct" if right else "wrong")
         for b in breakdowns:
-            for target, counted in ((groups, True), (official_groups, scored_officially)):
-                if counted:
-                    entry = target[b.group].setdefault(item[b.key], [0, 0])
-                    entry[0] += (status == "correct") if target is groups else right
-                    entry[1] += 1
+            groups[b.group].setdefault(item[b.key], [0, 0])[0] += status == "correct"
+            groups[b.group][item[b.key]][1] += 1
         outcomes.append({"id": item["id"], "status": status, **{b.key: item[b.key] for b in breakdowns}})
     count = {s: sum(o["status"] == s for o in outcomes) for s in ("correct", "wrong", "missing", "error")}
     scores = {
