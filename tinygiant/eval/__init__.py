@@ -2,7 +2,7 @@
 
     tinygiant eval mmar|mmau|mmsu|synthetic ...   # answer a benchmark, score it, write its report (`--help` each)
     tinygiant eval compare RUN_A RUN_B             # two runs on the same items: paired bootstrap and McNemar
-    tinygiant eval report RUN ... [--output OUT]   # the field's table: runs beside the peers' published figures
+    tinygiant eval report RUN ... [--output-dir OUT]  # the field's table: runs beside the peers' published figures
 
 Each benchmark module defines `BENCHMARK` (a `runner.Benchmark`) and `main(argv)`; `BENCHMARKS` is the registry that
 `tinygiant eval NAME` dispatches through.
