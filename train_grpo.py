@@ -66,7 +66,8 @@ class ScriptArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Its config name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Its split."})
     dataset_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .jsonl/.json/.parquet files of multiple-choice rows (or MMAR/MMAU meta)."}
+        default=None,
+        metadata={"help": "Local .jsonl/.json/.parquet files of multiple-choice rows (or MMAR/MMAU meta)."},
     )
     audio_dir: str | None = field(
         default=None, metadata={"help": "Folder that relative audio paths start from (default: each file's folder)."}

@@ -29,8 +29,8 @@ Kept from TRL: `bf16=True` and checkpointing of the LLM's activations (`--activa
 pass `--bf16 false` there for speed). Forced, because the collator does the work: `max_length=None`,
 `remove_unused_columns=False`, `dataset_kwargs={"skip_prepare_dataset": True}`. `--push_to_hub` pushes no checkpoints
 during training: the complete, merged, loadable repo is pushed at the end. `--feature_cache_dir DIR` keeps the frozen
-encoders' outputs per clip on disk (`tinygiant.training.feature_cache`): a clip's encoders run once, in whichever run first
-sees it. The output_dir ends up a complete checkpoint folder (`pipeline("audio-reasoning", model=output_dir,
+encoders' outputs per clip on disk (`tinygiant.training.feature_cache`): a clip's encoders run once, in whichever run
+first sees it. The output_dir ends up a complete checkpoint folder (`pipeline("audio-reasoning", model=output_dir,
 trust_remote_code=True)` works on it).
 """
 
@@ -71,7 +71,8 @@ PAPER_DEFAULTS = dict(
 class ScriptArguments:
     """Data, model parts and the TinyGiant-specific switches (TRL's SFTConfig and ModelConfig hold the rest)."""
 
-    dataset_name: str = field(default=COTA_REPO, metadata={"help": "Hub dataset in CoTA format (user/assistant/audio)."})
+    dataset_name: str = field(default=COTA_REPO,
+                              metadata={"help": "Hub dataset in CoTA format (user/assistant/audio)."})
     dataset_config: str | None = field(
         default=None,
         metadata={"help": "Comma-separated config names, each optionally `name:split` (e.g. `complex_audio,S2TT:e2z`). "
@@ -82,7 +83,8 @@ class ScriptArguments:
         default=None, metadata={"help": "Local CoTA-format .jsonl/.json/.parquet files; replaces the Hub dataset."}
     )
     eval_files: list[str] | None = field(default=None, metadata={"help": "Local evaluation files, same format."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the Hub dataset (CoTA is terabytes); needs --max_steps."})
+    streaming: bool = field(default=False,
+                            metadata={"help": "Stream the Hub dataset (CoTA is terabytes); needs --max_steps."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer when streaming."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
     whisper: str = field(default=WHISPER, metadata={"help": "Whisper part (without --model_name_or_path)."})
@@ -162,7 +164,8 @@ def main(script_args, training_args, model_args, callbacks=None):
     processor.chat_template = build_chat_template(script_args.system_prompt)
     # Under DDP every rank reads and writes the same cache; writes are atomic, so a clip two ranks encode at once is
     # merely encoded twice.
-    feature_cache = AudioFeatureCache(script_args.feature_cache_dir, model, processor) if script_args.feature_cache_dir else None
+    feature_cache = (AudioFeatureCache(script_args.feature_cache_dir, model, processor)
+                     if script_args.feature_cache_dir else None)
     collator = TinyGiantCollator(
         processor, max_text_length=script_args.max_text_length, zero_audio=script_args.zero_audio,
         system_prompt=script_args.system_prompt, fallback_rows=train_dataset, feature_cache=feature_cache,

@@ -78,7 +78,8 @@ def tensors(path):
 def test_cota_markup_maps_to_reasoning_and_content():
     messages = cota_to_messages(
         "<audio>How many beeps?\n(a) one\n(b) two",
-        "<THINK>\n<PLANNING>\nCount.</PLANNING>\n<SUMMARY>\nTwo.</SUMMARY>\n</THINK>\n<RESPONSE>\nThe answer is (b) two.</RESPONSE>",
+        "<THINK>\n<PLANNING>\nCount.</PLANNING>\n<SUMMARY>\nTwo.</SUMMARY>\n</THINK>\n"
+        "<RESPONSE>\nThe answer is (b) two.</RESPONSE>",
         system_prompt="sys",
     )
     assert messages[0] == {"role": "system", "content": "sys"}
@@ -162,7 +163,8 @@ def test_local_files_accept_float_lists_bytes_and_relative_paths(data, tmp_path)
     rows = rows_of(data, 2)
     wave, rate = soundfile.read(rows[0]["audio"]["path"], dtype="float32")
     pd.DataFrame([
-        {"user": rows[0]["user"], "assistant": rows[0]["assistant"], "audio": {"bytes": open(rows[0]["audio"]["path"], "rb").read(), "path": None}},
+        {"user": rows[0]["user"], "assistant": rows[0]["assistant"],
+         "audio": {"bytes": open(rows[0]["audio"]["path"], "rb").read(), "path": None}},
     ]).to_parquet(tmp_path / "bytes.parquet")
     ds = load_cota([str(data / "train.jsonl"), str(tmp_path / "bytes.parquet")])
     assert len(ds) == 13 and Path(ds[0]["audio"]["path"]).is_file() and ds[12]["audio"]["bytes"]
@@ -295,7 +297,8 @@ def test_save_adapter_keeps_the_lora_adapter_unmerged_beside_the_merged_checkpoi
     saved = tensors(out)
     for key in ("model.language_model.layers.0.self_attn.q_proj.weight", "model.projector.input_proj.weight"):
         torch.testing.assert_close(merged[key], saved[key], rtol=0, atol=1e-6, msg=key)
-    assert not torch.equal(tensors(tiny32)["model.projector.input_proj.weight"], saved["model.projector.input_proj.weight"])
+    key = "model.projector.input_proj.weight"
+    assert not torch.equal(tensors(tiny32)[key], saved[key])
     with pytest.raises(ValueError, match="needs --use_peft"):
         run(["--model_name_or_path", str(tiny32), "--dataset_files", str(data / "train.jsonl"),
              "--output_dir", str(tmp_path / "plain"), "--max_steps", "1", "--save_adapter"])
@@ -325,7 +328,8 @@ def test_ddp_two_processes_on_cpu_and_remote_code_reload(tiny32, data, tmp_path)
     )
     # A fresh process outside the repo: only the checkpoint's own code is importable.
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", load], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", load], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
     assert "LOADED TinyGiantForConditionalGeneration" in proc.stdout, proc.stderr[-3000:]
 
 

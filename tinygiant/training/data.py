@@ -78,7 +78,8 @@ def _local_dataset(files):
 
 
 def _select(ds):
-    """Keep the three CoTA columns; audio as undecoded `{"bytes", "path"}` (the collator decodes, without torchcodec)."""
+    """Keep the three CoTA columns; audio as undecoded `{"bytes", "path"}` (the collator decodes it, without
+    torchcodec)."""
     missing = set(COTA_COLUMNS) - set(ds.column_names)
     if missing:
         raise ValueError(f"the dataset has no {sorted(missing)} column(s); CoTA rows need `user`, `assistant`, `audio`")
@@ -88,7 +89,7 @@ def _select(ds):
             ds = ds.cast_column(column, Value("string"))
     audio = ds.features["audio"] if ds.features else None
     # A bare float list (some CoTA configs, 16 kHz) stays as it is; paths, bytes and Audio are cast.
-    if audio is not None and (isinstance(audio, Audio) or getattr(audio, "dtype", None) == "string" or isinstance(audio, dict)):
+    if audio is not None and (isinstance(audio, (Audio, dict)) or getattr(audio, "dtype", None) == "string"):
         ds = ds.cast_column("audio", Audio(decode=False))
     return ds
 
@@ -208,7 +209,8 @@ class TinyGiantCollator:
         return encoded
 
     def pad(self, encoded):
-        """Right-padded batch (`TinyGiantProcessor.pad`); with a feature cache, the encoders' outputs replace the mels."""
+        """Right-padded batch (`TinyGiantProcessor.pad`); with a feature cache, the encoders' outputs replace the
+        mels."""
         if self.feature_cache is None:
             return dict(self.processor.pad(encoded, padding_side="right"))
         text = [{k: v for k, v in e.items() if k not in (*AUDIO_INPUTS, "audio_key", "audio_features")}

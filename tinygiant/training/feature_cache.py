@@ -9,7 +9,7 @@ The projector and the LLM still run (and train) on every step.
     cache = AudioFeatureCache("feature_cache", model, processor)
     cache.encode(dataset["audio"])                       # once: fills the cache (hits are skipped)
     batch.update(cache.fetch([cache.key(a) for a in audios]))   # in the collator: no encoder, no model needed
-    model(**batch)                                       # input_ids, attention_mask, instruction_mask, labels + features
+    model(**batch)                                 # input_ids, attention_mask, instruction_mask, labels + features
 
 `train_sft.py --feature_cache_dir DIR` fills and reads such a cache as it trains
 (`tinygiant.training.data.TinyGiantCollator`).

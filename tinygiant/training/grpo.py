@@ -199,7 +199,8 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
         if self._audio is None:
             raise RuntimeError("a TinyGiant log-prob pass needs the rows' audio; it runs only inside a training step")
         if any(value is not None for value in image_inputs.values() if not isinstance(value, list)):
-            raise ValueError(f"TinyGiant takes audio, not {sorted(k for k, v in image_inputs.items() if v is not None)}")
+            given = sorted(k for k, v in image_inputs.items() if v is not None)
+            raise ValueError(f"TinyGiant takes audio, not {given}")
         timing = self._timed("logps_no_grad") if not torch.is_grad_enabled() else contextlib.nullcontext()
         prompt_width = input_ids.shape[1] - logits_to_keep
         instruction_mask = left_pad(self._audio["instruction_mask"], prompt_width).to(input_ids.device)

@@ -1,6 +1,6 @@
 """GRPO's data: multiple-choice questions about one clip each, as rows TRL's `GRPOTrainer` takes.
 
-    train = load_multiple_choice(files=["rows.jsonl"])                       # {"audio", "question", "choices", "answer"}
+    train = load_multiple_choice(files=["rows.jsonl"])                  # {"audio", "question", "choices", "answer"}
     train = load_multiple_choice(files=["MMAR-meta.json"], audio_dir="MMAR")  # MMAR's or MMAU's metadata format
     train = load_multiple_choice(name="you/avqa-style", split="train")        # the Hub, through `datasets`
 

@@ -46,7 +46,8 @@ class ProjectorLearningRate:
                 groups.setdefault((lr, wd), []).append(param)
             self.optimizer = torch.optim.AdamW(
                 [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
+                lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
             )
         return self.optimizer
 
