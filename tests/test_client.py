@@ -50,6 +50,19 @@ def test_errors_name_the_status_and_the_servers_message():
     assert caught.value.status is None and not caught.value.refused and "did not answer" in str(caught.value)
 
 
+def test_the_web_apps_server_backend_streams_a_reply():
+    reply = ScriptedPeer.message("The answer is a dog.", "It barks.")
+    with ScriptedPeer(lambda body, q: reply) as peer:
+        backend = ServerBackend(peer.base_url, call_kwargs={"max_new_tokens": 50, "do_sample": False})
+        steps = list(backend.stream([{"role": "user", "content": [{"type": "text", "text": "Question 1?"}]}],
+                                    choices=["a dog", "a cat"]))
+        assert peer.requests[-1]["stream"] and peer.requests[-1]["temperature"] == 0.0
+    text, result = steps[-1]
+    assert [r for _, r in steps[:-1]] == [None] * (len(steps) - 1)
+    assert result["thinking"] == "It barks." and result["choice"] == "a dog"
+    assert text.startswith("<think>") and text.endswith("The answer is a dog.")
+
+
 def test_the_three_users_share_it():
     with ScriptedPeer(lambda body, q: (400, {"error": {"message": "no audio here"}}), model="served") as peer:
         backend = ServerBackend(peer.base_url)

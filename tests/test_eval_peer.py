@@ -68,7 +68,25 @@ class ScriptedPeer:
                 with peer.lock:
                     peer.calls[question] += 1
                     peer.requests.append(body)
-                self.send(*peer.reply(body, question))
+                status, payload = peer.reply(body, question)
+                if status == 200 and body.get("stream"):
+                    return self.stream(payload)
+                self.send(status, payload)
+
+            def stream(self, payload):
+                """The reply as server-sent events: the reasoning, then the content, then the finish reason."""
+                choice = payload["choices"][0]
+                deltas = [{"reasoning": choice["message"]["reasoning"]}, {"content": choice["message"]["content"]}]
+                events = [{**payload, "object": "chat.completion.chunk",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+                events.append({**payload, "object": "chat.completion.chunk",
+                               "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+                data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(data.encode())))
+                self.end_headers()
+                self.wfile.write(data.encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -1,4 +1,4 @@
-"""Tests for tinygiant.mmar: the official MMAR matching rule, input validation, scoring and reports."""
+"""Tests for tinygiant.eval.mmar: the official MMAR matching rule, input validation, scoring and reports."""
 
 import json
 import os
