@@ -19,6 +19,17 @@ fi
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF}" \
   .venv/bin/pip install -q -e ".[test]"
 
+# The torch-free ONNX runtime (onnx_tinygiant.py) in ./.venv-onnx: what an app needs to run an exported folder
+# (`tinygiant export onnx`), and no PyTorch; the ONNX test runs the runtime there.
+[ -x .venv-onnx/bin/python ] || "${PYTHON:-python3}" -m venv .venv-onnx
+.venv-onnx/bin/pip install -q onnxruntime==1.32.0 numpy==2.4.6 soundfile==0.14.0 soxr==1.1.0 tokenizers==0.23.3 \
+  transformers==5.25.0 jinja2==3.1.6
+# The browser page (web/): onnxruntime-web and transformers.js from the npm registry, pinned by web/package-lock.json
+# (no install scripts: the page needs only their browser builds, which web/vendor.sh copies into web/vendor/).
+command -v npm >/dev/null || { command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && apt-get install -y -qq npm >/dev/null; } \
+  || echo "install.sh: npm not installed; the browser page's test will fail" >&2
+(cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && bash vendor.sh)
+
 # vLLM for CPUs (no GPU needed) with the TinyGiant plugin. On a GPU machine: `pip install vllm ./vllm_plugin` instead.
 [ -x .venv-vllm/bin/python ] || "${PYTHON:-python3}" -m venv .venv-vllm
 .venv-vllm/bin/pip install -q torch==2.13.0

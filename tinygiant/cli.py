@@ -7,6 +7,8 @@
     tinygiant serve [--model PATH_OR_REPO] [--port 7860] ...   # the web app (app.py), see `tinygiant serve --help`
     tinygiant serve --engine vllm --model PATH_OR_REPO ...    # the OpenAI-compatible API on vLLM (tinygiant.vllm_server)
     tinygiant demo ...                         # see `tinygiant demo --help`
+    tinygiant export onnx MODEL_DIR OUT        # ONNX graphs for onnx_tinygiant.py and the browser (tinygiant.export)
+    tinygiant export gguf MODEL_DIR OUT.gguf   # the language model for llama.cpp
     tinygiant eval mmar|mmau|mmsu|synthetic ... # a benchmark, see `tinygiant eval mmau --help` (tinygiant.eval)
     tinygiant eval compare RUN_A RUN_B         # two runs on the same items, paired
     tinygiant eval report RUN ...              # the field's table: runs beside the peers' published figures
@@ -35,6 +37,7 @@ DISPATCH = {
     "demo": ("tinygiant.demo", "the end-to-end offline demo"),
     "eval": ("tinygiant.eval", "benchmarks, comparisons and the field's table (`tinygiant eval --help`)"),
     "serve": ("tinygiant.web_app", "the web app (`tinygiant serve --help`)"),
+    "export": ("tinygiant.export", "the checkpoint as ONNX or GGUF (`tinygiant export {onnx,gguf} --help`)"),
 }
 
 
@@ -54,7 +57,14 @@ def ask(args):
     start = time.perf_counter()
     log(f"loading {model} ...")
     try:
-        pipe = load_pipeline(model, int8=args.int8, llama_cpp=args.llama_cpp)
+        if args.onnx:  # an exported folder (`tinygiant export onnx`) on ONNX Runtime, without torch
+            if args.llama_cpp:
+                raise ValueError("--onnx runs the whole model on ONNX Runtime: it takes no --llama-cpp")
+            from onnx_tinygiant import TinyGiantOnnx
+
+            pipe = TinyGiantOnnx.from_pretrained(model, dtype="q8" if args.int8 else "fp32")
+        else:
+            pipe = load_pipeline(model, int8=args.int8, llama_cpp=args.llama_cpp)
     except OSError as error:  # transformers' words for a missing folder, a bad repo id or an unreadable config
         raise RuntimeError(f"cannot load the model {model}: {error}") from error
     log(f"loaded in {time.perf_counter() - start:.1f} s")
@@ -125,6 +135,8 @@ def build_parser():
     p.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (the pipeline's `int8=True`)")
     p.add_argument("--llama-cpp", action="store_true",
                    help="the language model on llama.cpp, for faster CPU decoding (the pipeline's `llama_cpp=True`)")
+    p.add_argument("--onnx", action="store_true", help="run an exported folder (`tinygiant export onnx`) on ONNX "
+                   "Runtime, without torch (onnx_tinygiant.py; with --int8 its int8 graphs)")
     p.set_defaults(run=ask)
 
     p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")

@@ -31,6 +31,7 @@ SHIPPED_CODE = (
     "llamacpp_tinygiant.py",
     "pipeline_tinygiant.py",
     "client_tinygiant.py",
+    "onnx_tinygiant.py",
 )
 # Root files that are not remote code: the TRL-style training scripts and the web app (Spaces' `app.py`), run from a
 # clone or a Space folder (`tinygiant.web_app`).
