@@ -9,7 +9,7 @@
 4. scores both through the synthetic benchmark (`tinygiant.eval.synthetic`, on the evaluation runner) on the
    held-out multiple-choice questions, the control asked about silence too: per task, with chance beside it; writes
    `metrics.json`, each run's report (`<run>/eval/`) and `loss_curve.png`; `tinygiant eval compare runs/demo/model/eval
-   runs/demo/control/eval` then tests the gap item by item;
+   runs/demo/control/eval` tests the gap item by item (the demo prints it, and writes `compare/`);
 5. asks the trained model about a freshly generated clip through `pipeline("audio-reasoning")`.
 
 The frozen encoders are random here, so whatever the model learns about a clip has to come through the projector
@@ -43,6 +43,23 @@ def per_task(scores, chance):
     """The benchmark's task cells that hold items, each with its chance accuracy in % (`chance`: the dataset summary's
     per-task fractions)."""
     return {task: {**cell, "chance": 100 * chance[task]} for task, cell in scores["by_task"].items() if cell["total"]}
+
+
+def compare_with_control(out):
+    """The trained model against its silent control on the same items (`tinygiant eval compare`): writes
+    `compare.md` and `compare.json` into `out / "compare"`, prints the overall line and returns the overall cell."""
+    from tinygiant.eval.compare import compare_runs, markdown
+    from tinygiant.files import write_json_atomic, write_text_atomic
+
+    result = compare_runs(out / "model" / "eval", out / "control" / "eval")
+    (out / "compare").mkdir(exist_ok=True)
+    write_json_atomic(out / "compare" / "compare.json", result)
+    write_text_atomic(out / "compare" / "compare.md", markdown(result))
+    c = result["overall"]
+    print(f"model - control: {c['difference']:+.1f} points (95 % paired bootstrap {c['bootstrap_ci95'][0]:+.1f} to "
+          f"{c['bootstrap_ci95'][1]:+.1f}), McNemar exact p = {c['mcnemar_p']:.3g} "
+          f"({c['only_a_right']} items only the model got right, {c['only_b_right']} only the control)")
+    return c
 
 
 def plot_losses(histories, path):
@@ -135,6 +152,8 @@ def main(argv=None):
         print(f"{name} ({label}): held-out accuracy {m['accuracy']:.1f} % (chance {chance:.1f} %, n={m['total']})")
         for task, cell in metrics[name]["per_task"].items():
             print(f"    {task:50s} {cell['accuracy']:5.1f} %   chance {cell['chance']:.1f} %   n={cell['total']}")
+    if "control" in runs:
+        metrics["model_vs_control"] = compare_with_control(out)
     plot_losses(histories, out / "loss_curve.png")
     metrics["pipeline_example"] = ask_pipeline(out / "model", seed=args.seed + 1000)
     metrics["total_seconds"] = round(time.time() - t0, 1)
