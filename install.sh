@@ -18,6 +18,18 @@ fi
 # llama-cpp-python compiles llama.cpp for this CPU (about 5 min on 2 cores); only its library is needed.
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF}" \
   .venv/bin/pip install -q -e ".[test]"
+# transformers' own model test suite (tests/test_modeling_common.py ships in its sdist, not its wheel), pinned to the
+# installed version, for tests/test_transformers_suite.py.
+transformers_version=$(.venv/bin/python -c "import transformers; print(transformers.__version__)")
+if [ "$(cat .venv/transformers-tests/VERSION 2>/dev/null)" != "$transformers_version" ]; then
+  sdist=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps --no-binary :all: "transformers==$transformers_version" -d "$sdist"
+  rm -rf .venv/transformers-tests && mkdir -p .venv/transformers-tests
+  tar xzf "$sdist/transformers-$transformers_version.tar.gz" -C .venv/transformers-tests --strip-components=1 \
+    "transformers-$transformers_version/tests"
+  echo "$transformers_version" > .venv/transformers-tests/VERSION
+  rm -rf "$sdist"
+fi
 
 # The torch-free ONNX runtime (onnx_tinygiant.py) in ./.venv-onnx: what an app needs to run an exported folder
 # (`tinygiant export onnx`), and no PyTorch; the ONNX test runs the runtime there.

@@ -147,3 +147,27 @@ def test_a_checkpoint_renders_the_system_prompt_it_was_trained_with(tiny_dir, tm
         assert none.startswith("<|im_start|>user")
     with pytest.raises(ValueError, match="string"):
         build_chat_template(None)
+
+
+def test_activation_checkpointing_recomputes_the_language_model_and_keeps_the_gradients(tiny_dir, remote_processor):
+    inputs = training_example(remote_processor)
+    model = load_remote(tiny_dir).train()
+    for module in model.modules():  # the same forward twice: no dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+    def gradients():
+        model.zero_grad()
+        model(**inputs).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    layer = model.model.language_model.layers[0]
+    calls = []
+    layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # inside the checkpointed forward
+    checkpointed = gradients()
+    assert len(calls) == 2  # the forward, then its recomputation in the backward pass
+    assert plain.keys() == checkpointed.keys() and any("projector" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
