@@ -171,3 +171,35 @@ def test_activation_checkpointing_recomputes_the_language_model_and_keeps_the_gr
     assert plain.keys() == checkpointed.keys() and any("projector" in n for n in plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix_tuning", "prompt_tuning"])
+def test_trl_sft_trainer_trains_each_peft_method(tiny_dir, remote_processor, tmp_path, method):
+    """TRL's own SFTTrainer with a PEFT config, as TRL's PEFT tests run it: the adapter trains, the base stays."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    peft_config = {
+        "lora": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        "prefix_tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+        "prompt_tuning": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    }[method]
+    model = load_remote(tiny_dir)
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
+                       save_strategy="no", report_to=[], use_cpu=True, bf16=False, activation_checkpointing=False,
+                       max_length=None, remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}),
+        train_dataset=Dataset.from_list([{"row": i} for i in range(4)]),
+        data_collator=lambda rows: remote_processor.pad([training_example(remote_processor) for _ in rows],
+                                                        padding_side="right"),
+        processing_class=remote_processor,
+        peft_config=peft_config,
+    )
+    adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "language_model.layers.0.mlp" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert adapter and any(not torch.equal(after[n], value) for n, value in adapter.items())
+    assert all(torch.equal(after[n], value) for n, value in base.items())
