@@ -97,7 +97,7 @@ class Int8Linear(nn.Module):
         return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
 
     @property
-    def weight(self):  # the float weight, for code that reads `linear.weight` (e.g. its dtype)
+    def weight(self):  # the float weight, for exports (GGUF) that need it; allocates: never read it for a dtype
         return self.dequantize(self.scales.dtype)
 
     def forward(self, x):

@@ -136,3 +136,21 @@ def test_load_int8_gives_the_model_quantise_after_load_gives(tiny_dir):
 def test_load_int8_names_a_folder_without_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_int8(TinyGiantForConditionalGeneration, tmp_path)
+
+
+@pytest.mark.parametrize("int8", [True, "w8a8"])
+def test_int8_inference_never_dequantises_a_weight_to_read_it(tiny_dir, monkeypatch, int8):
+    """Reading a dtype or a device off an int8 layer must not allocate its float matrix: the pipeline's whole path
+    (processor, encoders, projector, prefill, decoding) runs with `Int8Linear.weight` refusing to be read."""
+    from pipeline_tinygiant import load_pipeline
+
+    pipe = load_pipeline(tiny_dir, int8=int8)
+    int8_linear = type(pipe.model.model.projector.input_proj)  # the checkpoint's own copy of the class
+    assert int8_linear.__name__ == "Int8Linear"
+
+    def refuse(layer):
+        raise AssertionError("an int8 layer's float weight was materialised just to be read")
+
+    monkeypatch.setattr(int8_linear, "weight", property(refuse))
+    output = pipe(tone(1.0), sampling_rate=16000, question="What is the sound?", max_new_tokens=4, do_sample=False)
+    assert output["text"] is not None
