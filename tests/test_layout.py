@@ -25,6 +25,15 @@ def imported_modules(path):
 def test_every_root_module_is_shipped_remote_code_or_a_known_script():
     root_modules = {p.name for p in ROOT.glob("*.py")}
     assert root_modules - set(ROOT_SCRIPTS) == set(SHIPPED_CODE)
+    # The naming rule pyproject's warning filters rely on: every shipped module, and nothing else, is `*_tinygiant`.
+    assert {name for name in root_modules if name.endswith("_tinygiant.py")} == set(SHIPPED_CODE)
+
+
+def test_pyproject_installs_exactly_the_shipped_modules():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["py-modules"] == [name.removesuffix(".py") for name in SHIPPED_CODE]
 
 
 def test_shipped_code_imports_only_siblings_and_installed_libraries():

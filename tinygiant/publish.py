@@ -117,16 +117,16 @@ def missing_files(folder):
 
 
 def push_to_hub(out_dir, repo_id, token=None, private=None):
-    """Upload the folder written by `save_hub_folder` to the model repo `repo_id` (created if needed); returns its URL.
+    """Upload the folder written by `save_checkpoint` to the model repo `repo_id` (created if needed); returns its URL.
 
-    The folder is uploaded as it is and never modified (pass `repo_id` to `save_hub_folder` for the card's snippet).
+    The folder is uploaded as it is and never modified (pass `repo_id` to `save_checkpoint` for the card's snippet).
     Raises `RuntimeError` if the folder is incomplete, the Hub cannot be reached (offline, no network) or refuses.
     """
     out = Path(out_dir)
     missing = missing_files(out)
     if missing:
         raise RuntimeError(
-            f"{out} is not a complete TinyGiant Hub folder (missing {missing}); run save_hub_folder first"
+            f"{out} is not a complete TinyGiant Hub folder (missing {missing}); write it with `tinygiant publish CHECKPOINT OUT_DIR` first"
         )
     api = HfApi(token=token)
     try:
