@@ -25,6 +25,7 @@ from tinygiant.training.rewards import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+AUDIO = ("whisper_frames", "htsat_frames", "clap_vector")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # The issue's command line, minus the paths.
 ISSUE_ARGS = ["--max_steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "2",
@@ -113,18 +114,24 @@ def test_audio_reaches_generation_and_the_logprob_passes_and_silence_changes_the
     logps = {}
     for model_name in ("model", "ref_model"):  # the policy (and old policy) pass, the reference pass
         for name, audio in (("real", batch), ("silence", silence)):
-            carried = {k: audio[k] for k in ("whisper_frames", "htsat_frames", "clap_vector") if k in audio}
+            carried = {k: audio[k] for k in (*AUDIO, "audio_index") if k in audio}
             with torch.no_grad(), trainer._carrying({**carried, "instruction_mask": batch["instruction_mask"]}):
                 logps[name], _, _ = trainer._get_per_token_logps_and_entropies(
                     getattr(trainer, model_name), input_ids, attention, width)
         assert (logps["real"] - logps["silence"])[mask].abs().max() > 1e-4, model_name  # the audio changes them
     torch.testing.assert_close(logps["real"], batch["ref_per_token_logps"])  # what TRL's reference pass computed
-    with torch.no_grad(), trainer._carrying({k: batch[k] for k in ("whisper_frames", "htsat_frames", "clap_vector",
-                                                                   "instruction_mask") if k in batch}):
+    carried = {k: batch[k] for k in (*AUDIO, "audio_index", "instruction_mask") if k in batch}
+    with torch.no_grad(), trainer._carrying(carried):
         logps["real"], _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
+    # The projector ran once for the prompt's two rows; the model's own per-row forward gives the same numbers.
+    with torch.no_grad():
+        instruction = torch.nn.functional.pad(batch["instruction_mask"], (0, width))
+        per_row = trainer.model(input_ids=input_ids, attention_mask=attention, instruction_mask=instruction,
+                                **{k: batch[k] for k in AUDIO if k in batch}).logits[:, -width - 1:-1]
+    reference = torch.log_softmax(per_row.float(), -1).gather(-1, batch["completion_ids"][..., None])[..., 0]
+    torch.testing.assert_close(logps["real"][mask], reference[mask], rtol=1e-4, atol=1e-4)
     # The policy's own pass (with grad, as in the loss) equals the no-grad one on the same audio.
-    with trainer._carrying({k: batch[k] for k in ("whisper_frames", "htsat_frames", "clap_vector",
-                                                  "instruction_mask") if k in batch}):
+    with trainer._carrying(carried):
         policy, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
     torch.testing.assert_close(policy[mask].detach(), logps["real"][mask])
     # Outside a batch there is no audio to carry: a clear error, never a silent text-only pass.
@@ -133,7 +140,7 @@ def test_audio_reaches_generation_and_the_logprob_passes_and_silence_changes_the
 
 
 def test_encoders_run_once_per_clip_per_step_and_the_feature_cache_skips_them(tiny16, data, tmp_path, monkeypatch):
-    calls = {"encoder_windows": 0, "projector": 0}
+    calls = {"encoder_windows": 0, "projector_rows": []}
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     whisper_forward, projector_forward = WhisperEncoder.forward, QueryGuidedProjector.forward
@@ -143,7 +150,7 @@ def test_encoders_run_once_per_clip_per_step_and_the_feature_cache_skips_them(ti
         return whisper_forward(self, input_features, *args, **kwargs)
 
     def counting_projector(self, whisper_frames, *args, **kwargs):
-        calls["projector"] += 1
+        calls["projector_rows"].append(whisper_frames.shape[0])
         return projector_forward(self, whisper_frames, *args, **kwargs)
 
     monkeypatch.setattr(WhisperEncoder, "forward", counting_whisper)
@@ -155,8 +162,9 @@ def test_encoders_run_once_per_clip_per_step_and_the_feature_cache_skips_them(ti
     steps, prompts_per_step = 2, 2
     assert metrics["encoded_clips"] == steps * prompts_per_step  # not once per completion, nor per pass
     assert calls["encoder_windows"] == steps * prompts_per_step  # 2.5 s clips: one Whisper window each
-    # Generation and the policy pass ran the policy's projector (the reference is a copy loaded by TRL).
-    assert calls["projector"] >= steps * 2
+    # The policy's projector (the reference is a copy TRL loads) ran at generation's prefill, once per row, and in the
+    # policy's log-prob pass once per prompt: on the step's 2 prompts, not its 8 completions.
+    assert sorted(calls["projector_rows"]) == [prompts_per_step] * steps + [8] * steps
     # A feature cache filled by one run: the next run's encoders never run.
     cache = ["--feature_cache_dir", str(tmp_path / "features")]
     run([*args, *cache])
@@ -314,15 +322,49 @@ def test_use_vllm_is_refused_with_the_reason(tiny16, data, tmp_path):
         run([*common(tiny16, data, tmp_path / "run"), "--use_vllm"])
 
 
-def test_ddp_two_processes_on_cpu(tiny16, data, tmp_path):
+CHECKSUMS = """
+import os, sys
+sys.path.insert(0, {root!r})
+import torch
+from transformers import TrainerCallback
+import train_grpo
+
+def checksum(model):
+    return repr(sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad))
+
+class Checksums(TrainerCallback):
+    # Each rank writes the sum of every trainable weight before and after training: DDP must keep them equal.
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.start = checksum(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        with open(os.path.join(args.output_dir, f"checksum-{{os.environ['RANK']}}.txt"), "w") as f:
+            f.write(self.start + " " + checksum(model))
+
+def distinct_characters(completions, **kwargs):
+    # A reward that differs between an untrained model's completions, so that every step has a gradient.
+    return [len(set(c[0]["content"] if isinstance(c, list) else c)) / 10 for c in completions]
+
+train_grpo.reward_functions = lambda script_args, output_dir: [distinct_characters]
+train_grpo.main(*train_grpo.parse_args(sys.argv[1:]), callbacks=[Checksums()])
+"""
+
+
+def test_ddp_two_processes_on_cpu_keep_the_ranks_equal(tiny16, data, tmp_path):
     out = tmp_path / "ddp"
+    script = tmp_path / "train_with_checksums.py"
+    script.write_text(CHECKSUMS.format(root=str(ROOT)))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29537",
-           str(ROOT / "train_grpo.py"), *FAST, "--model_name_or_path", str(tiny16),
+           str(script), *FAST, "--model_name_or_path", str(tiny16),
            "--dataset_files", str(data / "train.jsonl"), "--output_dir", str(out), "--beta", "0.01",
-           "--feature_cache_dir", str(tmp_path / "features")]
+           "--feature_cache_dir", str(tmp_path / "features"), "--rewards", "accuracy"]  # replaced by the script
     proc = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "train_results.json").read_text())
     assert results["epoch"] > 0 and (out / "model.safetensors").is_file()
     assert not list((tmp_path / "features").rglob(".*.partial-*"))
+    # The projector runs outside the DDP-wrapped forward (once per prompt); its gradients were still all-reduced.
+    sums = [(out / f"checksum-{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert sums[0][0] != sums[0][1]  # the weights moved
+    assert sums[0] == sums[1]

@@ -12,8 +12,12 @@ would drop it:
 3. `_get_per_token_logps_and_entropies` feeds the same outputs to the old-policy, reference and policy passes
    (through TRL's fused LM head), with the instruction mask the projector's intent query needs.
 
-The projector depends on the question, so it runs inside each forward, where its gradient flows: once per completion
-row of a pass. The encoders, frozen, never run inside a pass. `step_seconds` splits the time of each step into
+The projector depends on the question, which is the same across a prompt's G completions: `embed_prompts` runs it
+once per distinct (clip, prompt) of a pass and writes its output into every row's placeholders, and the model runs on
+those embeddings (`inputs_embeds`) in every log-prob pass, the policy's with its gradient. Generation runs it once per
+row, at prefill (TinyGiant's `prepare_inputs_for_generation` does not declare `inputs_embeds`). Where the
+parameters are sharded (FSDP, ZeRO-3) and can only be used inside the wrapped forward, the rows carry the encoders'
+outputs instead and the projector runs in the forward, once per row. `step_seconds` splits the time of each step into
 encoders, generation, log-prob passes (no-grad: old policy and reference; and the policy's forward), backward and the
 optimizer; `encoded_clips` counts clips through the encoders.
 """
@@ -137,7 +141,32 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
             features = {name: out for name, out in zip(ENCODED_AUDIO_INPUTS, outputs) if out is not None}
         index = torch.tensor(rows)
         dtype = core.projector.input_proj.weight.dtype
-        return {name: value[index].to(self.accelerator.device, dtype) for name, value in features.items()}
+        per_row = {name: value[index].to(self.accelerator.device, dtype) for name, value in features.items()}
+        return {**per_row, "audio_index": index.to(self.accelerator.device)}
+
+    @property
+    def projector_per_prompt(self) -> bool:
+        """Whether the projector may run outside the wrapped forward (not with sharded parameters)."""
+        return not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def embed_prompts(self, model: torch.nn.Module, input_ids: torch.Tensor, instruction_mask: torch.Tensor,
+                      audio: dict[str, torch.Tensor], prompt_width: int) -> torch.Tensor:
+        """The LLM's input embeddings of `input_ids` rows, each audio's placeholders filled with the projector's output,
+        the projector run once per distinct (clip, prompt) among the rows (eq. 11-15 as `TinyGiantModel.embed_inputs`
+        computes them per row)."""
+        core = tinygiant_core(model)
+        keys = torch.cat([audio["audio_index"][:, None], input_ids[:, :prompt_width]], dim=1)
+        distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        first = torch.full((len(distinct),), len(keys), device=keys.device).scatter_reduce(
+            0, inverse, torch.arange(len(keys), device=keys.device), reduce="amin")
+        embeds = core.get_input_embeddings()(input_ids)
+        placeholders = core.get_placeholder_mask(input_ids, embeds, num_audios=len(input_ids))
+        intent_query = None
+        if core.config.use_intent_query:
+            intent_query = core.get_intent_query(embeds[first], instruction_mask[first], placeholders[first])
+        encoded = {name: audio[name][first] for name in ENCODED_AUDIO_INPUTS if name in audio}
+        audio_embeds = core.get_audio_features(intent_query=intent_query, **encoded).pooler_output
+        return embeds.masked_scatter(placeholders[..., None].expand_as(embeds), audio_embeds[inverse].to(embeds.dtype))
 
     # --------------------------------------------------------------------------- TRL's hooks
 
@@ -149,7 +178,7 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
             audio = self.encode_batch_audio([row["audio"] for row in inputs])
         with self._carrying(audio):
             output = super()._generate_and_score_completions(inputs)
-            output.update({name: value for name, value in audio.items() if name != "instruction_mask"})
+            output.update({name: value for name, value in audio.items() if name != "instruction_mask"})  # per row
             output["instruction_mask"] = left_pad(audio["instruction_mask"], output["prompt_ids"].shape[1]).to(
                 output["prompt_ids"].device)
         return output
@@ -167,8 +196,10 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
         prompt_ids = [ids[row].tolist() for ids, row in zip(tokenized["input_ids"], keep)]
         instruction_mask = [mask[row].tolist() for mask, row in zip(tokenized["instruction_mask"], keep)]
         self._audio["instruction_mask"] = instruction_mask
-        # TRL passes tensors to `generate` as they are and left-pads per-token lists like the prompt ids.
-        fields = {name: value for name, value in self._audio.items() if name != "instruction_mask"}
+        # TRL passes tensors to `generate` as they are, and left-pads per-token lists as it pads the prompt ids.
+        # (Generation cannot take `embed_prompts`' output: the model's `prepare_inputs_for_generation` does not
+        # declare `inputs_embeds`, so `generate` refuses it; the projector runs per row, at prefill only.)
+        fields = {name: value for name, value in self._audio.items() if name in ENCODED_AUDIO_INPUTS}
         return prompt_ids, None, {**fields, "instruction_mask": instruction_mask}
 
     def _generate_single_turn(self, *args, **kwargs):
@@ -176,7 +207,8 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
 
     def _compute_loss(self, model, inputs):
-        audio = {name: inputs[name] for name in (*ENCODED_AUDIO_INPUTS, "instruction_mask") if name in inputs}
+        audio = {name: inputs[name] for name in (*ENCODED_AUDIO_INPUTS, "audio_index", "instruction_mask")
+                 if name in inputs}
         with self._carrying(audio):
             return super()._compute_loss(model, inputs)
 
@@ -210,14 +242,20 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
         with timing:
             for start in range(0, input_ids.size(0), batch_size):
                 rows = slice(start, start + batch_size)
-                inputs = {"input_ids": input_ids[rows], "attention_mask": attention_mask[rows],
-                          "instruction_mask": instruction_mask[rows],
-                          **{name: self._audio[name][rows] for name in ENCODED_AUDIO_INPUTS if name in self._audio}}
+                labels = input_ids[rows].masked_fill(attention_mask[rows] == 0, -100)
+                labels[:, :-logits_to_keep] = -100  # only the completion is scored
+                inputs = {"attention_mask": attention_mask[rows]}
                 if compute_aux_loss:
                     inputs["output_router_logits"] = True
-                labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-                labels[:, :-logits_to_keep] = -100  # only the completion is scored
                 with self.accelerator.autocast():
+                    if self.projector_per_prompt:
+                        audio = {name: value[rows] for name, value in self._audio.items() if name != "instruction_mask"}
+                        inputs["inputs_embeds"] = self.embed_prompts(model, input_ids[rows], instruction_mask[rows],
+                                                                     audio, prompt_width)
+                    else:
+                        inputs.update(input_ids=input_ids[rows], instruction_mask=instruction_mask[rows],
+                                      **{name: self._audio[name][rows] for name in ENCODED_AUDIO_INPUTS
+                                         if name in self._audio})
                     outputs = model(**inputs, labels=labels, fused_lm_head=True)
                 logps.append(outputs.log_probs[:, -logits_to_keep:])
                 if compute_entropy:
