@@ -26,15 +26,17 @@ USER, ASSISTANT, NEWLINE = 872, 77091, 198
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_results(name, report, markdown):
-    """`results/NAME.json` (the report) and `results/NAME.md` (its `markdown`), atomically; prints the markdown."""
+def write_results(name, report, markdown, folder=None):
+    """`NAME.json` (the report) and `NAME.md` (its `markdown`) in `folder` (default `results/`), atomically; prints
+    the markdown."""
     from tinygiant.files import write_json_atomic, write_text_atomic
 
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / f"{name}.json", report, indent=1)
-    write_text_atomic(RESULTS / f"{name}.md", markdown)
+    folder = Path(folder or RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / f"{name}.json", report, indent=1)
+    write_text_atomic(folder / f"{name}.md", markdown)
     print(markdown)
-    print(f"wrote {RESULTS / name}.json and .md in {report['wall_s']} s")
+    print(f"wrote {folder / name}.json and .md in {report['wall_s']} s")
 
 
 # ----------------------------------------------------------------------------- clocks and memory

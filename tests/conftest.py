@@ -1,6 +1,10 @@
 """Shared fixtures: one tiny random TinyGiant checkpoint per session, built through `tinygiant.assemble.from_components`."""
 
+import importlib.util
+import inspect
 import os
+import re
+import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the Hub in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,3 +90,112 @@ def tone(seconds, sampling_rate=16000, freq=440.0, amplitude=0.3):
 def chat(question, answer=None, reasoning=None, system=None):
     """A one-turn conversation with one audio (no system turn unless given), as the project writes it."""
     return conversation(question, answer=answer, reasoning=reasoning, system_prompt=system)
+
+
+# ----------------------------------------------------------------------------- test tiers
+
+# Markers are given here, by one rule, so that a new test file is sorted without anyone listing it: a test is marked
+# by what the source of its function, of the fixtures it uses, and of its module's functions that those call names
+# (MARKS). `slow` (left out of the quick loop, `pytest -m "not slow"`) is what starts vLLM, a browser, another Python
+# process (its imports alone take seconds on 2 cores; two training processes and the demo among them), and the tests
+# listed in MEASURED_SLOW.
+MARKS = {
+    "vllm": re.compile(r'\b(VllmServer|vllm_executable|serve_command)\b|"--engine",\s*"vllm"'),
+    "browser": re.compile(r"\bwebdriver\b"),
+    "ddp": re.compile(r'--multi_gpu|"--num_processes",\s*"[2-9]|\btorchrun\b'),
+    "demo": re.compile(r'\bdemo\.main\(|"demo",\s*"--'),  # in process, or `tinygiant demo --...`
+    "subprocess": re.compile(r"\bsys\.executable\b"),
+    "llamacpp": re.compile(r"\b(LlamaCppDecoder|export_gguf)\b|\bllama_cpp="),
+}
+# Marks read from a whole test module: one that asks whether espeak-ng is there would pass either way without it.
+MODULE_MARKS = {"espeak": re.compile(r"\bspeech_available\(")}
+SLOW_MARKS = {"vllm", "browser", "ddp", "demo", "subprocess"}
+# Tests that start nothing above but take many seconds on 2 cores (`pytest -m "not slow" --durations=40`), by module.
+MEASURED_SLOW = {}
+
+
+def source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def code_of(item: pytest.Item) -> str:
+    """The source a test runs: its function, its fixtures, and its module's functions that those call by name."""
+    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    text = "\n".join(source(f) for f in [item.function, *fixtures])
+    called = [f for name, f in vars(item.module).items() if inspect.isfunction(f)
+              and f.__module__ == item.module.__name__ and re.search(rf"\b{re.escape(name)}\(", text)]
+    return "\n".join([text, *map(source, called)])
+
+
+def marks_of(item: pytest.Item) -> set[str]:
+    text, module = code_of(item), source(item.module)
+    marks = {mark for mark, pattern in MARKS.items() if pattern.search(text)}
+    marks |= {mark for mark, pattern in MODULE_MARKS.items() if pattern.search(module)}
+    # A test run once per backend, "vllm" among them (e.g. the web app in process and on a vLLM server), needs vLLM
+    # in that run only.
+    callspec = getattr(item, "callspec", None)
+    backends = {name: value for name, value in (callspec.params.items() if callspec else ())
+                if "vllm" in backend_choices(item, name)}
+    if backends:
+        marks.discard("vllm")
+        marks |= {"vllm"} if "vllm" in backends.values() else set()
+    return marks
+
+
+def backend_choices(item: pytest.Item, name: str) -> list:
+    """The values a parametrized fixture or argument `name` takes, where they are strings."""
+    definitions = item._fixtureinfo.name2fixturedefs.get(name) or ()
+    values = list(definitions[-1].params or ()) if definitions else [item.callspec.params[name]]
+    return [value for value in values if isinstance(value, str)]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = marks_of(item)
+        for mark in sorted(marks):
+            item.add_marker(mark)
+        if marks & SLOW_MARKS or item.originalname in MEASURED_SLOW.get(item.module.__name__, ()):
+            item.add_marker("slow")
+
+
+def missing_vllm() -> str | None:
+    from tinygiant.vllm_server import vllm_executable
+
+    try:
+        vllm_executable()
+    except FileNotFoundError as error:
+        return str(error)  # it names install.sh
+    return None
+
+
+def missing_chromium() -> str | None:
+    missing = [tool for tool in ("chromium", "chromedriver") if shutil.which(tool) is None]
+    return f"{' and '.join(missing)} not found: install.sh installs chromium and chromium-driver (as root)" if missing \
+        else None
+
+
+def missing_llama_cpp() -> str | None:
+    missing = [name for name in ("llama_cpp", "gguf") if importlib.util.find_spec(name) is None]
+    return f"{', '.join(missing)} not installed: install.sh installs them (the `test` extra)" if missing else None
+
+
+def missing_espeak() -> str | None:
+    from tinygiant.synthetic import speech_available
+
+    return None if speech_available() else "espeak-ng not found: install.sh installs it (as root)"
+
+
+# A test whose tool is missing fails (as an error naming install.sh); it is never skipped. The demo's data has speech.
+TOOL_CHECKS = {"vllm": [missing_vllm], "browser": [missing_chromium], "llamacpp": [missing_llama_cpp],
+               "espeak": [missing_espeak], "demo": [missing_espeak]}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture of the test is set up (a module's server, say)."""
+    for mark, checks in TOOL_CHECKS.items():
+        if item.get_closest_marker(mark):
+            for problem in filter(None, (check() for check in checks)):
+                pytest.fail(f"{item.name} needs {mark}: {problem}", pytrace=False)
