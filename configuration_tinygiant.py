@@ -92,11 +92,6 @@ class TinyGiantConfig(PretrainedConfig):
             Stage C (eq. 14-15). Off for "Vanilla" and "w/o CLAP"; the CLAP tower is then not built at all.
         audio_token_id (`int`, *optional*, defaults to 151669):
             Id of the `<audio>` placeholder token (the first id after Qwen3's tokenizer vocabulary).
-        whisper_window_seconds (`int`, *optional*, defaults to 30), whisper_frames_per_window (`int`, *optional*,
-        defaults to 1500), htsat_window_seconds (`int`, *optional*, defaults to 10), htsat_frames_per_window (`int`,
-        *optional*, defaults to 32):
-            The audio layout: how long one encoder window is and how many frames it gives. Fixed by the encoders
-            (Whisper's 3000 mel frames, HTS-AT's 1001); the processor and the model both follow these fields.
         whisper_trim_padding (`bool`, *optional*, defaults to `False`):
             Run the Whisper encoder on each window's real frames only (its positional embeddings sliced to that
             length, as Ultravox does) instead of on a zero-padded 30 s window: a 10 s clip then costs about a third.
@@ -128,10 +123,6 @@ class TinyGiantConfig(PretrainedConfig):
         use_intent_query=True,
         use_clap_gate=True,
         audio_token_id=151669,
-        whisper_window_seconds=AUDIO_LAYOUT.whisper_window_seconds,
-        whisper_frames_per_window=AUDIO_LAYOUT.whisper_frames_per_window,
-        htsat_window_seconds=AUDIO_LAYOUT.htsat_window_seconds,
-        htsat_frames_per_window=AUDIO_LAYOUT.htsat_frames_per_window,
         whisper_trim_padding=False,
         **kwargs,
     ):
@@ -149,11 +140,11 @@ class TinyGiantConfig(PretrainedConfig):
         self.use_intent_query = use_intent_query
         self.use_clap_gate = use_clap_gate
         self.audio_token_id = audio_token_id
-        self.whisper_window_seconds = whisper_window_seconds
-        self.whisper_frames_per_window = whisper_frames_per_window
-        self.htsat_window_seconds = htsat_window_seconds
-        self.htsat_frames_per_window = htsat_frames_per_window
         self.whisper_trim_padding = whisper_trim_padding
+        # Earlier configs stored the audio layout; it is the encoders' (AUDIO_LAYOUT), so it is read, not loaded.
+        for field in ("whisper_window_seconds", "whisper_frames_per_window", "htsat_window_seconds",
+                      "htsat_frames_per_window"):
+            kwargs.pop(field, None)
         # transformers ties lm_head to the input embeddings by reading the top-level config (Qwen3-0.6B ties them).
         kwargs["tie_word_embeddings"] = self.text_config.tie_word_embeddings
         # Users call `AutoModel.from_pretrained(...).generate(...)`, so AutoModel loads the generating class too;
@@ -165,6 +156,15 @@ class TinyGiantConfig(PretrainedConfig):
             "AutoModelForMultimodalLM": "modeling_tinygiant.TinyGiantForConditionalGeneration",
         })
         super().__init__(**kwargs)
+
+    # The audio layout is the encoders', not a setting: one source, `AUDIO_LAYOUT`, which the processor reads too.
+    @property
+    def whisper_frames_per_window(self) -> int:
+        return AUDIO_LAYOUT.whisper_frames_per_window
+
+    @property
+    def htsat_frames_per_window(self) -> int:
+        return AUDIO_LAYOUT.htsat_frames_per_window
 
 
 TinyGiantConfig.register_for_auto_class()
