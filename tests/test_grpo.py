@@ -368,3 +368,15 @@ def test_ddp_two_processes_on_cpu_keep_the_ranks_equal(tiny16, data, tmp_path):
     sums = [(out / f"checksum-{rank}.txt").read_text().split() for rank in (0, 1)]
     assert sums[0][0] != sums[0][1]  # the weights moved
     assert sums[0] == sums[1]
+
+
+def test_the_demo_trains_on_the_unsolved_task_and_splits_step_time(data):
+    from tinygiant.training.grpo_demo import grpo_rows, step_split
+
+    rows = [json.loads(line) for line in grpo_rows(data, ["count_beeps"]).read_text().splitlines()]
+    assert rows and all(row["task"] == "count_beeps" and row["choices"] for row in rows)
+    assert len(load_multiple_choice([str(data / "grpo-train-count_beeps.jsonl")])) == len(rows)  # audio resolves
+    logs = [{"time/encoders": 1.0, "time/generation": 5.0, "time/backward": 2.0, "time/optimizer": 2.0}, {"loss": 0}]
+    split = step_split(logs)
+    assert split["share"]["generation"] == 0.5 and split["seconds_per_step"] == 10.0
+    assert abs(sum(split["share"].values()) - 1) < 1e-9

@@ -19,11 +19,16 @@ learn the answer priors, so it should stay near chance, and the gap between the 
     tinygiant demo --ablation --seeds 3 [--output-dir runs/ablation]
 
 trains the paper's four Table 3 variants with each seed on the scene benchmark instead (`tinygiant.ablation`).
+
+    tinygiant demo --grpo --seeds 3 [--output-dir runs/grpo]
+
+runs GRPO after this demo's SFT and compares the two on the held-out split (`tinygiant.training.grpo_demo`).
 """
 
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +99,11 @@ def ask_pipeline(model_dir, seed):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--grpo" in argv:  # its own protocol and options
+        from tinygiant.training.grpo_demo import main as grpo_main
+
+        return grpo_main([arg for arg in argv if arg != "--grpo"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
