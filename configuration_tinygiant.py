@@ -27,7 +27,7 @@ class AudioLayout:
 AUDIO_LAYOUT = AudioLayout()
 
 
-def whisper_large_v3_turbo_config():
+def whisper_large_v3_turbo_config() -> WhisperConfig:
     """`openai/whisper-large-v3-turbo` (only its 32-layer, 1280-d encoder is used)."""
     return WhisperConfig(
         num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
@@ -37,17 +37,17 @@ def whisper_large_v3_turbo_config():
     )
 
 
-def htsat_tiny_config():
+def htsat_tiny_config() -> ClapAudioConfig:
     """HTS-AT tiny, the audio tower of `laion/clap-htsat-unfused` (768-d frames)."""
     return ClapAudioConfig(patch_embeds_hidden_size=96, depths=[2, 2, 6, 2], hidden_size=768)
 
 
-def htsat_base_config():
+def htsat_base_config() -> ClapAudioConfig:
     """HTS-AT base, the audio tower of `laion/larger_clap_general` (1024-d pooled vector)."""
     return ClapAudioConfig(patch_embeds_hidden_size=128, depths=[2, 2, 12, 2], hidden_size=1024)
 
 
-def qwen3_0_6b_config():
+def qwen3_0_6b_config() -> Qwen3Config:
     """`Qwen/Qwen3-0.6B`."""
     return Qwen3Config(
         vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,

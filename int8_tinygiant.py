@@ -8,6 +8,7 @@ AMX) with int32 accumulation. Decoding (few rows) always uses the weight-only ke
 int8 weight already halves its bytes. Remote code: imports only torch (and safetensors / accelerate in `load_int8`).
 """
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ ACTIVATION_MODES = ("float", "int8")
 TRIM_EVERY_BYTES = 2**26
 
 
-def cpu_has_amx():
+def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), from /proc/cpuinfo (Linux; else False)."""
     try:
         return " amx_int8" in Path("/proc/cpuinfo").read_text()
@@ -30,7 +31,7 @@ def cpu_has_amx():
         return False
 
 
-def w8a8_encoders_pay_off():
+def w8a8_encoders_pay_off() -> bool:
     """Whether W8A8 runs the frozen encoders faster than bf16 here: on a CPU without AMX, yes (VNNI's int8 GEMM beats
     bf16: 0.63 against 0.41 TOP/s on a 2-core AMD EPYC); on one with AMX, no (its bf16 tiles are as fast as int8, and
     bf16 skips quantising the activations: a 10 s clip's encoders took 0.76 s in bf16 against 1.41 s in W8A8 on a
@@ -59,7 +60,7 @@ def _absmax_rows(x):
     return torch.maximum(x.amax(-1, keepdim=True), -x.amin(-1, keepdim=True))
 
 
-def quantize_activations(x):
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row (token) int8 of a 2-D activation: `(int8 rows, float32 scales of shape (rows, 1))`.
 
     The range is [-127, 127], not [-128, 127], so that the int8 product of two extremes never overflows its sign.
@@ -87,20 +88,20 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach())
 
     @classmethod
-    def from_linear(cls, linear, activations="float"):
+    def from_linear(cls, linear: nn.Linear, activations: str = "float") -> "Int8Linear":
         return cls(*_quantize_rows(linear.weight), linear.bias, activations=activations)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activations={self.activations}"
 
-    def dequantize(self, dtype):
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
 
     @property
-    def weight(self):  # the float weight, for exports (GGUF) that need it; allocates: never read it for a dtype
+    def weight(self) -> torch.Tensor:  # the float weight, for exports (GGUF) that need it; allocates: never read it for a dtype
         return self.dequantize(self.scales.dtype)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         # The kernel gives wrong results unless in_features is a multiple of 16 (true of every full-size layer).
         if x.device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS and self.in_features % 16 == 0:
@@ -124,15 +125,15 @@ class Int8Embedding(nn.Module):
         self.head, self.dtype, self.padding_idx = head, dtype, padding_idx
 
     @property
-    def weight(self):  # for code that reads the embedding table (e.g. the placeholder mask without input_ids)
+    def weight(self) -> torch.Tensor:  # for code that reads the embedding table (e.g. the placeholder mask without input_ids)
         return self.head.dequantize(self.dtype)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head.qweight[input_ids].to(self.dtype) * self.head.scales[input_ids, None].to(self.dtype)
 
 
 @torch.no_grad()
-def quantize_int8(model, modules=None, activations="float"):
+def quantize_int8(model: nn.Module, modules: list[nn.Module] | None = None, activations: str = "float") -> nn.Module:
     """Replace the `nn.Linear` layers of `model` (a `TinyGiantForConditionalGeneration`) with `Int8Linear`, in place.
 
     Covers the three encoders, the projector and the LLM; the tied embedding / LM head become one int8 table.
@@ -178,7 +179,8 @@ def quantize_int8(model, modules=None, activations="float"):
 
 
 @torch.no_grad()
-def load_int8(model_class, path, dtype=torch.bfloat16, activations="float"):
+def load_int8(model_class: type, path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+              activations: str = "float") -> nn.Module:
     """`quantize_int8(model_class.from_pretrained(path, dtype=dtype), activations=activations)` without ever holding
     the float model: the model is built without parameters (accelerate's `init_empty_weights`; buffers are real),
     then each tensor is read from the checkpoint's safetensors on its own and each linear weight quantised as read.

@@ -59,7 +59,7 @@ class EBranchformerBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, config.ffn_dim), nn.GELU(), nn.Linear(config.ffn_dim, d))
         self.ffn_dropout, self.ffn_norm = nn.Dropout(p), nn.LayerNorm(d)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.self_attn(x, x, x, need_weights=False)[0]
         z_attn = self.attn_norm(x + self.attn_dropout(attn))  # (5)
         h = F.gelu(self.conv_in(x))
@@ -113,12 +113,12 @@ class QueryGuidedProjector(nn.Module):
         return h
 
 
-def windows_per_audio(lengths, frames_per_window):
+def windows_per_audio(lengths: torch.Tensor, frames_per_window: int) -> torch.Tensor:
     """How many encoder windows each audio of `lengths` real frames spans (the last one may be partly padding)."""
     return (lengths + frames_per_window - 1) // frames_per_window
 
 
-def real_frames_per_window(lengths, frames_per_window):
+def real_frames_per_window(lengths: torch.Tensor, frames_per_window: int) -> list[int]:
     """Real (not padding) encoder frames in each window, in window order, of audios with `lengths` real frames."""
     counts = []
     for windows, length in zip(windows_per_audio(lengths, frames_per_window).tolist(), lengths.tolist()):
@@ -126,7 +126,7 @@ def real_frames_per_window(lengths, frames_per_window):
     return counts
 
 
-def whisper_encoder_on_real_frames(encoder, input_features):
+def whisper_encoder_on_real_frames(encoder: WhisperEncoder, input_features: torch.Tensor) -> torch.Tensor:
     """`WhisperEncoder.forward` (eval) on mels shorter than its 30 s window: the positional embeddings are sliced to
     the frames there are (Ultravox's way) where transformers' forward insists on exactly 3000 mel frames."""
     hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(input_features)))).permute(0, 2, 1)
@@ -136,7 +136,7 @@ def whisper_encoder_on_real_frames(encoder, input_features):
     return encoder.layer_norm(hidden)
 
 
-def pool_per_audio(frames, lengths, num_tokens):
+def pool_per_audio(frames: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Concatenate each audio's windows in time, keep its `length` real frames and pool them to `num_tokens`.
 
     `frames` is (windows, frames_per_window, dim); consecutive windows belong to consecutive audios.
@@ -180,11 +180,12 @@ class AudioEncoderCache:
     def __len__(self):
         return len(self.entries)
 
-    def clear(self):
+    def clear(self) -> None:
         self.entries.clear()
 
     @staticmethod
-    def key(whisper_features, clap_features, whisper_length, htsat_length, whisper_trim_padding=False):
+    def key(whisper_features: torch.Tensor, clap_features: torch.Tensor, whisper_length: int, htsat_length: int,
+            whisper_trim_padding: bool = False) -> str:
         digest = hashlib.blake2b(digest_size=16)
         for tensor in (whisper_features, clap_features):
             tensor = tensor.detach().cpu().contiguous()
@@ -193,7 +194,7 @@ class AudioEncoderCache:
         digest.update(f"{int(whisper_length)},{int(htsat_length)},{bool(whisper_trim_padding)}".encode())
         return digest.hexdigest()
 
-    def get(self, key):
+    def get(self, key: str) -> tuple | None:
         entry = self.entries.get(key)
         if entry is None:
             self.misses += 1
@@ -202,7 +203,7 @@ class AudioEncoderCache:
         self.entries.move_to_end(key)
         return entry
 
-    def put(self, key, entry):
+    def put(self, key: str, entry: tuple) -> None:
         self.entries[key] = entry
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_items:
@@ -220,7 +221,7 @@ class TinyGiantPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, *args, **kwargs) -> "TinyGiantPreTrainedModel | tuple":
         # transformers 5 recreates loaded parameters as trainable, so freeze the encoders again.
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if kwargs.get("output_loading_info") else loaded  # (model, loading info) on request
@@ -238,7 +239,7 @@ class TinyGiantAudioMixin:
     for an engine that brings its own language model, such as the vLLM plugin) both build and run them through here.
     """
 
-    def init_audio_modules(self, config):
+    def init_audio_modules(self, config: TinyGiantConfig) -> None:
         self.whisper_encoder = WhisperEncoder(config.whisper_config)
         self.htsat_encoder = ClapAudioModel(config.htsat_config)
         # Without the gate (ablations "Vanilla" and "w/o CLAP") the CLAP tower is not needed at all.
@@ -247,15 +248,15 @@ class TinyGiantAudioMixin:
         self.audio_cache = None  # an AudioEncoderCache once `enable_audio_cache` is called
         self.freeze_audio_encoders()
 
-    def audio_encoders(self):
+    def audio_encoders(self) -> list[nn.Module]:
         return [m for m in (self.whisper_encoder, self.htsat_encoder, self.clap_encoder) if m is not None]
 
-    def freeze_audio_encoders(self):
+    def freeze_audio_encoders(self) -> None:
         for encoder in self.audio_encoders():
             encoder.requires_grad_(False)
             encoder.eval()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "TinyGiantAudioMixin":
         # Trainer calls train() every step; the frozen encoders must keep dropout and layer drop off.
         super().train(mode)
         for encoder in self.audio_encoders():
@@ -281,7 +282,7 @@ class TinyGiantAudioMixin:
             clap_vector = torch.stack([v.mean(0) for v in window_vectors.split(windows.tolist())])  # (3)
         return pool_per_audio(whisper_frames, whisper_lengths, n), pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
 
-    def encode_whisper(self, whisper_input_features, whisper_lengths):
+    def encode_whisper(self, whisper_input_features: torch.Tensor, whisper_lengths: torch.Tensor) -> torch.Tensor:
         """The Whisper encoder's frames per window, (windows, 1500, 1280).
 
         With `config.whisper_trim_padding` each window runs on its real frames only (a 10 s clip's window on 500
@@ -304,10 +305,13 @@ class TinyGiantAudioMixin:
         self.audio_cache = AudioEncoderCache(max_items)
         return self.audio_cache
 
-    def disable_audio_cache(self):
+    def disable_audio_cache(self) -> None:
         self.audio_cache = None
 
-    def encode_audio_cached(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+    def encode_audio_cached(
+        self, whisper_input_features: torch.Tensor, clap_input_features: torch.Tensor, whisper_lengths: torch.Tensor,
+        htsat_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`encode_audio` through `self.audio_cache`: only the audios not seen before run the encoders, in one batch."""
         whisper_windows = windows_per_audio(whisper_lengths, self.config.whisper_frames_per_window).tolist()
         htsat_windows = windows_per_audio(htsat_lengths, self.config.htsat_frames_per_window).tolist()
@@ -386,10 +390,10 @@ class TinyGiantModel(TinyGiantAudioMixin, TinyGiantPreTrainedModel):
         self.language_model = Qwen3Model(config.text_config)
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
     def get_placeholder_mask(
@@ -535,22 +539,22 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Module) -> None:
         self.model.set_input_embeddings(value)
 
-    def get_output_embeddings(self):
+    def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def set_output_embeddings(self, value):
+    def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
-    def get_audio_features(self, *args, **kwargs):
+    def get_audio_features(self, *args, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(*args, **kwargs)
 
-    def enable_audio_cache(self, max_items=32):
+    def enable_audio_cache(self, max_items: int = 32) -> AudioEncoderCache:
         """Encode each audio once: keep the frozen encoders' outputs of the last `max_items` audios in memory.
 
         `generate` and `forward` then run the encoders only on audio they have not seen; the projector and the LLM
@@ -559,7 +563,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         """
         return self.model.enable_audio_cache(max_items)
 
-    def disable_audio_cache(self):
+    def disable_audio_cache(self) -> None:
         self.model.disable_audio_cache()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -622,7 +626,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             attentions=outputs.attentions,
         )
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
         # The audio is merged once, at prefill; later steps read it from the KV cache.
         audio_inputs = {k: kwargs.pop(k, None) for k in (*AUDIO_INPUTS, *ENCODED_AUDIO_INPUTS, "instruction_mask")}
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
@@ -630,7 +634,7 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
             model_inputs.update(audio_inputs)
         return model_inputs
 
-    def generate_with_static_cache(self, *args, compile=False, **kwargs):
+    def generate_with_static_cache(self, *args, compile: bool = False, **kwargs) -> torch.LongTensor:
         """`generate` with a pre-allocated static KV cache and, with `compile=True`, a `torch.compile`d decoding step.
 
         Gives the same tokens as `generate`. The static cache avoids growing the cache each step; compiling fuses the

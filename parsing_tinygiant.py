@@ -10,6 +10,7 @@ import base64
 import re
 import string
 from pathlib import Path
+from typing import Any
 
 LETTERS = string.ascii_lowercase
 
@@ -22,7 +23,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def format_question(question, choices=None):
+def format_question(question: str, choices: list[str] | None = None) -> str:
     """Return the user text for `question`, listing `choices` (see `check_choices`) one per line as `(a) ...`,
     `(b) ...`. Raises `ValueError` for a question that is not a non-empty string."""
     if not isinstance(question, str):
@@ -36,7 +37,7 @@ def format_question(question, choices=None):
     return question + "\n" + "\n".join(lines)
 
 
-def check_choices(choices):
+def check_choices(choices: list[str] | tuple[str, ...]) -> list[str]:
     """Return `choices` stripped, as a list; raise `ValueError` for choices that are not a list or tuple of strings (a
     bare string would otherwise be read as its characters), fewer than 2 or more than 6 choices, an empty choice, or
     duplicate choices (compared case-insensitively, ignoring surrounding spaces)."""
@@ -58,7 +59,8 @@ def check_choices(choices):
     return choices
 
 
-def conversation(user_text, answer=None, reasoning=None, system_prompt=None, audio=None):
+def conversation(user_text: str, answer: str | None = None, reasoning: str | None = None,
+                 system_prompt: str | None = None, audio: Any = None) -> list[dict]:
     """The chat messages for one audio and `user_text` (the audio first, as in CoTA), optionally with the assistant's
     turn (`answer`, and `reasoning` for its think block). `system_prompt` (a non-empty string) is written as the
     system message; without one, the chat template gives the checkpoint's default system turn, unless the caller
@@ -73,7 +75,7 @@ def conversation(user_text, answer=None, reasoning=None, system_prompt=None, aud
     return messages
 
 
-def question_messages(question, choices=None, system_prompt=None):
+def question_messages(question: str, choices: list[str] | None = None, system_prompt: str | None = None) -> list[dict]:
     """The prompt for a question about one audio (`format_question` checks it), ready for a generation prompt."""
     return conversation(format_question(question, choices), system_prompt=system_prompt)
 
@@ -89,7 +91,7 @@ NO_DEFAULT_SYSTEM_PROMPT = {"chat_template_kwargs": {"default_system_prompt": ""
 AUDIO_FORMATS = {".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".m4a": "m4a"}
 
 
-def openai_messages(messages):
+def openai_messages(messages: list[dict]) -> list[dict]:
     """`messages` (the form above, each audio item holding a file path or the file's bytes) as the chat API takes
     them: each audio an `input_audio` part (base64), an assistant turn's `reasoning_content` as `reasoning` (which vLLM
     hands back to the chat template, so a follow-up is rendered as the pipeline renders it)."""
@@ -119,13 +121,13 @@ def _input_audio(audio):
     return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": container}}
 
 
-def reasoning_of(message):
+def reasoning_of(message: Any) -> str | None:
     """The reasoning a chat API message or stream delta carries, if any: `reasoning` (vLLM 0.32) or
     `reasoning_content` (older vLLM, and most other servers)."""
     return getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
 
 
-def chat_reply_text(content=None, reasoning=None):
+def chat_reply_text(content: str | None = None, reasoning: str | None = None) -> str:
     """The model's output text from a chat API reply, as the pipeline would decode it: a server with a reasoning
     parser sends the think block as `reasoning` and the rest as `content` (either may still be arriving, or be None);
     a server without one sends it all as `content`. A think block whose answer has not begun stays open."""
@@ -136,7 +138,7 @@ def chat_reply_text(content=None, reasoning=None):
     return f"<think>\n{reasoning}\n</think>\n\n{content}"
 
 
-def cota_to_messages(user, assistant, system_prompt=None):
+def cota_to_messages(user: str, assistant: str, system_prompt: str | None = None) -> list[dict]:
     """One CoTA row (`user` with an `<audio>` marker, `assistant` with CoTA markup) as a training conversation.
 
     The assistant text is split as the model's output is read back (`parse_response`): `<THINK>...</THINK>` becomes
@@ -199,7 +201,7 @@ def _split_response(rest):
     return _strip_tags(rest) or None
 
 
-def parse_response(text, choices=None):
+def parse_response(text: str, choices: list[str] | None = None) -> dict:
     """Split a generated output into its reasoning and its final answer.
 
     Returns `{"text": text, "thinking": str | None, "answer": str | None}`, plus `"choice"` when
@@ -250,7 +252,7 @@ def parse_response(text, choices=None):
     return result
 
 
-def parse_output(text, choices=None, finished=True):
+def parse_output(text: str, choices: list[str] | None = None, finished: bool = True) -> dict:
     """`parse_response`, with the rule for an output cut at the length limit (`finished=False`: no end-of-sequence
     token, or a chat API's `finish_reason == "length"`): its answer is missing, so it has none and picks no choice."""
     output = parse_response(text, choices)
@@ -308,7 +310,7 @@ def _choice_by_text(answer, choices):
         if named:
             return max(named)[1]
     # Drop options seen only inside another option's occurrence ("piano" in "electric piano").
-    def inside_other(choice):
+    def inside_other(choice: str) -> bool:
         return all(
             any(o != choice and s2 <= s <= e <= e2 for o, found in spans.items() for s2, e2 in found)
             for s, e in spans[choice]

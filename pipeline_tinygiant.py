@@ -22,7 +22,9 @@ can write the `custom_pipelines` entry of `config.json`.
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -138,7 +140,7 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             inputs = [Conversation(c) for c in inputs]
         return super().__call__(inputs, **kwargs)
 
-    def save_pretrained(self, save_directory, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save a loadable folder: `Pipeline.save_pretrained` writes the model, this file and the tokenizer, but not
         the processor (feature extractors, chat template, `processing_tinygiant.py`)."""
         if self.int8 or self.llama_cpp is not None:
@@ -155,7 +157,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         forward = {**(generate_kwargs or {}), **kwargs}
         return preprocess, forward, {}
 
-    def preprocess(self, inputs, question=None, choices=None, system_prompt=None, sampling_rate=None):
+    def preprocess(self, inputs: Any, question: str | None = None, choices: list[str] | None = None,
+                   system_prompt: str | None = None, sampling_rate: int | None = None) -> dict:
         with self.lock:
             return self._preprocess(inputs, question, choices, system_prompt, sampling_rate)
 
@@ -223,7 +226,7 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         finished = torch.isin(new_tokens, eos.to(new_tokens.device)).any(dim=1)
         return {"new_tokens": new_tokens, "finished": finished, "choices": choices, "conversations": conversations}
 
-    def postprocess(self, model_outputs):
+    def postprocess(self, model_outputs: dict) -> dict:
         text = self.tokenizer.decode(model_outputs["new_tokens"], skip_special_tokens=True)
         result = parse_output(text, model_outputs["choices"], finished=bool(model_outputs["finished"]))
         if not model_outputs["finished"]:
@@ -239,12 +242,13 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
             yield {"new_tokens": outputs["new_tokens"][i], "finished": bool(outputs["finished"][i]), "choices": choices,
                    "conversation": conversation}
 
-    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
+    def run_single(self, inputs: Any, preprocess_params: dict, forward_params: dict, postprocess_params: dict) -> dict:
         batch = self._collate([self.preprocess(inputs, **preprocess_params)])
         outputs = self.forward(batch, **forward_params)
         return self.postprocess(next(self._unbatch(outputs)), **postprocess_params)
 
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+    def get_iterator(self, inputs: Any, num_workers: int, batch_size: int, preprocess_params: dict, forward_params: dict,
+                     postprocess_params: dict) -> Iterator[dict]:
         if hasattr(inputs, "__len__"):
             dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
         else:  # a generator: items are prepared one by one as the loader asks for them
@@ -266,7 +270,7 @@ class Conversation:
         self.messages = list(messages)
 
 
-def is_conversation(inputs):
+def is_conversation(inputs: Any) -> bool:
     """Whether `inputs` is a list of chat messages (dicts with a "role")."""
     return isinstance(inputs, (list, tuple)) and bool(inputs) and all(
         isinstance(m, dict) and "role" in m for m in inputs

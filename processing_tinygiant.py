@@ -19,6 +19,7 @@ import math
 import re
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -107,7 +108,7 @@ def build_chat_template(default_system_prompt: str = SYSTEM_PROMPT) -> str:
 AUDIO_DICT_KEYS = {"array", "sampling_rate", "path", "bytes"}
 
 
-def load_audio(audio, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
+def load_audio(audio: Any, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Return `(mono float32 waveform, sampling_rate)` for one audio input: the one audio reader of the project.
 
     Accepts a file path, an http(s) or file URL, the bytes of a file, a `{"array", "sampling_rate"}` dict, a
@@ -183,7 +184,7 @@ def _fetch_url(url, timeout=30):
         raise ValueError(f"cannot fetch audio from {url}: {error}") from error
 
 
-def chat_audio(item):
+def chat_audio(item: dict) -> Any:
     """The audio of one `{"type": "audio", ...}` content item, in a form `load_audio` reads.
 
     The item names its audio with `path` (a file or URL), `url`, or `audio` (anything `load_audio` takes). An array
@@ -216,17 +217,17 @@ def _check(waveform, sampling_rate):
     return np.ascontiguousarray(waveform), int(sampling_rate)
 
 
-def resample(waveform, sampling_rate, target_rate):
+def resample(waveform: np.ndarray, sampling_rate: int, target_rate: int) -> np.ndarray:
     if sampling_rate == target_rate:
         return waveform
     return soxr.resample(waveform, sampling_rate, target_rate).astype(np.float32)
 
 
-def split_windows(waveform, window_samples):
+def split_windows(waveform: np.ndarray, window_samples: int) -> list[np.ndarray]:
     return [waveform[i : i + window_samples] for i in range(0, len(waveform), window_samples)]
 
 
-def spans_to_mask(offsets, spans):
+def spans_to_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """Mark the tokens whose character offsets start inside any of `spans` (pairs of character positions)."""
     offsets = np.asarray(offsets).reshape(-1, 2)  # an empty text's offsets come back as an empty 1-D array
     starts, ends = offsets[:, 0], offsets[:, 1]
@@ -270,7 +271,7 @@ class TinyGiantProcessor(ProcessorMixin):
         )
 
     @property
-    def audio_token_id(self):
+    def audio_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.audio_token)
 
     def __call__(
@@ -360,9 +361,11 @@ class TinyGiantProcessor(ProcessorMixin):
             "htsat_lengths": np.array(htsat_lengths),
         }
 
-    def apply_chat_template(self, conversation, chat_template=None, tokenize=False, return_dict=False,
-                            return_tensors="pt", output_labels=False, padding_side="left", processor_kwargs=None,
-                            **kwargs):
+    def apply_chat_template(
+        self, conversation: list[dict] | list[list[dict]], chat_template: str | None = None, tokenize: bool = False,
+        return_dict: bool = False, return_tensors: str | None = "pt", output_labels: bool = False,
+        padding_side: str = "left", processor_kwargs: dict | None = None, **kwargs,
+    ) -> Any:  # text, a BatchFeature, or the input ids
         """Render one conversation or a list of them; with `tokenize=True`, also load their audio and run the processor.
 
         Audio goes inside the messages, as for Audio Flamingo 3 or Voxtral: `{"type": "audio", "path": "clip.wav"}`
@@ -436,7 +439,7 @@ class TinyGiantProcessor(ProcessorMixin):
         return mask.astype(np.int64)
 
     @property
-    def model_input_names(self):
+    def model_input_names(self) -> list[str]:
         return [
             "input_ids", "attention_mask", "instruction_mask", "whisper_input_features", "clap_input_features",
             "whisper_lengths", "htsat_lengths",
