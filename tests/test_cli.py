@@ -79,7 +79,7 @@ def test_publish_writes_the_folder_and_fails_cleanly_offline(checkpoints, tmp_pa
     assert 'model="someone/tg"' in (out / "README.md").read_text()
 
 
-def test_default_model(monkeypatch, tmp_path, capsys):
+def test_default_model(monkeypatch, tmp_path, caplog):
     monkeypatch.chdir(tmp_path)  # no trained demo model here (`runs/demo/model` is looked up in the working dir)
     monkeypatch.setenv("TINYGIANT_CACHE", str(tmp_path))
     monkeypatch.setenv("TINYGIANT_MODEL", "someone/tinygiant")
@@ -91,7 +91,7 @@ def test_default_model(monkeypatch, tmp_path, capsys):
                         lambda d: built.append(d) or (Path(d).mkdir(parents=True), (Path(d) / "config.json").touch()))
     assert model_source.default_model() == str(tmp_path / "tiny-random")
     assert model_source.default_model() == str(tmp_path / "tiny-random") and len(built) == 1
-    assert "UNTRAINED" in capsys.readouterr().err
+    assert "UNTRAINED" in caplog.text  # through logging, as a library warns
     # the demo's trained model, where `tinygiant demo` writes it by default
     (tmp_path / "runs" / "demo" / "model").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "model" / "config.json").write_text("{}")
@@ -125,9 +125,12 @@ def test_the_web_app_loads_without_gradio():
 
 
 def test_other_subcommands_dispatch(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        tinygiant_cli.main(["eval", "--help"])
-    assert exit_info.value.code == 0 and "--score-only" in capsys.readouterr().out
+    assert tinygiant_cli.main(["eval", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in ("mmar", "mmau", "mmsu", "synthetic", "compare", "report"))
+    assert tinygiant_cli.main(["export", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "onnx" in help_text and "gguf" in help_text
     with pytest.raises(SystemExit):
         tinygiant_cli.main(["tiny-checkpoint", "--help"])
     assert "out_dir" in capsys.readouterr().out
@@ -135,6 +138,69 @@ def test_other_subcommands_dispatch(capsys):
         tinygiant_cli.main(["--help"])
     help_text = capsys.readouterr().out
     assert all(name in help_text for name in ("ask", "publish", "tiny-checkpoint", "demo", "eval", "TINYGIANT_MODEL"))
+
+
+def test_help_lists_every_command_on_one_line_each(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tinygiant_cli.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    lines = help_text.splitlines()
+    for command in ("ask", "publish", *tinygiant_cli.DISPATCH):
+        line = next(line for line in lines if line.split()[:1] == [command])
+        assert len(line.split()) > 3, f"{command}'s help is not on its own line: {line!r}"
+    assert "--engine vllm" in help_text and "--no-app" in help_text and "--debug" in help_text
+
+
+@pytest.mark.parametrize("command", [["ask"], ["publish"], ["tiny-checkpoint"], ["demo"], ["serve"], ["eval", "mmar"],
+                                     ["eval", "mmau"], ["eval", "compare"], ["eval", "report"], ["export", "onnx"],
+                                     ["export", "gguf"]])
+def test_each_command_help_is_under_its_own_name(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tinygiant_cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: tinygiant {' '.join(command)} ")
+
+
+def test_serve_help_shows_the_apps_and_the_engines_options(capsys):
+    with pytest.raises(SystemExit):
+        tinygiant_cli.main(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--model", "--backend", "--max-new-tokens", "--system-prompt",  # the app's
+                   "--engine", "--no-app", "--app-port", "--log", "--audio-limit", "[-- VLLM_SERVE_FLAG ...]"):
+        assert option in help_text, option
+
+
+def one_error_line(err: str) -> str:
+    """The one `error:` line of a failed command; no traceback."""
+    assert "Traceback" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err[-2000:]
+    return errors[0]
+
+
+def test_the_engines_options_need_the_engine(capsys):
+    for argv, message in ((["serve", "--no-app"], "--no-app: only with --engine vllm"),
+                          (["serve", "--app-port", "9000", "--log", "x.log"], "--app-port, --log: only with --engine"),
+                          (["serve", "--", "--max-model-len", "512"], "they need --engine vllm")):
+        with pytest.raises(SystemExit) as exit_info:
+            tinygiant_cli.main(argv)
+        assert exit_info.value.code == 2 and message in one_error_line(capsys.readouterr().err)
+
+
+def test_expected_failures_end_with_one_error_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    failures = {  # the command, and what its error line says
+        ("eval", "mmar", "--model", str(tmp_path), "--output-dir", str(tmp_path / "run")): "pass --meta",  # offline
+        ("eval", "mmsu-pro",): "(got 'mmsu-pro')",
+        ("export", "onnx", str(tmp_path / "missing"), str(tmp_path / "out")): "missing is not a folder",
+        ("ask", str(tmp_path / "none.wav"), "What?"): "none.wav does not exist",
+    }
+    for argv, message in failures.items():
+        code = tinygiant_cli.main(list(argv))
+        assert code and code != 0, argv
+        assert message in one_error_line(capsys.readouterr().err), argv
+    with pytest.raises(RuntimeError, match="pass --meta"):  # the same failure, with its traceback
+        tinygiant_cli.main(["eval", "mmar", "--debug", "--model", str(tmp_path), "--output-dir", str(tmp_path / "r")])
 
 
 def test_ask_with_int8_weights_answers_like_the_full_precision_model(checkpoints, capsys):

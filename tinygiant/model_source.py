@@ -11,19 +11,21 @@ Like `tinygiant serve` and `tinygiant demo`, this needs a clone of the repositor
 
 import functools
 import importlib.util
+import logging
 import os
-import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
 
 
-def cache_dir():
+def cache_dir() -> Path:
     """`$TINYGIANT_CACHE`, default `~/.cache/tinygiant`."""
     return Path(os.environ.get("TINYGIANT_CACHE") or Path.home() / ".cache" / "tinygiant")
 
 
-def root_file(name):
+def root_file(name: str) -> Path:
     """The path of `name` at the repository root; `FileNotFoundError` when the tools do not run from a clone."""
     path = ROOT / name
     if not path.is_file():
@@ -32,7 +34,7 @@ def root_file(name):
 
 
 @functools.cache
-def load_app():
+def load_app() -> ModuleType:
     """`app.py` as a module, loaded once (it imports torch and transformers; gradio only when it builds the page)."""
     spec = importlib.util.spec_from_file_location("tinygiant_app", root_file("app.py"))
     module = importlib.util.module_from_spec(spec)
@@ -40,7 +42,7 @@ def load_app():
     return module
 
 
-def default_model():
+def default_model() -> str:
     """The model to run without `--model` (see the module docstring)."""
     named = load_app().default_model()
     if named:
@@ -49,8 +51,8 @@ def default_model():
     if (demo / "config.json").is_file():
         return str(demo)
     tiny = cache_dir() / "tiny-random"
-    print(f"WARNING: no trained model found (set TINYGIANT_MODEL or pass --model); using an UNTRAINED tiny random "
-          f"checkpoint in {tiny}. Its answers are junk.", file=sys.stderr, flush=True)
+    logger.warning("no trained model found (set TINYGIANT_MODEL or pass --model); using an UNTRAINED tiny random "
+                   "checkpoint in %s. Its answers are junk.", tiny)
     if not (tiny / "config.json").is_file():
         from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
