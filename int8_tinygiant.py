@@ -33,9 +33,8 @@ def cpu_has_amx() -> bool:
 
 def w8a8_encoders_pay_off() -> bool:
     """Whether W8A8 runs the frozen encoders faster than bf16 here: on a CPU without AMX, yes (VNNI's int8 GEMM beats
-    bf16: 0.63 against 0.41 TOP/s on a 2-core AMD EPYC); on one with AMX, no (its bf16 tiles are as fast as int8, and
-    bf16 skips quantising the activations: a 10 s clip's encoders took 0.76 s in bf16 against 1.41 s in W8A8 on a
-    2-core Xeon); on a GPU, no (the int8 path is CPU kernels)."""
+    its bf16 GEMM); on one with AMX, no (its bf16 tiles are about as fast as int8, and bf16 skips quantising the
+    activations); on a GPU, no (the int8 path is CPU kernels). The measurements behind it: docs/performance.md."""
     return not torch.cuda.is_available() and not cpu_has_amx()
 
 
@@ -56,7 +55,7 @@ def _quantize_rows(weight):
 
 def _absmax_rows(x):
     """Largest magnitude per row, shape (rows, 1). Not `x.abs()`: that would copy the matrix; not `torch.aminmax`:
-    on CPU it is about 6x slower than `amax` and `amin` apart (1500 x 5120 bf16: 11 ms against 1.8 ms)."""
+    on CPU it is several times slower than `amax` and `amin` apart."""
     return torch.maximum(x.amax(-1, keepdim=True), -x.amin(-1, keepdim=True))
 
 
@@ -234,7 +233,7 @@ def load_int8(model_class: type, path: str | os.PathLike, dtype: torch.dtype = t
                 read_bytes += tensor.nbytes
                 del tensor
                 # glibc keeps the freed float tensors in its heap: without a trim now and then, resident memory
-                # climbs to about the float model's size during the load (measured: 2.9 GB peak for 1.7 GB int8).
+                # climbs to about the float model's size during the load.
                 if read_bytes > TRIM_EVERY_BYTES:
                     _release_freed_memory()
                     read_bytes = 0
