@@ -31,3 +31,28 @@ def test_demo_trains_with_progress_scores_through_the_synthetic_benchmark_and_an
     assert (out / "compare" / "compare.md").is_file()
     example = metrics["pipeline_example"]
     assert example["true_answer"] in example["choices"] and "answer" in example
+
+    # The README's path: `tinygiant ask` on the demo's model with no prompt flags answers as the harness did. The demo
+    # trains with no system turn, and its checkpoint's chat template carries that, so both ask the same way.
+    from tinygiant import cli
+    from tinygiant.eval.synthetic import BENCHMARK
+
+    loaded = BENCHMARK.load_folder(out / "data")
+    model_predictions = (out / "model" / "eval" / "predictions.jsonl").read_text().splitlines()
+    harness = {record["id"]: record for record in map(json.loads, model_predictions)}
+    item = next(item for item in loaded.items if item["id"] in harness)
+    assert "<|im_start|>system" not in cli_prompt(out / "model", loaded.audio_dir / item["audio_path"], item)
+    code = cli.main(["ask", str(loaded.audio_dir / item["audio_path"]), item["question"], "--choices", *item["choices"],
+                     "--model", str(out / "model"), "--json", "--greedy", "--max-new-tokens", "256"])
+    asked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and (asked.get("choice") or asked.get("answer") or "") == harness[item["id"]]["answer_prediction"]
+    assert (asked["thinking"] or "").startswith(harness[item["id"]]["thinking_prediction"][:200])
+
+
+def cli_prompt(model_dir, audio_path, item):
+    """The prompt `tinygiant ask` renders for `item` (the pipeline's, with no system prompt given)."""
+    from pipeline_tinygiant import load_pipeline
+
+    pipe = load_pipeline(str(model_dir))
+    inputs = pipe.preprocess(str(audio_path), question=item["question"], choices=item["choices"])
+    return pipe.tokenizer.decode(inputs["input_ids"][0])
