@@ -6,9 +6,9 @@ audio half, the three frozen encoders and the query-guided projector (eq. 1-15),
 
 The question is part of each audio item. The intent query (eq. 11) is the mean embedding of the user's instruction
 tokens, so the projector's output depends on the question, while vLLM's `embed_multimodal` sees only multimodal
-fields. So the processor finds the instruction tokens in the prompt (with TinyGiant's own processor, as transformers
-does), and they travel with every audio item as `instruction_ids`. They also go into the item's processor kwargs,
-which vLLM hashes: the processor cache, the encoder cache and the prefix cache then key on (audio, question), and a
+fields. So the processor finds the instruction tokens in the prompt (by TinyGiant's own processor's rule, as
+transformers does), and they travel with every audio item as `instruction_ids`, checked on arrival by the
+`TinyGiantAudioInputs` schema. They also go into the item's processor kwargs, which vLLM hashes: the processor cache, the encoder cache and the prefix cache then key on (audio, question), and a
 second question about a clip never gets the first question's embeddings. What does not depend on the question, the
 frozen encoders' outputs, is cached per clip inside the model (`AudioEncoderCache`, keyed by the audio's content), so
 a follow-up question runs only the projector and the LLM, as in the transformers pipeline.
@@ -16,12 +16,27 @@ a follow-up question runs only the projector and the LLM, as in the transformers
 Each clip stays at its own sampling rate until TinyGiant's processor resamples it (soxr) once to 16 kHz for Whisper
 and once to 48 kHz for HTS-AT/CLAP; vLLM's resampler is never used. Bad audio (not audio, empty, NaN samples, too
 long) is refused there, in the API process, with a `ValueError` naming the problem: HTTP 400, not a crash.
+
+LoRA: the model is `SupportsLoRA` on its language model (vLLM's Qwen3, whose fused `qkv_proj` / `gate_up_proj` take
+a PEFT adapter's separate projections through `packed_modules_mapping`), so `vllm serve DIR --enable-lora
+--lora-modules name=ADAPTER_DIR ...` serves several fine-tunes of one base. The audio half takes no adapter weights.
+
+Settings of the model (read when vLLM builds it, in the engine's worker), through `--hf-overrides`, which vLLM applies
+to the checkpoint's config:
+- `audio_cache_items` (default `$TINYGIANT_VLLM_AUDIO_CACHE`, else 32): clips whose frozen-encoder outputs are kept;
+  0 turns the cache off.
+- `int8_encoders` (default `$TINYGIANT_VLLM_INT8_ENCODERS` = "1", else false): the frozen encoders' linear layers as
+  int8 with int8 activations (W8A8, the checkpoint's own `int8_tinygiant`, as the pipeline's `int8="w8a8"`). Off by
+  default: the paper's float encoders, whose outputs equal transformers'.
+
+    vllm serve DIR --trust-remote-code --reasoning-parser tinygiant --hf-overrides '{"int8_encoders": true}'
 """
 
 import dataclasses
 import functools
 import os
 from collections.abc import Iterable
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -29,7 +44,8 @@ from torch import nn
 from transformers import BatchFeature
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from vllm.config import VllmConfig
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsLoRA, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.module_mapping import MultiModelKeys
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     WeightsMapper,
@@ -43,19 +59,17 @@ from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
     BaseProcessingInfo,
+    ProcessorInputs,
     PromptReplacement,
     PromptUpdateDetails,
 )
+from vllm.multimodal.processing.processor import MultiModalProcessingResult
 from vllm.sequence import IntermediateTensors
+from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
 # The per-audio field (and processor kwarg) that carries the question's instruction token ids.
 INSTRUCTION_IDS = "instruction_ids"
-# Frozen-encoder outputs kept per clip in the model; 0 turns the cache off.
-AUDIO_CACHE_ITEMS = int(os.environ.get("TINYGIANT_VLLM_AUDIO_CACHE", "32"))
-# "1": the frozen encoders' linear layers as int8 with int8 activations on CPU (W8A8, the checkpoint's own
-# `int8_tinygiant`, as the pipeline's `int8="w8a8"`; `tinygiant serve --engine vllm` sets it on CPUs where it is
-# faster than bf16). Off by default: the paper's float encoders, whose outputs equal transformers'.
-INT8_ENCODERS = os.environ.get("TINYGIANT_VLLM_INT8_ENCODERS", "0") == "1"
+DEFAULT_AUDIO_CACHE_ITEMS = 32
 # The profiling run's audio: TinyGiant gives every audio the same N tokens, so one 30 s window stands for any length.
 DUMMY_AUDIO_SECONDS = 30
 DUMMY_SAMPLING_RATE = 16000
@@ -69,6 +83,23 @@ def checkpoint_code(model_config, qualified_name):
 @functools.lru_cache
 def _checkpoint_code(model, revision, qualified_name):  # once per process: the processor asks on every request
     return get_class_from_dynamic_module(qualified_name, model, revision=revision)
+
+
+def setting(config, attribute: str, environment_variable: str, default):
+    """One of the model's settings (see the module docstring): the config's `attribute`, which `--hf-overrides` sets,
+    else the environment variable, else `default`. Read when called, as the engine builds the model."""
+    value = getattr(config, attribute, None)
+    return value if value is not None else os.environ.get(environment_variable, default)
+
+
+def audio_cache_items(config) -> int:
+    """How many clips' frozen-encoder outputs the model keeps (0: none)."""
+    return int(setting(config, "audio_cache_items", "TINYGIANT_VLLM_AUDIO_CACHE", DEFAULT_AUDIO_CACHE_ITEMS))
+
+
+def int8_encoders(config) -> bool:
+    """Whether the frozen encoders run as W8A8 int8."""
+    return setting(config, "int8_encoders", "TINYGIANT_VLLM_INT8_ENCODERS", False) in (True, 1, "1", "true")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,23 +180,38 @@ class TinyGiantDummyInputsBuilder(BaseDummyInputsBuilder[TinyGiantProcessingInfo
 
 
 class TinyGiantMultiModalProcessor(BaseMultiModalProcessor[TinyGiantProcessingInfo]):
-    def apply(self, inputs, timing_ctx):
-        # Before vLLM hashes the items: the question's tokens become a processor kwarg, which the hash covers.
-        instruction_ids = self.instruction_ids(inputs.prompt)
-        kwargs = {**inputs.hf_processor_mm_kwargs, INSTRUCTION_IDS: instruction_ids}
-        return super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
+    def _cached_apply_hf_processor(self, inputs: ProcessorInputs, timing_ctx) -> MultiModalProcessingResult:
+        """vLLM's processing, with the question's instruction tokens as a processor kwarg of every audio item.
 
-    def instruction_ids(self, prompt_ids):
-        """The prompt's instruction tokens (user turns, no placeholders), as TinyGiantProcessor marks them for eq. 11.
-
-        The prompt holds one `<audio>` per audio here; the processor expands them as transformers does, so the
-        tokens and the mask are the ones the transformers model averages.
+        The one place where vLLM 0.32 hands a model's processor the prompt before the items are hashed and processed:
+        with a processor cache and without one (`mm_processor_cache_gb=0`), both go through here. vLLM's own hashing
+        (`_get_mm_hashes`) then covers the kwarg, so the processor cache, the encoder cache and the prefix cache key
+        on (audio, question), and `_call_hf_processor` reads it for the items it processes.
         """
-        processor = self.info.get_hf_processor()
-        text = self.info.get_tokenizer().decode(prompt_ids)
-        markers = text.count(processor.audio_token)
-        encoded = processor(text=text, audio=[None] * markers, extract_audio_features=False, return_tensors="np")
-        return encoded["input_ids"][0][encoded["instruction_mask"][0].astype(bool)].astype(np.int64)
+        if inputs.mm_data_items.get_all_counts().get("audio", 0):
+            kwargs = {**inputs.hf_processor_mm_kwargs, INSTRUCTION_IDS: self.instruction_ids(inputs.prompt)}
+            inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs)
+        return super()._cached_apply_hf_processor(inputs, timing_ctx)
+
+    def instruction_ids(self, prompt_ids: list[int]) -> np.ndarray:
+        """The prompt's instruction tokens (user turns, no placeholders), as TinyGiantProcessor marks them (eq. 11).
+
+        vLLM gives the processor the prompt as token ids only (`ProcessorInputs.prompt`; a text prompt is tokenized
+        before processing starts), while TinyGiant's instruction mask is defined on the text: the character spans of
+        the user turns in the chat markup (`processing_tinygiant.TURN_PATTERN`), which a token-level rule would
+        redefine (a role header's newline can merge with the content's into one token). So each token is decoded on
+        its own, the pieces give the text and every token's character offsets, and the processor's own rule marks
+        the tokens. The ids are the prompt's own: nothing is re-tokenized, so the mask is of exactly these tokens.
+        """
+        tokenizer = self.info.get_tokenizer()
+        ids = np.asarray(prompt_ids, dtype=np.int64)
+        pieces = tokenizer.batch_decode(ids[:, None].tolist()) if len(ids) else []
+        ends = np.cumsum([len(piece) for piece in pieces], dtype=np.int64)
+        offsets = np.stack([ends - [len(piece) for piece in pieces], ends], axis=-1).reshape(-1, 2)
+        tokens = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        mask = self.info.get_hf_processor()._turn_mask(["".join(pieces)], offsets[None], tokens, "user",
+                                                        fallback_to_all=True)
+        return ids[mask[0].astype(bool)]
 
     def _call_hf_processor(self, hf_data, hf_kwargs):
         instruction_ids = torch.from_numpy(np.asarray(hf_kwargs[INSTRUCTION_IDS], dtype=np.int64))
@@ -207,17 +253,36 @@ class TinyGiantMultiModalProcessor(BaseMultiModalProcessor[TinyGiantProcessingIn
 # ---------------------------------------------------------------------------------------------------
 
 
+class TinyGiantAudioInputs(TensorSchema):
+    """What `embed_multimodal` receives for the audios of one batch, in prompt order. Dimensions:
+    - na: audios
+    - nw: Whisper windows (30 s each), all audios together
+    - nh: HTS-AT/CLAP windows (10 s each), all audios together
+    - nwm / nhm: the Whisper and HTS-AT/CLAP mel bins (from the checkpoint's config)
+    - nwt / nht: mel frames of one window
+    - ni: one audio's instruction tokens (its question's; any length)
+    """
+
+    type: Literal["audio_features"] = "audio_features"
+    whisper_input_features: Annotated[torch.Tensor, TensorShape("nw", "nwm", "nwt")]
+    clap_input_features: Annotated[torch.Tensor, TensorShape("nh", 1, "nht", "nhm")]
+    whisper_lengths: Annotated[torch.Tensor, TensorShape("na")]
+    htsat_lengths: Annotated[torch.Tensor, TensorShape("na")]
+    instruction_ids: Annotated[torch.Tensor | list[torch.Tensor], TensorShape("na", "ni", dynamic_dims={"ni"})]
+
+
 def as_batch(value):
-    """A batched field as one tensor: vLLM gives a list when the items' shapes differ."""
+    """A field as one tensor: vLLM gives a list when the items' shapes differ."""
     return torch.cat([v.reshape(-1, *v.shape[1:]) for v in value]) if isinstance(value, (list, tuple)) else value
 
 
 @MULTIMODAL_REGISTRY.register_processor(
     TinyGiantMultiModalProcessor, info=TinyGiantProcessingInfo, dummy_inputs=TinyGiantDummyInputsBuilder
 )
-class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
+class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, SupportsLoRA):
     # A TinyGiant checkpoint as transformers saves it, no conversion: `model.language_model.*` is the Qwen3 decoder,
-    # `lm_head.*` its head (absent when tied), and every other `model.*` the audio half.
+    # `lm_head.*` its head (absent when tied), and every other `model.*` the audio half. LoRA adapters' names (PEFT's
+    # `base_model.model.model.language_model.*`) go through the same map.
     hf_to_vllm_mapper = WeightsMapper(
         orig_to_new_prefix={
             "model.language_model.": "language_model.model.",
@@ -225,6 +290,20 @@ class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
             "model.": "audio_model.",
         }
     )
+    # vLLM's Qwen3 fuses these projections; an adapter trained on the separate ones is packed to match.
+    packed_modules_mapping = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
+
+    def get_mm_mapping(self) -> MultiModelKeys:
+        """LoRA goes on the language model only: the encoders are frozen, and the projector is trained in full (a
+        fine-tune's projector is part of its merged checkpoint, not of an adapter)."""
+        return MultiModelKeys.from_string_field(
+            language_model="language_model.",
+            connector="audio_model.projector.",
+            tower_model=["audio_model.whisper_encoder.", "audio_model.htsat_encoder.", "audio_model.clap_encoder."],
+        )
 
     @classmethod
     def get_placeholder_str(cls, modality, i):
@@ -240,8 +319,8 @@ class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         audio_model_class = checkpoint_code(model_config, "modeling_tinygiant.TinyGiantAudioModel")
         with self._mark_tower_model(vllm_config, "audio"):
             self.audio_model = audio_model_class(config)
-        if AUDIO_CACHE_ITEMS > 0:
-            self.audio_model.enable_audio_cache(AUDIO_CACHE_ITEMS)
+        if audio_cache_items(config) > 0:
+            self.audio_model.enable_audio_cache(audio_cache_items(config))
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
@@ -251,46 +330,58 @@ class TinyGiantForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
             )
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
-    def get_intent_query(self, instruction_ids):
+    def _parse_and_validate_audio_input(self, **kwargs: object) -> TinyGiantAudioInputs | None:
+        if kwargs.get("whisper_input_features") is None:
+            return None
+        instruction_ids = kwargs[INSTRUCTION_IDS]
+        return TinyGiantAudioInputs(
+            whisper_input_features=as_batch(kwargs["whisper_input_features"]),
+            clap_input_features=as_batch(kwargs["clap_input_features"]),
+            whisper_lengths=as_batch(kwargs["whisper_lengths"]).reshape(-1),
+            htsat_lengths=as_batch(kwargs["htsat_lengths"]).reshape(-1),
+            instruction_ids=list(instruction_ids) if isinstance(instruction_ids, torch.Tensor) else instruction_ids,
+            resolve_bindings={"nwm": self.config.whisper_config.num_mel_bins,
+                              "nhm": self.config.htsat_config.num_mel_bins},
+        )
+
+    def get_intent_query(self, instruction_ids: list[torch.Tensor]) -> torch.Tensor:
         """q_intent per audio (eq. 11) from the instruction tokens that came with it."""
         embed = self.language_model.embed_input_ids
+        device = self.audio_model.projector.input_proj.weight.device
         queries = []
         for ids in instruction_ids:
-            ids = ids.reshape(-1).to(self.audio_model.projector.input_proj.weight.device)
-            embeds = embed(ids)[None]
-            queries.append(self.mean_instruction_embedding(embeds, torch.ones(embeds.shape[:2], device=ids.device)))
+            embeds = embed(ids.reshape(-1).to(device))[None]
+            queries.append(self.mean_instruction_embedding(embeds, torch.ones(embeds.shape[:2], device=device)))
         return torch.cat(queries)
 
-    def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
-        if kwargs.get("whisper_input_features") is None:
-            return []
-        whisper_lengths = as_batch(kwargs["whisper_lengths"]).reshape(-1)
-        htsat_lengths = as_batch(kwargs["htsat_lengths"]).reshape(-1)
-        intent_query = None
-        if self.config.use_intent_query:
-            ids = kwargs[INSTRUCTION_IDS]
-            intent_query = self.get_intent_query(list(ids) if isinstance(ids, torch.Tensor) else ids)
+    def _process_audio_input(self, audio_input: TinyGiantAudioInputs) -> list[torch.Tensor]:
+        intent_query = self.get_intent_query(audio_input.instruction_ids) if self.config.use_intent_query else None
         audio_embeds = self.audio_model.get_audio_features(
-            as_batch(kwargs["whisper_input_features"]),
-            as_batch(kwargs["clap_input_features"]),
-            whisper_lengths,
-            htsat_lengths,
+            audio_input.whisper_input_features,
+            audio_input.clap_input_features,
+            audio_input.whisper_lengths,
+            audio_input.htsat_lengths,
             intent_query,
         ).pooler_output
         return list(audio_embeds)  # (N, d_model) per audio, in prompt order
 
-    def forward(self, input_ids, positions, intermediate_tensors: IntermediateTensors | None = None,
-                inputs_embeds=None, **kwargs):
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        audio_input = self._parse_and_validate_audio_input(**kwargs)
+        return [] if audio_input is None else self._process_audio_input(audio_input)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                intermediate_tensors: IntermediateTensors | None = None, inputs_embeds: torch.Tensor | None = None,
+                **kwargs: object) -> torch.Tensor | IntermediateTensors:
         if intermediate_tensors is not None:
             inputs_embeds = None
         return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
 
-    def compute_logits(self, hidden_states):
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
-        if INT8_ENCODERS:  # after loading: the int8 weights are made from the float ones
+        if int8_encoders(self.config):  # after loading: the int8 weights are made from the float ones
             quantize_int8 = checkpoint_code(self.model_config, "int8_tinygiant.quantize_int8")
             audio = self.audio_model
             encoders = [e for e in (audio.whisper_encoder, audio.htsat_encoder, audio.clap_encoder) if e is not None]
