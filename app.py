@@ -312,8 +312,9 @@ def read_examples(examples_dir):
     return [[str(index.parent / r["audio"]), r["question"], ", ".join(r.get("choices") or [])] for r in rows]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog=None):
+    """The app's options; `tinygiant serve` shows them under its own name, beside the engine's."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model(),
                         help="checkpoint folder or Hub repo id (default: $TINYGIANT_MODEL, else space.json); with "
                         "--backend, the served model's name (default: the server's only model)")
@@ -330,6 +331,11 @@ def main(argv=None):
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
     parser.add_argument("--system-prompt", help="default: the checkpoint's own (the prompt it was trained with); "
                         "'' for none")
+    return parser
+
+
+def main(argv=None, prog=None):
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     call_kwargs = {}
     if args.max_new_tokens:

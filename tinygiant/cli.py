@@ -5,13 +5,18 @@
     tinygiant publish CHECKPOINT OUT_DIR [--repo-id you/tinygiant]
     tinygiant publish --space DIR [--repo-id you/tinygiant]   # a Hugging Face Space folder for the web app
     tinygiant serve [--model PATH_OR_REPO] [--port 7860] ...   # the web app (app.py), see `tinygiant serve --help`
-    tinygiant serve --engine vllm --model PATH_OR_REPO ...    # the OpenAI-compatible API on vLLM (tinygiant.vllm_server)
+    tinygiant serve --engine vllm --model PATH_OR_REPO ...    # vLLM's OpenAI-compatible API, the app on it
+    tinygiant serve --engine vllm --model PATH_OR_REPO --no-app [-- VLLM_SERVE_FLAG ...]   # the API alone
     tinygiant demo ...                         # see `tinygiant demo --help`
     tinygiant export onnx MODEL_DIR OUT        # ONNX graphs for onnx_tinygiant.py and the browser (tinygiant.export)
     tinygiant export gguf MODEL_DIR OUT.gguf   # the language model for llama.cpp
     tinygiant eval mmar|mmau|mmsu|synthetic ... # a benchmark, see `tinygiant eval mmau --help` (tinygiant.eval)
     tinygiant eval compare RUN_A RUN_B         # two runs on the same items, paired
     tinygiant eval report RUN ...              # the field's table: runs beside the peers' published figures
+
+Every command ends an expected failure (bad input, no network, a server that does not answer) with one `error: ...`
+line on stderr and a non-zero exit; `--debug` (anywhere before a lone `--`) shows the traceback instead.
+`tinygiant COMMAND --help` shows all of a command's options.
 
 `ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
 object and nothing else on stdout. Progress and timings go to stderr.
@@ -31,14 +36,17 @@ from pathlib import Path
 
 from tinygiant.model_source import default_model
 
-# Commands that hand their arguments to another module's `main(argv)`.
+# Commands that hand their arguments to another module's `main(argv)`, each with its line in `tinygiant --help`.
 DISPATCH = {
-    "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint"),
-    "demo": ("tinygiant.demo", "the end-to-end offline demo"),
-    "eval": ("tinygiant.eval", "benchmarks, comparisons and the field's table (`tinygiant eval --help`)"),
-    "serve": ("tinygiant.web_app", "the web app (`tinygiant serve --help`)"),
-    "export": ("tinygiant.export", "the checkpoint as ONNX or GGUF (`tinygiant export {onnx,gguf} --help`)"),
+    "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint, for trying things offline"),
+    "demo": ("tinygiant.demo", "train, score and ask a tiny TinyGiant on synthetic data, offline (--ablation: Table 3)"),
+    "eval": ("tinygiant.eval", "score a benchmark (mmar, mmau, mmsu, synthetic), compare two runs, the field's table"),
+    "serve": ("tinygiant.web_app", "the web app, in process or on vLLM (--engine vllm; --no-app: vLLM's API alone)"),
+    "export": ("tinygiant.export", "the checkpoint as ONNX (onnx_tinygiant.py, the browser) or GGUF (llama.cpp)"),
 }
+# Failures that a user can cause or fix (bad input, a missing file or package, no network, a server that does not
+# answer): one `error:` line; anything else is a bug and keeps its traceback.
+EXPECTED_FAILURES = (OSError, ValueError, TypeError, RuntimeError, ImportError)
 
 
 def log(message):
@@ -118,12 +126,27 @@ def publish(args):
         print(f"pushed to {push_to_hub(folder, args.repo_id, private=args.private)}")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """120 columns, and one line per command in `tinygiant --help` (argparse measures a command's name one indent
+    short of where it prints it, so the longest name would get a line of its own)."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=30, width=120)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(map(len, action.choices)) + self._current_indent + 2 * self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tinygiant", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure, not one error line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("ask", help="ask a question about an audio file")
+    p = commands.add_parser("ask", help="ask a question about an audio file", formatter_class=HelpFormatter)
     p.add_argument("audio", help="an audio file (wav, flac, ogg, mp3, ...)")
     p.add_argument("question")
     p.add_argument("--choices", nargs="+", metavar="OPTION", help="2 to 6 answer options")
@@ -139,7 +162,8 @@ def build_parser():
                    "Runtime, without torch (onnx_tinygiant.py; with --int8 its int8 graphs)")
     p.set_defaults(run=ask)
 
-    p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it")
+    p = commands.add_parser("publish", help="write a checkpoint as a complete Hub repo folder, optionally push it",
+                            formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="a TinyGiant checkpoint folder")
     p.add_argument("out_dir", nargs="?")
     p.add_argument("--space", metavar="DIR", help="write a Hugging Face Space folder for the web app instead")
@@ -154,19 +178,32 @@ def build_parser():
     return parser
 
 
+def run(argv: list[str]) -> None:
+    """One command; it raises on failure (what the dispatched `main`s return is for Python callers)."""
+    if argv and argv[0] in DISPATCH:
+        importlib.import_module(DISPATCH[argv[0]][0]).main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DISPATCH:
-        engine = argv[0] == "serve" and any(a == "--engine" or a.startswith("--engine=") for a in argv)
-        module = importlib.import_module("tinygiant.vllm_server" if engine else DISPATCH[argv[0]][0])
-        module.main(argv[1:])  # these raise on failure; what they return is for Python callers
-        return 0
-    args = build_parser().parse_args(argv)
+    debug = "--debug" in (argv[:argv.index("--")] if "--" in argv else argv)  # anywhere before a lone `--`
+    if debug:
+        argv.remove("--debug")
     try:
-        args.run(args)
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
+        run(argv)
+    except EXPECTED_FAILURES as error:
+        if debug:
+            raise
         log(f"error: {error}")
         return 1
+    except SystemExit as exit:  # a command's usage message, raised as text: said as the error it is
+        if isinstance(exit.code, str) and not debug:
+            log(f"error: {exit.code}")
+            return 2
+        raise
     return 0
 
 

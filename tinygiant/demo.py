@@ -104,7 +104,7 @@ def main(argv=None):
         from tinygiant.training.grpo_demo import main as grpo_main
 
         return grpo_main([arg for arg in argv if arg != "--grpo"])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tinygiant demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-control", action="store_true", help="skip the zeroed-audio control run")

@@ -120,7 +120,7 @@ def write_tiny_checkpoint(out_dir, seed=0, projector_seed=None, **config_kwargs)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tinygiant tiny-checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -154,6 +154,17 @@ class VllmServer:
         self.stop()
 
 
+def add_engine_arguments(parser) -> None:
+    """The options only `--engine vllm` has (beside `--model`, `--host`, `--port` and `--no-int8`, which the app has
+    too); `tinygiant serve --help` shows them with the app's."""
+    parser.add_argument("--engine", choices=["vllm"], help="run the model on a vLLM server (default: in process)")
+    parser.add_argument("--audio-limit", type=int, default=DEFAULT_AUDIO_LIMIT, help="audios in one prompt")
+    parser.add_argument("--app-port", type=int, default=7860, help="the web app's port")
+    parser.add_argument("--no-app", action="store_true", help="run the server alone")
+    parser.add_argument("--log", help="with the app: the server's output goes to this file (default: vllm-server.log "
+                        "in $TINYGIANT_CACHE, ~/.cache/tinygiant)")
+
+
 def main(argv=None):
     """`tinygiant serve --engine vllm`: the server and the web app on it, or (`--no-app`) the server in the foreground,
     until Ctrl-C."""
@@ -163,16 +174,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="tinygiant serve --engine vllm", description=__doc__.splitlines()[0],
                                      epilog="Other options before `--` go to the app (see `tinygiant serve --help`); "
                                      "those after it, to `vllm serve`.")
-    parser.add_argument("--engine", choices=["vllm"], default="vllm")
     parser.add_argument("--model", required=True, help="a TinyGiant checkpoint folder or Hub repo id")
     parser.add_argument("--host", default="127.0.0.1", help="where the server and the app listen")
     parser.add_argument("--port", type=int, default=8000, help="the server's port")
-    parser.add_argument("--audio-limit", type=int, default=DEFAULT_AUDIO_LIMIT, help="audios in one prompt")
-    parser.add_argument("--app-port", type=int, default=7860, help="the web app's port")
-    parser.add_argument("--no-app", action="store_true", help="run the server alone")
     parser.add_argument("--no-int8", action="store_true", help="keep the frozen encoders float on a CPU")
-    parser.add_argument("--log", help="with the app: the server's output goes to this file (default: vllm-server.log "
-                        "in $TINYGIANT_CACHE, ~/.cache/tinygiant)")
+    add_engine_arguments(parser)
     args, app_args = parser.parse_known_args(argv)
     int8_encoders = not args.no_int8 and w8a8_encoders_pay_off()
     if args.no_app:

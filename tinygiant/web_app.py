@@ -75,14 +75,42 @@ once. From code: `gradio_client.Client(space).predict(handle_file("clip.wav"), q
     return out
 
 
+def serve_parser():
+    """`tinygiant serve`'s options, all in one help: the app's (`app.py`), then the engine's
+    (`tinygiant.vllm_server`)."""
+    from tinygiant import vllm_server
+
+    parser = load_app().build_parser(prog="tinygiant serve")
+    parser.usage = "tinygiant serve [APP OPTIONS] [--engine vllm [ENGINE OPTIONS] [-- VLLM_SERVE_FLAG ...]]"
+    engine = parser.add_argument_group(
+        "with --engine vllm", "A vLLM server runs the model and the app runs on it (as with --backend). --model, --host "
+        "and --no-int8 are then the server's, --port is the server's port (default 8000) and --app-port the app's; "
+        "with --no-app the server runs alone. Flags after a lone `--` go to `vllm serve` as they are.")
+    vllm_server.add_engine_arguments(engine)
+    return parser
+
+
 def main(argv=None):
     """`tinygiant serve`: run `app.py` with the example clips and, without `--model` (or `--backend`, where the
-    server names its model), the tools' default model (`model_source.default_model`)."""
+    server names its model), the tools' default model (`model_source.default_model`); with `--engine vllm`, hand over
+    to `tinygiant.vllm_server`."""
     argv = list(argv or [])
-    asks_help = {"-h", "--help"} & set(argv)
-    if not asks_help and not any(a.split("=")[0] in ("--model", "--backend") for a in argv):
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    if any(a == "--engine" or a.startswith("--engine=") for a in head):
+        from tinygiant import vllm_server
+
+        return vllm_server.main(argv)
+    parser = serve_parser()
+    if "--" in argv:
+        parser.error("flags after `--` go to `vllm serve`: they need --engine vllm")
+    args = parser.parse_args(argv)  # every option checked, the engine's included
+    engine_only = [f"--{name.replace('_', '-')}" for name in ("audio_limit", "app_port", "no_app", "log")
+                   if getattr(args, name) != parser.get_default(name)]
+    if engine_only:
+        parser.error(f"{', '.join(engine_only)}: only with --engine vllm")
+    if not any(a.split("=")[0] in ("--model", "--backend") for a in argv):
         argv += ["--model", default_model()]
-    if not asks_help and not any(a.startswith("--examples") for a in argv):
+    if not any(a.startswith("--examples") for a in argv):
         argv += ["--examples", str(write_examples(cache_dir() / "examples"))]
-    load_app().main(argv)
+    load_app().main(argv, prog="tinygiant serve")
 

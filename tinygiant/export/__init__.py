@@ -12,6 +12,9 @@ FORMATS = {"onnx": "tinygiant.export.onnx", "gguf": "tinygiant.export.gguf"}
 
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: tinygiant export {{{','.join(FORMATS)}}} ...\n\n{__doc__}")
+        return None
     if not argv or argv[0] not in FORMATS:
         raise SystemExit(f"usage: tinygiant export {{{','.join(FORMATS)}}} ...  (got {argv[:1] or 'nothing'})\n"
                          + __doc__.split("\n\n")[1])
