@@ -105,9 +105,9 @@ class Reference:
         self.processor = TinyGiantProcessor.from_pretrained(folder)
 
     def inputs(self, messages):
-        # The server's default system prompt (`tinygiant serve` passes it to the template), for messages without one.
+        # Messages without a system turn get the checkpoint's default, from its chat template, as on the server.
         return self.processor.apply_chat_template(as_transformers(messages), tokenize=True, add_generation_prompt=True,
-                                                  return_dict=True, default_system_prompt=SYSTEM_PROMPT)
+                                                  return_dict=True)
 
     @torch.no_grad()
     def answer(self, messages):
@@ -199,8 +199,11 @@ def test_serve_command_has_what_a_tinygiant_checkpoint_needs():
     assert command[:3] == [vllm_executable(), "serve", "ckpt"]
     assert "--trust-remote-code" in command
     assert command[command.index("--reasoning-parser") + 1] == "tinygiant"
-    kwargs = json.loads(command[command.index("--default-chat-template-kwargs") + 1])
-    assert kwargs == {"default_system_prompt": SYSTEM_PROMPT}
+    # The default system turn is the checkpoint's own, in its chat template: the server adds none.
+    assert "--default-chat-template-kwargs" not in command
+    assert "--hf-overrides" not in command
+    int8 = serve_command("ckpt", port=8123, int8_encoders=True)
+    assert json.loads(int8[int8.index("--hf-overrides") + 1]) == {"int8_encoders": True}
 
 
 def test_question_reaches_the_audio_embeddings(reference):
@@ -245,15 +248,14 @@ def test_audio_url_parts_data_and_http(client, tmp_path):
 
 def test_tinygiant_serve_engine_vllm_no_app_runs_that_command(monkeypatch):
     ran = []
-    monkeypatch.setattr("tinygiant.vllm_server.subprocess.call",
-                        lambda command, env: ran.append((command, env.get("TINYGIANT_VLLM_INT8_ENCODERS"))) or 0)
+    monkeypatch.setattr(VllmServer, "serve_in_foreground", lambda server: ran.append(server.command) or 0)
     assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--no-app",
                      "--", "--dtype", "float32"]) == 0
     assert cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--port", "8123", "--no-app", "--no-int8"]) == 0
     # The frozen encoders run as int8 where that is faster (a CPU without AMX), never with `--no-int8`.
-    assert ran == [(serve_command("ckpt", port=8123, extra_args=["--dtype", "float32"]),
-                    "1" if w8a8_encoders_pay_off() else None),
-                   (serve_command("ckpt", port=8123), None)]
+    assert ran == [serve_command("ckpt", port=8123, extra_args=["--dtype", "float32"],
+                                 int8_encoders=w8a8_encoders_pay_off()),
+                   serve_command("ckpt", port=8123)]
     with pytest.raises(SystemExit):  # an app option without the app is a mistake, not a `vllm serve` flag
         cli.main(["serve", "--engine", "vllm", "--model", "ckpt", "--no-app", "--greedy"])
 
@@ -340,8 +342,9 @@ def test_both_switches_off_with_two_tensor_parallel_ranks(checkpoints, tmp_path)
 
 
 def test_int8_encoders_equal_transformers_with_the_same_int8_encoders(checkpoints, tmp_path):
-    """`TINYGIANT_VLLM_INT8_ENCODERS=1` (what `tinygiant serve --engine vllm` sets on a CPU): the frozen encoders run
-    as the checkpoint's W8A8 `quantize_int8` makes them in transformers, and the answers are those of that model."""
+    """`--hf-overrides '{"int8_encoders": true}'` (what `tinygiant serve --engine vllm` passes on a CPU where it pays
+    off): the frozen encoders run as the checkpoint's W8A8 `quantize_int8` makes them in transformers, and the answers
+    are those of that model."""
     reference = Reference(checkpoints["full"])
     messages = [[user_message(question, wav_bytes(sweep(2)))] for question in QUESTIONS]
     float_logprobs = [reference.answer(m)[1] for m in messages]
