@@ -23,6 +23,10 @@ too) of TinyGiant's files: the model runs its checkpoint's own remote code, or o
 - Example clips: `examples.json` in `--examples` (default `examples/` beside this file, as a Space ships them), a
   list of `{"audio": file name, "question": ..., "choices": [...]}`. They are written by `tinygiant serve` /
   `tinygiant publish --space` from TinyGiant's synthetic generator, so this file needs no generator of its own.
+- Decoding is greedy by default on both backends, so that a question gets the same answer in process and on a
+  server; `--sample` samples with the checkpoint's settings (`generation_config.json`: the pipeline reads it, and vLLM
+  takes its defaults from the same file). Left to themselves the two would differ: transformers decodes greedily when
+  that file sets no sampling, vLLM then samples at temperature 1.
 - In process, one request runs at a time (a queue): two users never share the CPU cores mid-answer. On a server,
   `--concurrency` requests (default 16) are in flight at once.
 - Bad input (no clip, a file that is not audio, a clip over `--max-seconds`) is explained in the page.
@@ -328,22 +332,27 @@ def build_parser(prog=None):
     parser.add_argument("--no-int8", action="store_true", help="keep float weights on CPU")
     parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="longest clip accepted")
     parser.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling")
+    parser.add_argument("--sample", action="store_true", help="sample with the checkpoint's settings (its "
+                        "generation_config.json) instead of decoding greedily, the default in process and on a server")
     parser.add_argument("--system-prompt", help="default: the checkpoint's own (the prompt it was trained with); "
                         "'' for none")
     return parser
 
 
+def generation_options(args):
+    """The options for either backend, in the pipeline's names (`ServerBackend` maps them onto the chat API)."""
+    call_kwargs = {"do_sample": args.sample}
+    if args.max_new_tokens:
+        call_kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.system_prompt is not None:
+        call_kwargs["system_prompt"] = args.system_prompt
+    return call_kwargs
+
+
 def main(argv=None, prog=None):
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    call_kwargs = {}
-    if args.max_new_tokens:
-        call_kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.greedy:
-        call_kwargs["do_sample"] = False
-    if args.system_prompt is not None:
-        call_kwargs["system_prompt"] = args.system_prompt
+    call_kwargs = generation_options(args)
     if args.backend:
         backend = ServerBackend(args.backend, args.model, call_kwargs, concurrency=args.concurrency)
     elif args.model:

@@ -67,7 +67,7 @@ def server(request, checkpoint, tmp_path_factory):
     port = free_port()
     logs = tmp_path_factory.mktemp("log")
     app_args = ["--port", str(port), "--examples", str(examples), "--max-new-tokens", str(GENERATION["max_new_tokens"]),
-                "--greedy", "--system-prompt", ""]
+                "--system-prompt", ""]  # greedy: the app's default on both backends
     if request.param == "vllm":
         command = ["serve", "--engine", "vllm", "--model", str(checkpoint), "--port", str(free_port()),
                    "--log", str(logs / "vllm.log"), "--no-int8", *app_args[2:], "--app-port", str(port),
@@ -247,3 +247,19 @@ def test_answer_endpoint_through_gradio_client(server, checkpoint, tmp_path):
         client.predict(handle_file(str(wav)), clip.question, ["one"], api_name="/answer")
     with pytest.raises(AppError, match="Record or upload a clip first"):
         client.predict(None, clip.question, [], api_name="/answer")
+
+
+def test_one_decoding_default_in_process_and_on_a_server():
+    """Greedy on both backends unless `--sample` (then the checkpoint's sampling settings on both): a server left to
+    vLLM's defaults samples at temperature 1 where the pipeline would decode greedily."""
+    from tinygiant.model_source import load_app
+
+    app = load_app()
+    for argv, sampled in (([], False), (["--sample"], True)):
+        options = app.generation_options(app.build_parser().parse_args(argv))
+        in_process = app.PipelineBackend(pipe=None, call_kwargs=options)
+        on_server = app.ServerBackend("http://127.0.0.1:9/v1", model="served", call_kwargs=options, api_key="none")
+        assert in_process.call_kwargs["do_sample"] is sampled
+        assert ("temperature" not in on_server.request) is sampled
+        if not sampled:
+            assert on_server.request["temperature"] == 0.0
