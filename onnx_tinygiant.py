@@ -129,8 +129,9 @@ class TinyGiantOnnx:
     """
 
     def __init__(self, processor: TinyGiantProcessor, sessions: dict[str, onnxruntime.InferenceSession],
-                 generation_config: dict, audio_cache: int = 32):
+                 generation_config: dict, audio_token_id: int, audio_cache: int = 32):
         self.processor = processor
+        self.audio_token_id = audio_token_id  # the model's placeholder id (config.json), as the model reads it
         self.tokenizer = processor.tokenizer
         self.sessions = sessions
         self.generation_config = generation_config
@@ -163,10 +164,11 @@ class TinyGiantOnnx:
         processor = load_processor(folder)
         generation_path = folder / "generation_config.json"
         generation_config = json.loads(generation_path.read_text()) if generation_path.is_file() else {}
+        audio_token_id = json.loads((folder / "config.json").read_text())["audio_token_id"]
         sessions = {part: onnxruntime.InferenceSession(str(path), sess_options=session_options,
                                                        providers=providers or ["CPUExecutionProvider"])
                     for part, path in paths.items()}
-        return cls(processor, sessions, generation_config, audio_cache=audio_cache)
+        return cls(processor, sessions, generation_config, audio_token_id, audio_cache=audio_cache)
 
     # ------------------------------------------------------------------------------------------------ the call
 
@@ -237,7 +239,7 @@ class TinyGiantOnnx:
         """The prompt's input embeddings with the audio's N projector outputs in its placeholders (eq. 11-15)."""
         input_ids = inputs["input_ids"]
         embeds = self.embed(input_ids)
-        placeholders = input_ids == self.processor.audio_token_id
+        placeholders = input_ids == self.audio_token_id
         projector = self.sessions["projector"]
         feeds = dict(self.encode_audio(inputs))
         wanted = {i.name for i in projector.get_inputs()}

@@ -21,7 +21,14 @@ Steps, each in a process of its own so that its peak memory is its own:
    about the same clip through the per-clip audio cache (`measure.followup_ttft`, as `followup_ttft.py` runs it), peak
    memory;
 6. peer: Qwen2.5-Omni-3B's thinker (`measure.measure_peer`, as `peer_qwen_omni.py` runs it) on the same 30 s clip and
-   100-token question.
+   100-token question;
+7. ONNX Runtime: `tinygiant export onnx` of the checkpoint (fp32, int8 `_quantized`, `_q4`; the download size of each
+   variant), then fp32 and int8 run by `onnx_paths.py` in the torch-free environment (`.venv-onnx/`, as an app would):
+   time to first token, decoding, peak RSS, agreement with bf16; and that environment's size on disk against this one.
+
+The best path follows the measured winner: its encoders are W8A8 where the int8 step's Whisper beat bf16's on the 30 s
+clip (not on CPUs with AMX, `int8_tinygiant.w8a8_encoders_pay_off`), else bf16, with that model's fastest acceptable
+decoding; the fastest path overall, ONNX ones included, is named in the ratios.
 
 Time to first token is from the waveform (feature extraction, encoders, projector, prompt pass). The ratios are
 named as in `ratios()` below.
@@ -338,6 +345,7 @@ def worker_naive(args):
         reference = model(**probe).logits[0, -(args.question_tokens + 1):].float()
         padded = encode(model, probe)[0]
     reference_tokens, _, _ = timed_generate(model, probe, args.agreement_tokens)
+    np.savez(probe_file(args), logits=reference.numpy(), tokens=reference_tokens[0].numpy())  # for the ONNX paths
     model.config.whisper_trim_padding = True
     with torch.no_grad():
         trimmed = encode(model, probe)[0]
@@ -371,18 +379,24 @@ def worker_int8(args):
         run.pop("tokens")
         result[f"clip{seconds}"] = run
         print(f"   int8, PyTorch LLM, {seconds} s clip: {run}", flush=True)
+    result["peak_rss_mb"] = round(memory_mb()[1])  # before the decoding candidates load llama.cpp beside it
     result["decoding"] = decoding_candidates(model, processor, args, [d for d in INT8_DECODING if d in args.decoding])
     result["load_end"] = load_snapshot()
     return result
 
 
 def worker_best(args):
-    """The best path end to end, in a process of its own: `load_int8` (W8A8, Whisper on real frames) with the int8
-    worker's best decoding; for llama.cpp the PyTorch decoder layers are freed first (`LlamaCppDecoder.from_model`).
-    Time to first token, decoding, a follow-up question about the same clip (the audio cache), peak memory."""
-    result = {"load_start": load_snapshot(), "decoding_name": args.best_decoding}
-    model, result["load_s"] = timed(lambda: load_int8(TinyGiantForConditionalGeneration, args.checkpoint,
-                                                      torch.bfloat16, activations="int8"))
+    """The best path end to end, in a process of its own: the measured winner's encoders (`load_int8` W8A8, or bf16)
+    with Whisper on real frames, and that model's best decoding; for llama.cpp the PyTorch decoder layers are freed
+    first (`LlamaCppDecoder.from_model`). Time to first token, decoding, a follow-up question about the same clip (the
+    audio cache), peak memory."""
+    result = {"load_start": load_snapshot(), "decoding_name": args.best_decoding, "encoders": args.best_encoders}
+    if args.best_encoders == "w8a8":
+        model, result["load_s"] = timed(lambda: load_int8(TinyGiantForConditionalGeneration, args.checkpoint,
+                                                          torch.bfloat16, activations="int8"))
+    else:
+        model, result["load_s"] = timed(lambda: TinyGiantForConditionalGeneration.from_pretrained(
+            args.checkpoint, dtype=torch.bfloat16).eval())
     if args.best_decoding in GGUF_FILES:
         from llamacpp_tinygiant import LlamaCppDecoder
 
@@ -456,8 +470,66 @@ def worker_training(args):
     return result
 
 
+def worker_onnx_export(args):
+    """`tinygiant export onnx` of the checkpoint: its seconds, and the download of each variant (its four graphs and
+    the folder's other files but the PyTorch weights: config, processor, tokenizer, chat template, code)."""
+    from onnx_tinygiant import ONNX_PARTS, onnx_path
+    from tinygiant.export.onnx import export_onnx
+
+    folder = onnx_folder(args)
+    _, seconds = timed(lambda: export_onnx(args.checkpoint, folder, ONNX_EXPORTED))
+    common = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.suffix != ".safetensors")
+    sizes = {}
+    for dtype in ONNX_EXPORTED:
+        graphs = [f for part in ONNX_PARTS for f in folder.glob(f"onnx/{onnx_path(folder, part, dtype).name}*")]
+        sizes[dtype] = round((common + sum(f.stat().st_size for f in graphs)) / 1e6, 1)
+    return {"export_s": round(seconds, 1), "download_mb": sizes, "peak_rss_mb": round(memory_mb()[1])}
+
+
 WORKERS = {"limits": worker_limits, "checkpoint": worker_checkpoint, "naive": worker_naive, "int8": worker_int8,
-           "best": worker_best, "peer": worker_peer, "training": worker_training}
+           "best": worker_best, "peer": worker_peer, "training": worker_training, "onnx_export": worker_onnx_export}
+# ONNX variants written (for their download sizes) and run (in the torch-free environment, by `onnx_paths.py`).
+ONNX_EXPORTED, ONNX_MEASURED = ("fp32", "q8", "q4"), ("fp32", "q8")
+TORCH_FREE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-onnx" / "bin" / "python"
+
+
+def onnx_folder(args):
+    return Path(args.checkpoint).parent / "onnx-export"
+
+
+def probe_file(args):
+    return Path(args.checkpoint).parent / "bf16-probe.npz"
+
+
+def write_onnx_workload(args, path):
+    """The clips and prompts of the other paths (`first_token_from_waveform`, the naive worker's probe) and the bf16
+    probe's logits and tokens, for `onnx_paths.py`, which has no torch to make them."""
+    config = TinyGiantConfig.from_pretrained(args.checkpoint)
+    arrays = {}
+    for name, seconds, seed in (("clip30", 30, 30), ("clip10", 10, 10), ("probe", 10, 99)):
+        arrays[f"{name}_audio"] = make_audio(seconds, seed=seed)
+        text = make_prompt(config, 1, args.question_tokens, seed=99 if name == "probe" else 0)
+        arrays.update({f"{name}_{k}": v.numpy() for k, v in text.items()})
+    reference = np.load(probe_file(args))
+    arrays["probe_reference_logits"], arrays["probe_reference_tokens"] = reference["logits"], reference["tokens"]
+    np.savez(path, **arrays)
+
+
+def run_onnx_path(args, dtype):
+    """`onnx_paths.py` for one variant in the torch-free environment (this Python if there is none)."""
+    python = TORCH_FREE_PYTHON if TORCH_FREE_PYTHON.is_file() else Path(sys.executable)
+    workload, out = Path(args.checkpoint).parent / "onnx-workload.npz", Path(args.checkpoint).parent / "onnx.json"
+    if not workload.is_file():
+        write_onnx_workload(args, workload)
+    print(f"== onnx {dtype} ({python})", flush=True)
+    subprocess.run([str(python), str(Path(__file__).with_name("onnx_paths.py")), str(onnx_folder(args)), str(workload),
+                    str(out), "--dtype", dtype, "--threads", str(args.threads), "--new-tokens", str(args.new_tokens)],
+                   check=True)
+    return json.loads(out.read_text())
+
+
+def disk_mb(folder):
+    return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and not f.is_symlink()) / 1e6)
 
 
 # ----------------------------------------------------------------------------- ratios and report
@@ -469,7 +541,7 @@ def best_decoding(decoding):
     return name, decoding[name]["decode_tokens_per_s"], decoding[name]["bytes_per_token"]
 
 
-def ratios(limits, naive, int8, best, peer, whisper_config):
+def ratios(limits, naive, int8, best, peer, whisper_config, onnx=None, onnx_env=None):
     """The issue's ratios. Decode ceilings: read bandwidth / weight bytes the decoding path reads per token. Encoder
     floor: the int8 path's Whisper time on a 30 s clip / its FLOPs at the measured rate of each part's precision
     (1.0 = at the floor). The best path is the int8 one with its best decoding, end to end in its own process."""
@@ -501,6 +573,8 @@ def ratios(limits, naive, int8, best, peer, whisper_config):
                      "encoder_vs_floor_naive": ratio_spread(out["encoder_vs_floor_naive"], limits, "bf16_tflops",
                                                             True)}
     out["best_decoding"] = {"bf16": bf16_name, "int8": int8_name}
+    if onnx:
+        out.update(onnx_ratios(naive, int8, best, onnx, onnx_env))
     if peer:
         out["peer"] = {"name": peer["name"], "ttft30_ratio": round(best["clip30"]["ttft_s"] / peer["ttft_s"], 3),
                        "decode_ratio": round(int8_decode / peer["decode_tokens_per_s"], 3),
@@ -510,9 +584,33 @@ def ratios(limits, naive, int8, best, peer, whisper_config):
     return out
 
 
+def onnx_ratios(naive, int8, best, onnx, onnx_env):
+    """The ONNX Runtime paths against the same run's PyTorch paths: time to first token against naive and against the
+    fastest PyTorch path, decoding against naive, peak RSS against the int8 PyTorch pipeline, the torch-free
+    environment's size against the PyTorch one; and the fastest path on the 30 s clip, ONNX ones included."""
+    pytorch = {"naive": naive, "int8": int8, "best": best}
+    best_pytorch_ttft30 = min(path["clip30"]["ttft_s"] for path in pytorch.values())
+    out = {}
+    for dtype, run in onnx.items():
+        out[f"onnx_{dtype}_ttft30_vs_best_pytorch"] = run["clip30"]["ttft_s"] / best_pytorch_ttft30
+        out[f"onnx_{dtype}_ttft30_speedup_vs_naive"] = naive["clip30"]["ttft_s"] / run["clip30"]["ttft_s"]
+        out[f"onnx_{dtype}_ttft10_speedup_vs_naive"] = naive["clip10"]["ttft_s"] / run["clip10"]["ttft_s"]
+        out[f"onnx_{dtype}_decode_speedup_vs_naive"] = (run["clip30"]["decode_tokens_per_s"]
+                                                        / naive["decoding"]["generate"]["decode_tokens_per_s"])
+        out[f"onnx_{dtype}_peak_rss_vs_int8_pytorch"] = run["peak_rss_mb"] / int8["peak_rss_mb"]
+    if onnx_env and onnx_env.get("torch_free_env_mb"):
+        out["onnx_env_disk_vs_torch_env"] = onnx_env["torch_free_env_mb"] / onnx_env["torch_env_mb"]
+    out = {k: round(v, 3) for k, v in out.items()}
+    paths = {**{name: path["clip30"]["ttft_s"] for name, path in pytorch.items()},
+             **{f"onnx_{dtype}": run["clip30"]["ttft_s"] for dtype, run in onnx.items()}}
+    out["fastest_ttft30_path"] = min(paths, key=paths.get)
+    return out
+
+
 TARGETS = {"decode_vs_ceiling_bf16": ">= 0.6", "decode_vs_ceiling_int8": ">= 0.6", "ttft30_speedup_vs_naive": ">= 1.8",
            "ttft10_speedup_vs_naive": ">= 3", "int8_peak_rss_vs_resident": "<= 1.15", "peer.decode_ratio": ">= 6",
-           "peer.peak_rss_ratio": "<= 0.3", "peer.ttft30_ratio": "<= 0.35"}
+           "peer.peak_rss_ratio": "<= 0.3", "peer.ttft30_ratio": "<= 0.35", "onnx_q8_ttft30_vs_best_pytorch": "<= 0.9",
+           "onnx_q8_peak_rss_vs_int8_pytorch": "<= 0.7", "onnx_env_disk_vs_torch_env": "<= 0.25"}
 
 
 def markdown(report):
@@ -533,13 +631,15 @@ def markdown(report):
               f"{r['peer']['name'] if r['peer'] else 'not run'}.", "",
               "| path | TTFT 30 s clip | Whisper 30 s | TTFT 10 s clip | Whisper 10 s | decode tok/s | peak RSS MB |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    paths = {"naive (bf16, generate)": "naive", "int8 W8A8, PyTorch LLM": "int8",
-             f"best (int8 W8A8, {report['best']['decoding_name']})": "best"}
-    for label, name in paths.items():
-        res = report[name]
+    best_encoders = "int8 W8A8" if report["best"].get("encoders", "w8a8") == "w8a8" else "bf16"
+    paths = {"naive (bf16, generate)": report["naive"], "int8 W8A8, PyTorch LLM": report["int8"],
+             f"best ({best_encoders} encoders, {report['best']['decoding_name']})": report["best"],
+             **{f"ONNX Runtime {dtype} (no torch)": run for dtype, run in (report.get("onnx") or {}).items()}}
+    for label, res in paths.items():
         peak = res.get("peak_rss_mb", res.get("peak_rss_load_mb"))
-        lines.append(f"| {label} | {res['clip30']['ttft_s']} | {res['clip30']['whisper_s']} | {res['clip10']['ttft_s']} "
-                     f"| {res['clip10']['whisper_s']} | {res['clip30']['decode_tokens_per_s']} | {peak} |")
+        lines.append(f"| {label} | {res['clip30']['ttft_s']} | {res['clip30'].get('whisper_s', '')} | "
+                     f"{res['clip10']['ttft_s']} | {res['clip10'].get('whisper_s', '')} | "
+                     f"{res['clip30']['decode_tokens_per_s']} | {peak} |")
     if report.get("peer"):
         p = report["peer"]
         lines.append(f"| peer | {p['ttft_s']:.3f} | | | | {p['decode_tokens_per_s']:.2f} | {p['peak_rss_mb']} |")
@@ -553,6 +653,14 @@ def markdown(report):
                          f"{d.get('teacher_forced_top1_agreement', '')} |")
     lines += ["", "Agreement with bf16 (10 s probe): "]
     lines += [f"- {k}: " + ", ".join(f"{m} = {v}" for m, v in a.items()) for k, a in report["naive"]["agreement"].items()]
+    lines += [f"- ONNX {dtype}: " + ", ".join(f"{m} = {v}" for m, v in run["agreement_with_bf16"].items())
+              for dtype, run in (report.get("onnx") or {}).items()]
+    if report.get("onnx_export"):
+        e, env = report["onnx_export"], report["onnx_env"]
+        lines += ["", f"ONNX export: {e['export_s']} s; download per variant (graphs + config, processor, tokenizer, "
+                  "code; MB): " + ", ".join(f"{k} {v}" for k, v in e["download_mb"].items())
+                  + f". Torch-free environment {env['torch_free_env_mb']} MB on disk, the PyTorch one {env['torch_env_mb']}"
+                  " MB."]
     if report.get("training"):
         t = report["training"]
         lines += ["", f"Training step (batch 1, {t['clip_s']} s clip): live encoders {t['step_s_live_encoders']} s, "
@@ -566,7 +674,8 @@ def run_worker(args, kind):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     command = [sys.executable, __file__, *args.passthrough, "--worker", kind, "--worker-out", out,
-               "--checkpoint", args.checkpoint, "--best-decoding", getattr(args, "best_decoding", None) or "generate"]
+               "--checkpoint", args.checkpoint, "--best-decoding", getattr(args, "best_decoding", None) or "generate",
+               "--best-encoders", getattr(args, "best_encoders", None) or "w8a8"]
     print(f"== {kind}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -595,6 +704,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--best-decoding", choices=DECODING, help=argparse.SUPPRESS)
+    parser.add_argument("--best-encoders", choices=("w8a8", "bf16"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.decoding = ["generate", *[d for d in args.decoding if d != "generate"]]  # the plain path is the reference
     args.new_tokens = args.new_tokens or (6 if args.quick else 24)
@@ -615,7 +725,7 @@ def main(argv=None):
     report = {"name": args.name, "threads": args.threads, "torch": torch.__version__,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "worker_out",
-                                                                       "checkpoint", "best_decoding")},
+                                                                       "checkpoint", "best_decoding", "best_encoders")},
               "load": {"start": load_snapshot()}}
     with tempfile.TemporaryDirectory() as tmp:
         args.checkpoint = str(Path(tmp) / "checkpoint")
@@ -623,14 +733,21 @@ def main(argv=None):
         run_worker(args, "checkpoint")
         report["naive"] = run_worker(args, "naive")
         report["int8"] = run_worker(args, "int8")
-        args.best_decoding = best_decoding(report["int8"]["decoding"])[0]
+        # The measured winner's encoders (the 30 s clip: a full Whisper window either way) and their decoding.
+        int8_wins = report["int8"]["clip30"]["whisper_s"] < report["naive"]["clip30"]["whisper_s"]
+        args.best_encoders = "w8a8" if int8_wins else "bf16"
+        args.best_decoding = best_decoding(report["int8" if int8_wins else "naive"]["decoding"])[0]
         report["best"] = run_worker(args, "best")
+        report["onnx_export"] = run_worker(args, "onnx_export")
+        report["onnx"] = {dtype: run_onnx_path(args, dtype) for dtype in ONNX_MEASURED}
+        report["onnx_env"] = {"torch_free_env_mb": disk_mb(TORCH_FREE_PYTHON.parents[1]) if TORCH_FREE_PYTHON.is_file()
+                              else None, "torch_env_mb": disk_mb(sys.prefix)}
         report["peer"] = None if args.no_peer else run_worker(args, "peer")
         if args.train:
             report["training"] = run_worker(args, "training")
         whisper_config = TinyGiantConfig.from_pretrained(args.checkpoint).whisper_config
     report["ratios"] = ratios(report["limits"], report["naive"], report["int8"], report["best"], report["peer"],
-                              whisper_config)
+                              whisper_config, onnx=report["onnx"], onnx_env=report["onnx_env"])
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
     write_results(args.name, report, markdown(report))
