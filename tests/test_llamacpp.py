@@ -154,3 +154,17 @@ def test_the_context_grows_with_the_request_and_a_fixed_one_refuses_what_does_no
     out = growing.generate(lively, **inputs, max_new_tokens=needed, **greedy)
     assert growing.n_ctx == min(2 * start, growing.max_ctx) and out.shape[1] == prompt + needed
     assert torch.equal(out[:, :prompt + 4], small.generate(lively, **inputs, max_new_tokens=4, **greedy))
+
+
+def test_tinygiant_export_gguf_writes_the_language_model(tiny_dir, tmp_path, model, processor, capsys):
+    """`tinygiant export gguf MODEL_DIR OUT.gguf` (tinygiant/export/): a GGUF that decodes as the model's own export."""
+    from tinygiant import cli
+
+    out = tmp_path / "exported.gguf"
+    assert cli.main(["export", "gguf", str(tiny_dir), str(out), "--weights", "bf16"]) == 0
+    inputs = batch(processor, QUESTIONS[:1], [tone(1.5, freq=500)])
+    greedy = dict(max_new_tokens=6, do_sample=False, eos_token_id=None)
+    reference = LlamaCppDecoder(export_gguf(model, tmp_path / "direct.gguf", "bf16")).generate(model, **inputs, **greedy)
+    assert torch.equal(LlamaCppDecoder(out).generate(model, **inputs, **greedy), reference)
+    assert cli.main(["export", "gguf", str(tmp_path), str(tmp_path / "none.gguf")]) == 1
+    assert "is not a TinyGiant checkpoint: it lacks config.json" in capsys.readouterr().err
