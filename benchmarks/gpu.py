@@ -6,24 +6,28 @@ random weights (nothing is downloaded), each figure beside the card's own limits
     python benchmarks/gpu.py --quick           # the same code on the CPU with the tiny random parts (a smoke run)
 
 It needs torch, transformers and the repository's files, plus soundfile and soxr, which the checkpoint's processor
-imports; nothing else (no TRL, PEFT, accelerate, datasets or vLLM), so that a bare CUDA machine with a copy of the
-repository runs it. What is missing is named before anything runs. A machine without soundfile and soxr can take
-them as wheels: `pip download soundfile soxr -d wheels` beside the repository, then on the machine
-`pip install --no-index --find-links wheels soundfile soxr`.
+imports; the GRPO step also needs TRL and datasets (and runs where they are); nothing needs PEFT or vLLM. What is
+missing is named before anything runs. A machine without soundfile and soxr can take them as wheels: `pip download
+soundfile soxr -d wheels` beside the repository, then `pip install --no-index --find-links wheels soundfile soxr` on
+the machine.
 
 Steps, in one process, in this order (each with the device's peak-memory counter reset):
 1. limits (`limits.measure_limits` on the device): bf16 GEMM TFLOP/s on Whisper's FFN shape and the memory read GB/s,
    medians of repeated passes with their spreads;
-2. checkpoint: the random full-size model (`measure.build_random_model`, bf16, on the device; with `--quick` the tiny
-   random checkpoint) saved with its processor as the project saves one (`tinygiant.publish.save_checkpoint`);
+2. checkpoint: the random full-size model (`measure.build_random_model`, bf16, on the device; with `--quick` at the
+   tiny test checkpoint's sizes) saved with the benchmarks' processor (`measure.make_processor`) as the project saves
+   a checkpoint (`tinygiant.publish.save_checkpoint`);
 3. sft: steps as `train_sft.py` takes them, at its per-device batch (4 rows; the paper's effective batch of 32 is 8
    of them accumulated, or 8 GPUs) in bf16 with the LLM's activations checkpointed: forward with labels, backward,
    AdamW (fused on a GPU, as transformers' default) with the projector's and the LLM's learning rates. Seconds per
    step (median), rows/s, the model FLOPs of one step (counted by `torch.utils.flop_counter` on a step without
    checkpointing: recomputation is not useful work), MFU against the measured bf16 GEMM rate and against the card's
    datasheet peak, and peak memory;
-4. grpo: a GRPO step's split into generation, log-prob passes and optimizer, once `tinygiant.training.grpo` is
-   importable (the GRPO trainer); until then the report says that it was not run, and why;
+4. grpo: a GRPO step through `train_grpo.py` from the saved checkpoint, at its defaults (8 completions of 512
+   tokens per prompt; one prompt per step, about 10 s clips, bf16): its time split into encoders, generation,
+   log-prob passes without gradient, the policy's forward, backward and optimizer, as the GRPO trainer
+   (`tinygiant.training.grpo`) logs it, and peak memory (a reference model is loaded beside the policy). It needs
+   TRL and datasets; where they or the trainer cannot be imported the report says that it was not run, and why;
 5. pipeline: `pipeline("audio-reasoning")` loaded from the saved folder in bf16 on the device, as a user loads it;
    greedy answers of exactly `--new-tokens` tokens to a question about a 30 s and a 10 s clip, after a warm-up: time
    to first token from the waveform (feature extraction included), decoding tok/s at batch 1 against the ceiling
@@ -37,12 +41,14 @@ context; `max_memory_allocated` beside it); on the CPU it is the process's peak 
 import argparse
 import gc
 import importlib.util
+import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -72,6 +78,7 @@ LEARNING_RATES = {"projector": 1e-4, "llm": 5e-5}  # the paper's, as train_sft.p
 DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0, "H200": 989.0,
                          "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0}
 GRPO_MODULE = "tinygiant.training.grpo"
+GRPO_NEEDS = ("trl", "datasets", GRPO_MODULE)
 NEEDED_MODULES = ("transformers", "soundfile", "soxr")
 
 
@@ -132,7 +139,8 @@ def missing_modules() -> list[str]:
 
 def write_checkpoint(folder: Path, quick: bool, device: Device):
     """The random model in bf16 on the device, full size (with `quick`, the tiny parts' sizes), and the benchmark's
-    processor, whose small tokenizer's `<audio>` id the config takes; saved to `folder`. Returns `(model, processor)`."""
+    processor, whose small tokenizer's `<audio>` id the config takes; saved to `folder`. Returns `(model,
+    processor)`."""
     from tinygiant.publish import save_checkpoint
 
     config = tiny_config() if quick else TinyGiantConfig()
@@ -227,11 +235,60 @@ def step_sft(model, processor, device: Device, args) -> dict:
             **device.peak_gb()}
 
 
-def step_grpo(device: Device, args) -> dict:
-    """A GRPO step's split, once the GRPO trainer exists; otherwise why it was not run."""
-    if importlib.util.find_spec(GRPO_MODULE.rsplit(".", 1)[0]) is None or importlib.util.find_spec(GRPO_MODULE) is None:
-        return {"run": False, "why": f"{GRPO_MODULE} is not importable: the GRPO trainer has not landed in this copy"}
-    return {"run": False, "why": f"{GRPO_MODULE} exists, but this benchmark does not time it yet"}
+def step_grpo(folder: Path, device: Device, args) -> dict:
+    """A GRPO step's split, timed by the GRPO trainer itself (`time/<part>` in its logs), through `train_grpo.py`
+    from the saved checkpoint; or, where the GRPO trainer or TRL cannot be imported, why it was not run."""
+    missing = [name for name in GRPO_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        return {"run": False, "why": f"{', '.join(missing)} not importable here: the GRPO step runs "
+                                     f"{GRPO_MODULE} through train_grpo.py, on TRL and datasets"}
+    from transformers import TrainerCallback
+
+    import train_grpo
+    from tinygiant.training.grpo import STEP_PARTS
+
+    class StepLogs(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and f"time/{STEP_PARTS[0]}" in logs:
+                self.steps.append({part: logs[f"time/{part}"] for part in STEP_PARTS})
+
+    steps, logs = args.grpo_steps + 1, StepLogs()  # the first step warms up and is left out
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = write_multiple_choice_rows(Path(tmp) / "data", steps * args.grpo_prompts)
+        argv = ["--model_name_or_path", str(folder), "--dataset_files", str(rows), "--output_dir", f"{tmp}/out",
+                "--max_steps", str(steps), "--num_generations", str(args.grpo_generations),
+                "--per_device_train_batch_size", str(args.grpo_prompts * args.grpo_generations),
+                "--max_completion_length", str(args.grpo_completion_tokens), "--dtype", "bfloat16", "--bf16", "true",
+                "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+                *([] if device.is_cuda else ["--use_cpu"])]
+        device.reset_peak()
+        train_grpo.main(*train_grpo.parse_args(argv), callbacks=[logs])
+    timed = logs.steps[1:]
+    seconds = {part: statistics.median(step[part] for step in timed) for part in STEP_PARTS}
+    total = sum(seconds.values())
+    return {"run": True, "steps_timed": len(timed), "prompts_per_step": args.grpo_prompts,
+            "generations_per_prompt": args.grpo_generations, "completion_tokens": args.grpo_completion_tokens,
+            "step_s": round(total, 4), "seconds": {part: round(s, 4) for part, s in seconds.items()},
+            "share": {part: round(s / total, 4) for part, s in seconds.items()}, **device.peak_gb()}
+
+
+def write_multiple_choice_rows(folder: Path, n: int) -> Path:
+    """`n` multiple-choice rows about 10 s clips, in the JSONL format `train_grpo.py --dataset_files` reads."""
+    import soundfile
+
+    from tinygiant.files import write_text_atomic
+
+    folder.mkdir(parents=True)
+    choices, rows = ["a dog", "a violin", "rain", "a car horn"], []
+    for i in range(n):
+        soundfile.write(folder / f"clip{i}.wav", make_audio(10, seed=100 + i), 16000)
+        rows.append({"audio": f"clip{i}.wav", "question": "What makes this sound?", "choices": choices,
+                     "answer": choices[i % len(choices)]})
+    write_text_atomic(folder / "rows.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    return folder / "rows.jsonl"
 
 
 def step_pipeline(folder: Path, device: Device, args) -> dict:
@@ -255,7 +312,8 @@ def step_pipeline(folder: Path, device: Device, args) -> dict:
         pipe(audio, sampling_rate=16000, question="What makes this sound?", choices=choices,
              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
              logits_processor=LogitsProcessorList([clock]))
-        return {"clip_s": seconds, "ttft_s": round(clock.times[0] - start, 4), "decode_tokens_per_s": round(decode_rate(clock.times), 2),
+        return {"clip_s": seconds, "ttft_s": round(clock.times[0] - start, 4),
+                "decode_tokens_per_s": round(decode_rate(clock.times), 2),
                 "new_tokens": len(clock.times)}
 
     long, short = args.clips
@@ -326,8 +384,7 @@ def markdown(report: dict) -> str:
               + "; ".join(f"{c['clip_s']} s clip: TTFT {c['ttft_s']} s, {c['decode_tokens_per_s']} tok/s"
                           for c in (pipe["long_clip"], pipe["short_clip"]))
               + f"; peak {peak_memory(pipe)} GB (paper: about {PAPER_INFERENCE_GB} GB).", "",
-              "GRPO step: " + (", ".join(f"{k} {v}" for k, v in grpo.items() if k != "run") if grpo["run"]
-                               else f"not run ({grpo['why']})."), ""]
+              grpo_line(grpo), ""]
     return "\n".join(lines)
 
 
@@ -341,6 +398,26 @@ def timed_step(name: str, run):
     result = run()
     print(f"   {name} took {time.perf_counter() - start:.1f} s", flush=True)
     return result
+
+
+def grpo_line(grpo: dict) -> str:
+    if not grpo["run"]:
+        return f"GRPO step: not run ({grpo['why']})."
+    return (f"GRPO step ({grpo['prompts_per_step']} prompt x {grpo['generations_per_prompt']} completions of "
+            f"{grpo['completion_tokens']} tokens, median of {grpo['steps_timed']}): {grpo['step_s']} s; share "
+            + ", ".join(f"{part} {share}" for part, share in grpo["share"].items()) + f"; peak {peak_memory(grpo)} GB.")
+
+
+def grpo_or_why_not(folder: Path, device: Device, args) -> dict:
+    """`step_grpo`; on a GPU, a failure is reported and the run goes on (a lent GPU's minutes must not lose the other
+    figures to a trainer still being built); `--quick` lets it raise, so that the test sees it."""
+    try:
+        return step_grpo(folder, device, args)
+    except Exception as error:
+        if args.quick:
+            raise
+        traceback.print_exc()
+        return {"run": False, "why": f"failed: {error!r}"}
 
 
 def parse_args(argv=None):
@@ -357,6 +434,12 @@ def parse_args(argv=None):
                         help="the pipeline's two clips in seconds (default 30 10, 2 1 with --quick)")
     parser.add_argument("--sft-steps", type=int, default=None, help="timed SFT steps (default 10, 1 with --quick)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens per answer (default 64, 4 with --quick)")
+    parser.add_argument("--grpo-steps", type=int, default=None, help="timed GRPO steps (default 2, 1 with --quick)")
+    parser.add_argument("--grpo-prompts", type=int, default=1, help="prompts per GRPO step")
+    parser.add_argument("--grpo-generations", type=int, default=None,
+                        help="completions per prompt (default 8, train_grpo.py's; 2 with --quick)")
+    parser.add_argument("--grpo-completion-tokens", type=int, default=None,
+                        help="completion length (default 512, train_grpo.py's; 8 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "gpu", help="where the report goes")
     parser.add_argument("--update-results", action="store_true",
@@ -370,6 +453,9 @@ def parse_args(argv=None):
     args.sft_steps = args.sft_steps or (1 if args.quick else 10)
     args.batch = args.batch or (2 if args.quick else PER_DEVICE_BATCH)
     args.new_tokens = args.new_tokens or (4 if args.quick else 64)
+    args.grpo_steps = args.grpo_steps or (1 if args.quick else 2)
+    args.grpo_generations = args.grpo_generations or (2 if args.quick else 8)
+    args.grpo_completion_tokens = args.grpo_completion_tokens or (8 if args.quick else 512)
     if args.update_results and args.quick:
         parser.error("--update-results records a real run: not with --quick")
     return args
@@ -396,10 +482,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "checkpoint"
         report["limits"] = timed_step("limits", lambda: step_limits(device, args))
-        model, processor = timed_step("checkpoint", lambda: write_checkpoint(folder, args.quick, device))
-        report["sft"] = timed_step("sft", lambda: step_sft(model, processor, device, args))
-        del model, processor
-        report["grpo"] = timed_step("grpo", lambda: step_grpo(device, args))
+        # The trained model is freed when the SFT step returns; the pipeline loads the saved folder.
+        report["sft"] = timed_step("checkpoint and sft", lambda: step_sft(*write_checkpoint(folder, args.quick, device),
+                                                                          device, args))
+        report["grpo"] = timed_step("grpo", lambda: grpo_or_why_not(folder, device, args))
         report["pipeline"] = timed_step("pipeline", lambda: step_pipeline(folder, device, args))
     report["ratios"] = ratios(report)
     report["wall_s"] = round(time.time() - started, 1)

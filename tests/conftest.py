@@ -1,10 +1,12 @@
-"""Shared fixtures: one tiny random TinyGiant checkpoint per session, built through `tinygiant.assemble.from_components`."""
+"""Shared fixtures (one tiny random TinyGiant checkpoint per session, built through
+`tinygiant.assemble.from_components`) and the test tiers: the markers every test gets from what it runs."""
 
 import importlib.util
 import inspect
 import os
 import re
 import shutil
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the Hub in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -15,8 +17,8 @@ import torch
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import conversation
-from tinygiant.publish import SHIPPED_CODE
 from processing_tinygiant import TinyGiantProcessor
+from tinygiant.publish import SHIPPED_CODE
 from tinygiant.tiny_checkpoint import write_tiny_checkpoint
 
 torch.set_num_threads(2)
@@ -105,13 +107,57 @@ MARKS = {
     "ddp": re.compile(r'--multi_gpu|"--num_processes",\s*"[2-9]|\btorchrun\b'),
     "demo": re.compile(r'\bdemo\.main\(|"demo",\s*"--'),  # in process, or `tinygiant demo --...`
     "subprocess": re.compile(r"\bsys\.executable\b"),
+    "onnx": re.compile(r'\bexport_onnx\(|"export",\s*"onnx"'),  # every ONNX variant of a checkpoint: minutes
     "llamacpp": re.compile(r"\b(LlamaCppDecoder|export_gguf)\b|\bllama_cpp="),
 }
-# Marks read from a whole test module: one that asks whether espeak-ng is there would pass either way without it.
-MODULE_MARKS = {"espeak": re.compile(r"\bspeech_available\(")}
-SLOW_MARKS = {"vllm", "browser", "ddp", "demo", "subprocess"}
-# Tests that start nothing above but take many seconds on 2 cores (`pytest -m "not slow" --durations=40`), by module.
-MEASURED_SLOW = {}
+# Marks read from a whole test module: one that asks whether espeak-ng is there would pass either way without it;
+# transformers' own model tests (thousands of subtests).
+MODULE_MARKS = {"espeak": re.compile(r"\bspeech_available\("),
+                "transformers_suite": re.compile(r"class \w+\([^)]*\bModelTesterMixin\b")}
+SLOW_MARKS = {"vllm", "browser", "ddp", "demo", "subprocess", "onnx", "transformers_suite"}
+# Tests that start nothing above but took 4 s or more each in `pytest -m "not slow" --durations=0` on 2 shared cores
+# (about 2 s on 2 idle ones): generating with the pipeline or several models, training steps, int8 comparisons.
+MEASURED_SLOW = {
+    "test_ablation": ["test_protocol_resumes_and_writes_the_report"],
+    "test_chat": ["test_audio_cache_skips_the_encoders_and_keeps_greedy_tokens"],
+    "test_cli": ["test_ask_with_int8_weights_answers_like_the_full_precision_model"],
+    "test_deprecations": ["test_a_training_run_through_train_sft", "test_forward_generate_and_the_pipeline"],
+    "test_fast_path": ["test_generate_with_static_cache_gives_the_plain_greedy_tokens",
+                       "test_load_int8_gives_the_model_quantise_after_load_gives",
+                       "test_quantize_int8_replaces_linears_and_mostly_agrees_with_float",
+                       "test_w8a8_model_agrees_with_float_and_generation_matches_its_fast_path"],
+    "test_feature_cache": ["test_a_damaged_file_is_detected_and_recomputed_with_a_warning",
+                           "test_cached_features_give_the_same_loss_logits_and_generation",
+                           "test_cached_features_train_the_same_gradients",
+                           "test_collator_recomputes_a_damaged_cache_file",
+                           "test_hits_misses_keys_and_fingerprint",
+                           "test_whisper_padding_switch_is_shared_by_the_cache_and_inference"],
+    "test_grpo": ["test_audio_reaches_generation_and_the_logprob_passes_and_silence_changes_them",
+                  "test_encoders_run_once_per_clip_per_step_and_the_feature_cache_skips_them",
+                  "test_resumed_run_continues_from_its_checkpoint"],
+    "test_llamacpp": ["test_an_int8_model_exports_from_its_dequantised_weights",
+                      "test_generate_matches_pytorch_greedy_on_a_left_padded_batch",
+                      "test_the_context_grows_with_the_request_and_a_fixed_one_refuses_what_does_not_fit"],
+    "test_model": ["test_ablation_switches_skip_their_computation",
+                   "test_audio_changes_the_output_and_the_instruction_matters",
+                   "test_batched_generation_equals_one_by_one",
+                   "test_expanded_generation_keeps_each_audio_with_its_sample", "test_forward_on_short_and_long_audio",
+                   "test_gradients_reach_projector_and_llm_never_encoders"],
+    "test_pipeline": ["test_inputs_of_every_kind_give_the_same_answer",
+                      "test_int8_pipeline_answers_and_is_compared_with_float",
+                      "test_w8a8_pipeline_quantises_activations_and_names_a_bad_mode"],
+    "test_plain_trl_sft_trainer": ["test_sft_trainer_trains_projector_and_llm_not_encoders"],
+    "test_publish": ["test_space_folder_runs_the_app_with_its_examples"],
+    "test_reliability": ["test_two_threads_on_one_pipeline_serialise_and_get_their_own_answers"],
+    "test_rubrics": ["test_concurrency_and_qps_are_bounded",
+                     "test_hand_computed_scores_every_grouping_retries_and_errors"],
+    "test_scene_probes": ["test_audio_embeddings_follow_the_question_only_with_the_intent_query"],
+    "test_train_sft": ["test_feature_cache_dir_gives_the_same_losses_and_a_filled_cache_skips_the_encoders",
+                       "test_lora_trains_adapters_and_projector_then_merges",
+                       "test_save_adapter_keeps_the_lora_adapter_unmerged_beside_the_merged_checkpoint",
+                       "test_sft_steps_train_projector_and_llm_only", "test_two_learning_rates_are_separate_param_groups"],
+    "test_vllm": ["test_question_reaches_the_audio_embeddings"],
+}
 
 
 def source(function) -> str:
@@ -182,6 +228,13 @@ def missing_llama_cpp() -> str | None:
     return f"{', '.join(missing)} not installed: install.sh installs them (the `test` extra)" if missing else None
 
 
+def missing_onnx() -> str | None:
+    missing = [name for name in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    torch_free = Path(__file__).resolve().parents[1] / ".venv-onnx" / "bin" / "python"
+    missing += [] if torch_free.is_file() else [".venv-onnx/"]
+    return f"{', '.join(missing)} not installed: install.sh installs them" if missing else None
+
+
 def missing_espeak() -> str | None:
     from tinygiant.synthetic import speech_available
 
@@ -190,7 +243,7 @@ def missing_espeak() -> str | None:
 
 # A test whose tool is missing fails (as an error naming install.sh); it is never skipped. The demo's data has speech.
 TOOL_CHECKS = {"vllm": [missing_vllm], "browser": [missing_chromium], "llamacpp": [missing_llama_cpp],
-               "espeak": [missing_espeak], "demo": [missing_espeak]}
+               "onnx": [missing_onnx], "espeak": [missing_espeak], "demo": [missing_espeak]}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
