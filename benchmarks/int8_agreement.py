@@ -6,7 +6,8 @@ frames only (`whisper_trim_padding`, switched on at inference for a model traine
     python benchmarks/int8_agreement.py runs/demo/model runs/demo/data
 
 Every pipeline answers every held-out multiple-choice question through the MMAR harness (greedy, same prompts); the
-script prints and writes `results/int8-agreement.json`: accuracy of each, and per variant the share of questions
+script prints and writes `runs/benchmarks/int8-agreement.json` (`--update-results`: the committed
+`results/int8-agreement.json`): accuracy of each, and per variant the share of questions
 with the same chosen option as float and the share with byte-identical output text.
 """
 
@@ -16,9 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import add_output_arguments, output_folder
 from pipeline_tinygiant import load_pipeline
 from tinygiant.eval.runner import predict
 from tinygiant.eval.synthetic import BENCHMARK
+from tinygiant.files import write_json_atomic
 
 # name -> (the pipeline's `int8=`, `whisper_trim_padding`)
 VARIANTS = {"float": (False, False), "int8": (True, False), "w8a8": ("w8a8", False), "trim_padding": (False, True)}
@@ -43,7 +46,7 @@ def main(argv=None):
     parser.add_argument("data", help="its synthetic data folder, with eval-meta.jsonl and audio/")
     parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "float"],
                         choices=[v for v in VARIANTS if v != "float"])
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "int8-agreement.json"))
+    add_output_arguments(parser, "int8-agreement")
     args = parser.parse_args(argv)
     meta = BENCHMARK.load_folder(args.data).items
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,8 +62,9 @@ def main(argv=None):
                         and floats[i]["thinking_prediction"] == other[i]["thinking_prediction"] for i in floats)
         report[name] = {"same_chosen_option_percent": round(100 * same_choice / len(meta), 1),
                         "same_reasoning_and_answer_percent": round(100 * same_text / len(meta), 1)}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    output = output_folder(args) / "int8-agreement.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output, report)
     print(json.dumps(report, indent=2))
     return report
 

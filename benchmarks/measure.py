@@ -24,6 +24,19 @@ USER, ASSISTANT, NEWLINE = 872, 77091, 198
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path(__file__).resolve().parents[1] / "runs" / "benchmarks"  # a run's report, unless it updates RESULTS
+
+
+def add_output_arguments(parser, name: str) -> None:
+    """`--output-dir` (default `runs/benchmarks/`) and `--update-results` (the committed `results/` instead): running
+    a benchmark never overwrites the figures the pages quote unless asked to."""
+    parser.add_argument("--output-dir", type=Path, default=RUNS, help=f"where {name}.json goes (default: runs/benchmarks)")
+    parser.add_argument("--update-results", action="store_true",
+                        help=f"write benchmarks/results/{name}.json, the committed figures, instead")
+
+
+def output_folder(args) -> Path:
+    return RESULTS if args.update_results else args.output_dir
 
 
 def write_results(name, report, markdown, folder=None):

@@ -8,7 +8,7 @@ For every scene clip, the frozen encoders' outputs as the projector receives the
 Whisper and HTS-AT frames pooled to N steps, the CLAP vector) are computed once; then, per question, a softmax
 regression is fitted on the training clips and scored on the held-out clips, on each carrier: the N pooled Whisper
 frames, the N HTS-AT frames, their time average, and the CLAP vector. Prints the table and writes
-`results/scene-probes.json`. A task the CLAP vector answers and the frames do not is one the gate has a job on; a
+`runs/benchmarks/scene-probes.json` (`--update-results`: the committed `results/scene-probes.json`). A task the CLAP vector answers and the frames do not is one the gate has a job on; a
 task the frames answer only when all N steps are kept is one where pooling further would lose it.
 
 `--trained RUN ...` also probes what each trained run's projector hands the LLM: its N audio embeddings for each clip,
@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from measure import add_output_arguments, output_folder
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import question_messages
 from processing_tinygiant import TinyGiantProcessor
+from tinygiant.files import write_json_atomic
 
 
 def encode_clips(model, processor, data_dir, split):
@@ -91,7 +93,7 @@ def main(argv=None):
     parser.add_argument("data", help="the scene data folder (train.jsonl, heldout.jsonl, audio/)")
     parser.add_argument("--trained", nargs="*", default=[], help="trained runs of the protocol whose audio "
                         "embeddings to probe as well (e.g. runs/ablation/*-seed?)")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "scene-probes.json"))
+    add_output_arguments(parser, "scene-probes")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = TinyGiantForConditionalGeneration.from_pretrained(args.model).eval()
@@ -125,11 +127,11 @@ def main(argv=None):
     print(f"{'carrier':42s} | " + " | ".join(f"{t:>16s}" for t in results))
     for name in [*names, "chance"]:
         print(f"{name:42s} | " + " | ".join(f"{cells[name]:16.1f}" for cells in results.values()))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"num_audio_tokens": model.config.num_audio_tokens,
-                                             "n_train_clips": len(train_index),
-                                             "n_heldout_clips": len(test_index), "probes": results}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    output = output_folder(args) / "scene-probes.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output, {"num_audio_tokens": model.config.num_audio_tokens, "n_train_clips": len(train_index),
+                               "n_heldout_clips": len(test_index), "probes": results})
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":
