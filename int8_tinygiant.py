@@ -97,7 +97,8 @@ class Int8Linear(nn.Module):
         return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
 
     @property
-    def weight(self) -> torch.Tensor:  # the float weight, for exports (GGUF) that need it; allocates: never read it for a dtype
+    def weight(self) -> torch.Tensor:
+        # The float weight, for exports (GGUF) that need it. It allocates: never read it for a dtype.
         return self.dequantize(self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,8 @@ class Int8Embedding(nn.Module):
         self.head, self.dtype, self.padding_idx = head, dtype, padding_idx
 
     @property
-    def weight(self) -> torch.Tensor:  # for code that reads the embedding table (e.g. the placeholder mask without input_ids)
+    def weight(self) -> torch.Tensor:
+        # For code that reads the embedding table (e.g. the placeholder mask without input_ids).
         return self.head.dequantize(self.dtype)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -196,7 +198,10 @@ def load_int8(model_class: type, path: str | os.PathLike, dtype: torch.dtype = t
 
     path = Path(path)
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
     if not (path / files[0]).exists():
         raise FileNotFoundError(f"{path} has no model.safetensors (nor an index of shards) to load in int8")
     config = model_class.config_class.from_pretrained(path)

@@ -20,10 +20,10 @@ from transformers import ClapAudioModel, GenerationMixin, PreTrainedModel, Qwen3
 from transformers.cache_utils import Cache
 from transformers.generation import CompileConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 try:
     from .configuration_tinygiant import TinyGiantConfig
@@ -280,7 +280,8 @@ class TinyGiantAudioMixin:
             window_vectors = self.clap_encoder(clap_input_features).pooler_output
             # A long audio's global vector is the mean of its 10 s windows' vectors.
             clap_vector = torch.stack([v.mean(0) for v in window_vectors.split(windows.tolist())])  # (3)
-        return pool_per_audio(whisper_frames, whisper_lengths, n), pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
+        whisper_pooled = pool_per_audio(whisper_frames, whisper_lengths, n)
+        return whisper_pooled, pool_per_audio(htsat_frames, htsat_lengths, n), clap_vector
 
     def encode_whisper(self, whisper_input_features: torch.Tensor, whisper_lengths: torch.Tensor) -> torch.Tensor:
         """The Whisper encoder's frames per window, (windows, 1500, 1280).
@@ -293,7 +294,8 @@ class TinyGiantAudioMixin:
         frames_per_window = self.config.whisper_frames_per_window
         mels_per_frame = whisper_input_features.shape[-1] // frames_per_window  # 2: the second conv's stride
         real_frames = real_frames_per_window(whisper_lengths, frames_per_window)
-        frames = whisper_input_features.new_zeros(len(real_frames), frames_per_window, self.whisper_encoder.config.d_model)
+        width = self.whisper_encoder.config.d_model
+        frames = whisper_input_features.new_zeros(len(real_frames), frames_per_window, width)
         for length in sorted(set(real_frames)):  # windows of one length run as one batch
             windows = [i for i, count in enumerate(real_frames) if count == length]
             mels = whisper_input_features[windows, :, : length * mels_per_frame]
@@ -617,7 +619,8 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         loss = None
         if labels is not None:
             # **kwargs carries num_items_in_batch, which makes gradient accumulation token-exact.
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            vocab_size = self.config.text_config.vocab_size
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -665,7 +668,8 @@ class TinyGiantForConditionalGeneration(TinyGiantPreTrainedModel, GenerationMixi
         audios_per_sample = (input_ids == self.config.audio_token_id).sum(1) // self.config.num_audio_tokens
         first_audio = torch.cumsum(audios_per_sample, 0) - audios_per_sample
         order = torch.cat(
-            [torch.arange(f, f + n).repeat(expand_size) for f, n in zip(first_audio.tolist(), audios_per_sample.tolist())]
+            [torch.arange(f, f + n).repeat(expand_size)
+             for f, n in zip(first_audio.tolist(), audios_per_sample.tolist())]
         )
         audio = {k: v[order] for k, v in encoded.items()}  # precomputed features are per audio
         if model_kwargs.get("whisper_input_features") is None:

@@ -64,8 +64,8 @@ def conversation(user_text: str, answer: str | None = None, reasoning: str | Non
     """The chat messages for one audio and `user_text` (the audio first, as in CoTA), optionally with the assistant's
     turn (`answer`, and `reasoning` for its think block). `system_prompt` (a non-empty string) is written as the
     system message; without one, the chat template gives the checkpoint's default system turn, unless the caller
-    renders with `default_system_prompt=""` (`NO_DEFAULT_SYSTEM_PROMPT` over a chat API). `audio`
-    (a path, URL, bytes or `{"array", "sampling_rate"}`) goes in the audio item, for `apply_chat_template(tokenize=True)`
+    renders with `default_system_prompt=""` (`NO_DEFAULT_SYSTEM_PROMPT` over a chat API). `audio` (a path, URL,
+    bytes or `{"array", "sampling_rate"}`) goes in the audio item, for `apply_chat_template(tokenize=True)`
     and the pipeline; without it the item only marks where the audio goes."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     audio_item = {"type": "audio"} if audio is None else {"type": "audio", "audio": audio}
@@ -114,7 +114,8 @@ def _input_audio(audio):
         data, container = bytes(audio), "wav"
     elif isinstance(audio, (str, Path)):
         if not Path(audio).is_file():
-            raise ValueError(f"audio file {audio} does not exist" if not Path(audio).exists() else f"{audio} is not a file")
+            missing = not Path(audio).exists()
+            raise ValueError(f"audio file {audio} does not exist" if missing else f"{audio} is not a file")
         data, container = Path(audio).read_bytes(), AUDIO_FORMATS.get(Path(audio).suffix.lower(), "wav")
     else:
         raise ValueError(f"an audio sent to a chat API must be a file path or the file's bytes, got {audio!r:.80}")

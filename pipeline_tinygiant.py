@@ -9,14 +9,16 @@ pipe("dog.wav", question="What animal is this?", choices=["dog", "cat", "bird"])
 
 pipe = pipeline("audio-reasoning", model="<repo or folder>", trust_remote_code=True, int8=True)  # int8 on CPU
 
-conversation = [{"role": "user", "content": [{"type": "audio", "path": "dog.wav"}, {"type": "text", "text": "What is it?"}]}]
+conversation = [{"role": "user", "content": [{"type": "audio", "path": "dog.wav"},
+                                             {"type": "text", "text": "What is it?"}]}]
 out = pipe(conversation)  # out["generated_text"]: the conversation with the new assistant turn
 conversation = out["generated_text"] + [{"role": "user", "content": "Is it big?"}]
 pipe(conversation)  # a follow-up: the clip's encoder outputs come from the pipeline's audio cache
 ```
 
 This file ships with the checkpoint (remote code): it imports only `transformers`, `torch` and its siblings
-`parsing_tinygiant.py`, `int8_tinygiant.py` and `llamacpp_tinygiant.py` (whose `llama_cpp` import waits for use). Importing it registers the task, so `Pipeline.save_pretrained`
+`parsing_tinygiant.py`, `int8_tinygiant.py` and `llamacpp_tinygiant.py` (whose `llama_cpp` import waits for use).
+Importing it registers the task, so `Pipeline.save_pretrained`
 can write the `custom_pipelines` entry of `config.json`.
 """
 
@@ -247,8 +249,8 @@ class TinyGiantAudioReasoningPipeline(Pipeline):
         outputs = self.forward(batch, **forward_params)
         return self.postprocess(next(self._unbatch(outputs)), **postprocess_params)
 
-    def get_iterator(self, inputs: Any, num_workers: int, batch_size: int, preprocess_params: dict, forward_params: dict,
-                     postprocess_params: dict) -> Iterator[dict]:
+    def get_iterator(self, inputs: Any, num_workers: int, batch_size: int, preprocess_params: dict,
+                     forward_params: dict, postprocess_params: dict) -> Iterator[dict]:
         if hasattr(inputs, "__len__"):
             dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
         else:  # a generator: items are prepared one by one as the loader asks for them

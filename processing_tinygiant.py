@@ -130,7 +130,8 @@ def load_audio(audio: Any, sampling_rate: int | None = None) -> tuple[np.ndarray
         elif audio.get("path") is not None:
             audio = audio["path"]
         else:
-            raise ValueError(f"an audio dict needs 'array' and 'sampling_rate', or 'bytes' or 'path'; got keys {list(audio)}")
+            raise ValueError("an audio dict needs 'array' and 'sampling_rate', or 'bytes' or 'path'; "
+                             f"got keys {list(audio)}")
     if hasattr(audio, "get_all_samples"):
         samples = audio.get_all_samples()
         audio, sampling_rate = samples.data, samples.sample_rate
@@ -152,8 +153,8 @@ def load_audio(audio: Any, sampling_rate: int | None = None) -> tuple[np.ndarray
         hint = " (a list is a batch of inputs: pass a clip's samples as an array)" if isinstance(
             audio, (int, float, np.number)) else ""
         raise TypeError(
-            f"unsupported audio input of type {type(audio).__name__}{hint}: pass a file path or URL, the file's bytes, a "
-            "numpy array or torch tensor with its `sampling_rate`, or a {'array', 'sampling_rate'} dict"
+            f"unsupported audio input of type {type(audio).__name__}{hint}: pass a file path or URL, the file's "
+            "bytes, a numpy array or torch tensor with its `sampling_rate`, or a {'array', 'sampling_rate'} dict"
         )
     if sampling_rate is None:
         raise ValueError("a raw audio array needs its `sampling_rate` (pass {'array': ..., 'sampling_rate': ...}); "
@@ -223,6 +224,11 @@ def resample(waveform: np.ndarray, sampling_rate: int, target_rate: int) -> np.n
     return soxr.resample(waveform, sampling_rate, target_rate).astype(np.float32)
 
 
+def pad_widths(missing: int, padding_side: str) -> tuple[int, int]:
+    """`torch.nn.functional.pad`'s (left, right) widths that bring a row `missing` tokens short to the full width."""
+    return (missing, 0) if padding_side == "left" else (0, missing)
+
+
 def split_windows(waveform: np.ndarray, window_samples: int) -> list[np.ndarray]:
     return [waveform[i : i + window_samples] for i in range(0, len(waveform), window_samples)]
 
@@ -267,7 +273,8 @@ class TinyGiantProcessor(ProcessorMixin):
         self.num_audio_tokens = num_audio_tokens
         self.max_audio_seconds = max_audio_seconds
         super().__init__(
-            feature_extractor, whisper_feature_extractor, tokenizer, chat_template=chat_template or build_chat_template()
+            feature_extractor, whisper_feature_extractor, tokenizer,
+            chat_template=chat_template or build_chat_template(),
         )
 
     @property
@@ -345,7 +352,8 @@ class TinyGiantProcessor(ProcessorMixin):
             audio_48k = resample(waveform, rate, layout.clap_sampling_rate)
             whisper_windows += split_windows(audio_16k, layout.whisper_window_seconds * layout.whisper_sampling_rate)
             htsat_windows += split_windows(audio_48k, layout.htsat_window_seconds * layout.clap_sampling_rate)
-            whisper_lengths.append(math.ceil(seconds * layout.whisper_frames_per_window / layout.whisper_window_seconds))
+            whisper_frames = seconds * layout.whisper_frames_per_window / layout.whisper_window_seconds
+            whisper_lengths.append(math.ceil(whisper_frames))
             htsat_lengths.append(math.ceil(seconds * layout.htsat_frames_per_window / layout.htsat_window_seconds))
         whisper = self.whisper_feature_extractor(
             whisper_windows, sampling_rate=layout.whisper_sampling_rate, padding="max_length", return_tensors="np"
@@ -415,8 +423,8 @@ class TinyGiantProcessor(ProcessorMixin):
             tensors = [torch.as_tensor(item[key]) for item in items]
             if key in TOKEN_PADDING:
                 value = self.tokenizer.pad_token_id if TOKEN_PADDING[key] is None else TOKEN_PADDING[key]
-                sides = lambda t: (width - t.shape[1], 0) if padding_side == "left" else (0, width - t.shape[1])
-                tensors = [torch.nn.functional.pad(t, sides(t), value=value) for t in tensors]
+                tensors = [torch.nn.functional.pad(t, pad_widths(width - t.shape[1], padding_side), value=value)
+                           for t in tensors]
             batch[key] = torch.cat(tensors)
         return BatchFeature(data=batch)
 

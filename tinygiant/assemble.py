@@ -34,7 +34,8 @@ def build_processor(whisper=WHISPER, htsat=HTSAT, llm=LLM, **kwargs):
     tokenizer.add_special_tokens({"additional_special_tokens": [kwargs.get("audio_token", "<audio>")]})
     tokenizer.padding_side = "left"  # batched generation; training collators ask for right padding
     return TinyGiantProcessor(
-        ClapFeatureExtractor.from_pretrained(htsat), WhisperFeatureExtractor.from_pretrained(whisper), tokenizer, **kwargs
+        ClapFeatureExtractor.from_pretrained(htsat), WhisperFeatureExtractor.from_pretrained(whisper), tokenizer,
+        **kwargs,
     )
 
 

@@ -29,7 +29,8 @@ def root_file(name: str) -> Path:
     """The path of `name` at the repository root; `FileNotFoundError` when the tools do not run from a clone."""
     path = ROOT / name
     if not path.is_file():
-        raise FileNotFoundError(f"{name} is not beside the tinygiant package ({ROOT}); run from a clone of the repository")
+        raise FileNotFoundError(f"{name} is not beside the tinygiant package ({ROOT}); run from a clone of the "
+                                "repository")
     return path
 
 

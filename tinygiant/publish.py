@@ -126,7 +126,8 @@ def push_to_hub(out_dir, repo_id, token=None, private=None):
     missing = missing_files(out)
     if missing:
         raise RuntimeError(
-            f"{out} is not a complete TinyGiant Hub folder (missing {missing}); write it with `tinygiant publish CHECKPOINT OUT_DIR` first"
+            f"{out} is not a complete TinyGiant Hub folder (missing {missing}); write it with `tinygiant publish "
+            "CHECKPOINT OUT_DIR` first"
         )
     api = HfApi(token=token)
     try:
@@ -201,7 +202,8 @@ pipe([{{"audio": "a.wav", "question": "How many beeps?"}}, {{"audio": "b.wav", "
      batch_size=2, max_new_tokens=512, do_sample=False)
 ```
 
-transformers' generic task works too: `pipeline("any-to-any", model="{repo_id}", trust_remote_code=True)(text=conversation)`.
+transformers' generic task works too:
+`pipeline("any-to-any", model="{repo_id}", trust_remote_code=True)(text=conversation)`.
 
 A web app (Gradio; record or upload, streamed reasoning, follow-ups) runs this checkpoint with
 `python app.py --model {repo_id}` from the TinyGiant repository, or as a Space (`tinygiant publish --space DIR`).
