@@ -1,8 +1,9 @@
 """TinyGiant served: the in-process pipeline one request at a time against vLLM at concurrency 1, 4 and 16, on the
 full-size model with random weights (nothing is downloaded), as ratios measured in one run.
 
-    python benchmarks/serving.py           # about 20 min on 2 cores: results/serving.json and serving.md
-    python benchmarks/serving.py --quick   # a smoke run of every step on the tiny checkpoint (about 4 min)
+    python benchmarks/serving.py           # runs/benchmarks/serving.json and .md (the committed run took 689 s)
+    python benchmarks/serving.py --quick   # a smoke run of every step on the tiny checkpoint (serving-quick)
+    python benchmarks/serving.py --update-results   # the committed benchmarks/results/serving.json and .md instead
 
 The workload: `--requests` requests (16), each a 10 s clip (its own, so that no cache serves it), a 100-token
 question under the default system prompt and a fixed 128-token greedy answer (`min_new_tokens` / vLLM's
@@ -49,7 +50,8 @@ import torch
 
 from int8_tinygiant import w8a8_encoders_pay_off
 from limits import measure_limits, ratio_spread
-from measure import build_random_model, make_audio, make_processor, write_results
+from measure import (add_output_arguments, build_random_model, make_audio, make_processor, output_folder,
+                     write_results)
 from parsing_tinygiant import SYSTEM_PROMPT, conversation, openai_messages
 from tinygiant.files import write_json_atomic
 
@@ -371,6 +373,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the pipeline and the limits")
     parser.add_argument("--port", type=int, default=8471, help="the vLLM server's port on 127.0.0.1")
     parser.add_argument("--name", default=None, help="results file name (default serving or serving-quick)")
+    add_output_arguments(parser, "serving")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -408,7 +411,7 @@ def main(argv=None):
     report["ratios"] = ratios(report["pipeline"], report["vllm"], report["limit"], report["limits"], report["cost"])
     report["gpu_on_paper"] = on_paper(report["cost"], H100, max(CONCURRENCY), args.new_tokens)
     report["wall_s"] = round(time.time() - started, 1)
-    write_results(args.name, report, markdown(report))
+    write_results(args.name, report, markdown(report), folder=output_folder(args))
 
 
 if __name__ == "__main__":
