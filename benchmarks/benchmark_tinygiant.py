@@ -655,6 +655,8 @@ def markdown(report):
     lines += [f"- {k}: " + ", ".join(f"{m} = {v}" for m, v in a.items()) for k, a in report["naive"]["agreement"].items()]
     lines += [f"- ONNX {dtype}: " + ", ".join(f"{m} = {v}" for m, v in run["agreement_with_bf16"].items())
               for dtype, run in (report.get("onnx") or {}).items()]
+    if report.get("onnx_error"):
+        lines += ["", f"ONNX Runtime paths: failed ({report['onnx_error']})."]
     if report.get("onnx_export"):
         e, env = report["onnx_export"], report["onnx_env"]
         lines += ["", f"ONNX export: {e['export_s']} s; download per variant (graphs + config, processor, tokenizer, "
@@ -738,8 +740,12 @@ def main(argv=None):
         args.best_encoders = "w8a8" if int8_wins else "bf16"
         args.best_decoding = best_decoding(report["int8" if int8_wins else "naive"]["decoding"])[0]
         report["best"] = run_worker(args, "best")
-        report["onnx_export"] = run_worker(args, "onnx_export")
-        report["onnx"] = {dtype: run_onnx_path(args, dtype) for dtype in ONNX_MEASURED}
+        try:  # a failed export or ONNX run is reported; the other paths' results are still written
+            report["onnx_export"] = run_worker(args, "onnx_export")
+            report["onnx"] = {dtype: run_onnx_path(args, dtype) for dtype in ONNX_MEASURED}
+        except subprocess.CalledProcessError as error:
+            report["onnx_export"] = report["onnx"] = None
+            report["onnx_error"] = str(error)
         report["onnx_env"] = {"torch_free_env_mb": disk_mb(TORCH_FREE_PYTHON.parents[1]) if TORCH_FREE_PYTHON.is_file()
                               else None, "torch_env_mb": disk_mb(sys.prefix)}
         report["peer"] = None if args.no_peer else run_worker(args, "peer")
