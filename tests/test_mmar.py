@@ -4,8 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 
 import pytest
 
@@ -200,7 +198,8 @@ def test_load_predictions_rejects_unknown_ids(tmp_path):
 
 
 def test_load_predictions_rejects_duplicate_ids(tmp_path):
-    path = _write_jsonl(tmp_path / "p.jsonl", [_prediction("a", "Dog"), _prediction("b", "Dog"), _prediction("a", "Cat")])
+    path = _write_jsonl(tmp_path / "p.jsonl",
+                        [_prediction("a", "Dog"), _prediction("b", "Dog"), _prediction("a", "Cat")])
     with pytest.raises(ValueError, match="duplicate prediction ids: \\['a'\\]"):
         load_predictions(path, [_item("a"), _item("b")])
 
@@ -307,7 +306,8 @@ def test_score_only_cli_writes_the_same_numbers(mmar_files, tmp_path):
 
     meta = ev.load_meta(meta_path)
     expected = ev.score(meta, load_predictions(predictions_path, meta))
-    assert json.loads((out / "scores.json").read_text(encoding="utf-8")) == {"benchmark": "mmar", **json.loads(json.dumps(expected))}
+    written = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert written == {"benchmark": "mmar", **json.loads(json.dumps(expected))}
 
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "| all | 41.7 | 5/12 |" in report

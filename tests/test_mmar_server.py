@@ -37,14 +37,14 @@ class ScriptedAudioModel(ScriptedJudge):
                              "role": "assistant", "content": content, field: reasoning}}]}
 
 
-def meta_items(fixture_dir):
-    return [json.loads(line) for line in (fixture_dir / "MMAR-meta.jsonl").read_text().splitlines()]
+def meta_items(folder):
+    return [json.loads(line) for line in (folder / "MMAR-meta.jsonl").read_text().splitlines()]
 
 
-def run(server, fixture_dir, *extra):
+def run(server, folder, *extra):
     return tinygiant.eval.mmar.main(["--server", server.base_url, "--server-model", "peer", "--meta",
-                                str(fixture_dir / "MMAR-meta.jsonl"), "--output-dir", str(fixture_dir / "eval"),
-                                "--concurrency", "3", *extra])
+                                     str(folder / "MMAR-meta.jsonl"), "--output-dir", str(folder / "eval"),
+                                     "--concurrency", "3", *extra])
 
 
 def test_server_predictions_prompt_retries_and_reasoning(fixture_dir):  # noqa: F811

@@ -9,11 +9,17 @@ import sys
 import time
 
 import pytest
-
 from judge_server import ScriptedJudge
+
 from tinygiant.eval import mmar
 from tinygiant.eval.rubrics import (
-    JUDGEMENTS_FILE, Judge, JudgeReplyError, check_rubric, middle_mean, parse_grade, read_judgements,
+    JUDGEMENTS_FILE,
+    Judge,
+    JudgeReplyError,
+    check_rubric,
+    middle_mean,
+    parse_grade,
+    read_judgements,
 )
 
 
@@ -72,7 +78,8 @@ def test_middle_mean_and_grade_parsing():
     reply = '```json\n[{"name": "melody", "score": 2}, {"name": "rhythm", "score": "0"}]\n```'
     grade, scores = parse_grade(reply, META[1]["rubric"])
     assert grade == pytest.approx(2 / 3) and scores == {"melody": 2, "rhythm": 0.0}
-    thinking = '<think>Criteria [1] and [2]...</think>\n[{"name": "melody", "score": 1}, {"name": "rhythm", "score": 1}]'
+    thinking = ('<think>Criteria [1] and [2]...</think>\n'
+                '[{"name": "melody", "score": 1}, {"name": "rhythm", "score": 1}]')
     assert parse_grade(thinking, META[1]["rubric"])[0] == pytest.approx(2 / 3)
     for bad, problem in [
         ("fine", "no JSON list"),
@@ -108,7 +115,8 @@ def test_hand_computed_scores_every_grouping_retries_and_errors(tmp_path, capsys
     lo, hi = r["overall"]["ci95"]
     assert 0 <= lo < r["overall"]["score"] < hi <= 60
     expected = {
-        "by_modality": {"sound": (60.0, 1), "music": (100 * 5 / 18, 2), "speech": (0.0, 1), "mix-sound-music": (None, 0)},
+        "by_modality": {"sound": (60.0, 1), "music": (100 * 5 / 18, 2), "speech": (0.0, 1),
+                        "mix-sound-music": (None, 0)},
         "by_layer": {"Signal Layer": (30.0, 2), "Perception Layer": (100 * 5 / 9, 1), "Semantic Layer": (0.0, 1),
                      "Cultural Layer": (None, 0)},
         "by_sub_category": {"Acoustic Quality Analysis": (60.0, 1), "Music Theory": (100 * 5 / 9, 1),
@@ -200,8 +208,8 @@ def test_killed_run_resumes_without_judging_anything_twice(tmp_path):
             "--judge-concurrency", "1"]
     log = tmp_path / "out" / JUDGEMENTS_FILE
     with ScriptedJudge(default=[1, 1, 1, 0, 0], delay=0.2) as judge:
-        process = subprocess.Popen([sys.executable, "-m", "tinygiant.eval.mmar", *args, "--judge-base-url", judge.base_url],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+        command = [sys.executable, "-m", "tinygiant.eval.mmar", *args, "--judge-base-url", judge.base_url]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
         deadline = time.monotonic() + 120
         while not (log.is_file() and len(log.read_text().splitlines()) >= 6):
             assert process.poll() is None, process.stderr.read().decode()

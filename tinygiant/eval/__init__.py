@@ -11,6 +11,10 @@ Each benchmark module defines `BENCHMARK` (a `runner.Benchmark`) and `main(argv)
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tinygiant.eval.runner import Benchmark
 
 BENCHMARKS = {
     "mmar": "tinygiant.eval.mmar",
@@ -21,14 +25,14 @@ BENCHMARKS = {
 COMMANDS = {"compare": "tinygiant.eval.compare", "report": "tinygiant.eval.field_table"}
 
 
-def benchmark(name: str):
+def benchmark(name: str) -> "Benchmark":
     """The registered benchmark called `name`."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     return importlib.import_module(BENCHMARKS[name]).BENCHMARK
 
 
-def main(argv: Sequence[str] | None = None):
+def main(argv: Sequence[str] | None = None) -> dict | None:
     """`tinygiant eval NAME ...`: run a benchmark, `compare` or `report`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     modules = {**BENCHMARKS, **COMMANDS}

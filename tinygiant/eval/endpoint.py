@@ -28,19 +28,29 @@ endpoint like the pipeline raises the first `ServerError` instead.
 """
 
 import io
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from client_tinygiant import ServerError, openai_client, server_errors
-from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation, format_question,
-                               openai_messages, parse_output, reasoning_of)
+from parsing_tinygiant import (
+    NO_DEFAULT_SYSTEM_PROMPT,
+    chat_reply_text,
+    conversation,
+    format_question,
+    openai_messages,
+    parse_output,
+    reasoning_of,
+)
 from tinygiant.files import RateLimiter
 
 # vLLM's sampling fields that greedy decoding must pin (vLLM fills them from the model's generation_config otherwise).
 GREEDY_EXTRA_BODY = {"top_k": -1, "repetition_penalty": 1.0}
 
 
-def endpoint_messages(audio, question: str, choices=None, system_prompt: str | None = None) -> list[dict]:
+def endpoint_messages(audio: str | Path | bytes, question: str, choices: list[str] | None = None,
+                      system_prompt: str | None = None) -> list[dict]:
     """The pipeline's prompt for one audio (a file path or a WAV file's bytes), as the chat API takes it."""
     return openai_messages(conversation(format_question(question, choices), system_prompt=system_prompt, audio=audio))
 
@@ -65,28 +75,30 @@ class ChatEndpoint:
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, concurrency: int = 4,
                  qps: float | None = None, timeout: float = 600.0, max_retries: int = 6,
-                 system_prompt: str | None = None, sampling: str = "greedy", resample: int | None = None):
+                 system_prompt: str | None = None, sampling: str = "greedy", resample: int | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if sampling not in ("greedy", "server"):
             raise ValueError(f"sampling must be 'greedy' or 'server', got {sampling!r}")
         self.base_url = base_url
         self.client = openai_client(base_url, api_key, timeout=timeout, max_retries=max_retries)
-        self.concurrency, self.system_prompt, self.sampling, self.resample = concurrency, system_prompt, sampling, resample
+        self.concurrency, self.system_prompt = concurrency, system_prompt
+        self.sampling, self.resample = sampling, resample
         self.limiter = RateLimiter(qps)
         if model is None:
             with server_errors(self.client):
                 model = self.client.models.list().data[0].id
         self.model = model
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, Any]:
         """The request settings, for the report."""
         return {"sampling": "greedy (temperature 0, top_p 1, top_k -1, repetition_penalty 1)"
                 if self.sampling == "greedy" else "temperature 0; the server's defaults for top_p, top_k and "
                                                   "repetition_penalty applied",
                 "resampled_to_hz": self.resample, "concurrency": self.concurrency}
 
-    def __call__(self, inputs, batch_size=None, max_new_tokens: int = 1024, do_sample: bool = False):
+    def __call__(self, inputs: dict | Iterable[dict], batch_size: int | None = None, max_new_tokens: int = 1024,
+                 do_sample: bool = False) -> dict | list[dict]:
         """Outputs for one input dict or a list of them, in order; `batch_size` is accepted as the pipeline's is (the
         requests in flight are bounded by `concurrency`). Raises the first item's `ServerError`."""
         single = isinstance(inputs, dict)
@@ -96,10 +108,11 @@ class ChatEndpoint:
             raise failed
         return outputs[0] if single else outputs
 
-    def answer_each(self, inputs: list[dict], max_new_tokens: int = 1024, do_sample: bool = False) -> list:
+    def answer_each(self, inputs: list[dict], max_new_tokens: int = 1024,
+                    do_sample: bool = False) -> list[dict | Exception]:
         """Each input's output, or the `ServerError` (or `ValueError`, for audio that cannot be sent) it ended in."""
 
-        def one(item):
+        def one(item: dict) -> dict | Exception:
             try:
                 return self.answer(item, max_new_tokens, do_sample)
             except (ServerError, ValueError, OSError) as error:

@@ -19,13 +19,27 @@ Generation is resumable (`tinygiant.eval.runner`): rerun the same command after 
 only the items missing from OUT/predictions.jsonl are answered.
 """
 
+import argparse
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from parsing_tinygiant import format_question
 from tinygiant.eval.mmar_format import LAYERS, MODALITIES, REQUIRED_KEYS, SUB_CATEGORIES
-from tinygiant.eval.runner import (Benchmark, Breakdown, Loaded, error_bars, interval_text, pct, peer_row, plot_groups,
-                                   read_json_records, run_lines, string_match, table_row)
+from tinygiant.eval.runner import (
+    Benchmark,
+    Breakdown,
+    Loaded,
+    error_bars,
+    interval_text,
+    pct,
+    peer_row,
+    plot_groups,
+    read_json_records,
+    run_lines,
+    string_match,
+    table_row,
+)
 from tinygiant.eval.runner import main as run_main
 from tinygiant.eval.runner import score as score_items
 from tinygiant.files import write_json_atomic, write_text_atomic
@@ -34,11 +48,11 @@ from tinygiant.files import write_json_atomic, write_text_atomic
 MODALITY_SHORT = dict(zip(MODALITIES, ["S", "M", "Sp", "S-M", "S-Sp", "M-Sp", "All"]))
 
 
-def _by_modality(values):
+def _by_modality(values: Sequence[float]) -> dict[str, float]:
     return dict(zip(MODALITIES, values))
 
 
-def _by_sub_category(values):
+def _by_sub_category(values: Sequence[float]) -> dict[str, float]:
     # Table 4 row order, mapped to MMAR's names.
     names = [
         "Acoustic Quality Analysis",
@@ -67,7 +81,8 @@ def _by_sub_category(values):
 # "Signal"); we only use its sub-task numbers and MMAR's own `category` for layers. Every number is
 # k/n of MMAR's item counts, but the paper's "w/o IQ" column does not add up to its 39.70 overall
 # (by modality 394 correct = 39.4 %, by sub-task 373 = 37.3 %); kept as published.
-_TABLE4_FULL = [33.33, 62.50, 33.33, 46.43, 41.18, 36.36, 43.62, 45.83, 51.97, 50.00, 51.67, 46.48, 62.50, 57.69, 30.00, 31.75]
+_TABLE4_FULL = [33.33, 62.50, 33.33, 46.43, 41.18, 36.36, 43.62, 45.83, 51.97, 50.00, 51.67, 46.48, 62.50, 57.69,
+                30.00, 31.75]
 PAPER_MMAR = {
     "source": "TinyGiantALM, arXiv:2606.08425v2",
     "overall": 46.4,
@@ -78,21 +93,24 @@ PAPER_MMAR = {
             "overall": 38.00,
             "by_modality": _by_modality([33.94, 35.92, 39.80, 9.09, 38.99, 43.90, 45.83]),
             "by_sub_category": _by_sub_category(
-                [27.78, 25.00, 40.00, 42.86, 41.18, 29.29, 31.54, 39.58, 45.07, 52.00, 40.00, 33.80, 37.50, 42.31, 30.00, 22.22]
+                [27.78, 25.00, 40.00, 42.86, 41.18, 29.29, 31.54, 39.58, 45.07, 52.00, 40.00, 33.80, 37.50, 42.31,
+                 30.00, 22.22]
             ),
         },
         "w/o IQ": {
             "overall": 39.70,
             "by_modality": _by_modality([38.79, 33.50, 44.56, 18.18, 40.37, 36.59, 41.67]),
             "by_sub_category": _by_sub_category(
-                [22.22, 25.00, 26.67, 42.86, 23.53, 26.26, 39.60, 41.67, 45.39, 30.00, 46.67, 38.03, 50.00, 32.69, 30.00, 15.87]
+                [22.22, 25.00, 26.67, 42.86, 23.53, 26.26, 39.60, 41.67, 45.39, 30.00, 46.67, 38.03, 50.00, 32.69,
+                 30.00, 15.87]
             ),
         },
         "w/o CLAP": {
             "overall": 42.70,
             "by_modality": _by_modality([38.79, 35.44, 43.54, 36.36, 47.71, 50.00, 54.17]),
             "by_sub_category": _by_sub_category(
-                [38.89, 50.00, 46.67, 35.71, 41.18, 40.40, 44.30, 41.67, 49.34, 38.00, 38.33, 42.25, 50.00, 44.23, 30.00, 22.22]
+                [38.89, 50.00, 46.67, 35.71, 41.18, 40.40, 44.30, 41.67, 49.34, 38.00, 38.33, 42.25, 50.00, 44.23,
+                 30.00, 22.22]
             ),
         },
         "Full": {
@@ -102,7 +120,6 @@ PAPER_MMAR = {
         },
     },
 }
-
 
 
 # Published MMAR accuracies of peers (the MMAR README leaderboard), for the field's table.
@@ -122,7 +139,7 @@ BREAKDOWNS = (Breakdown("by_modality", "modality", tuple(MODALITIES)), Breakdown
 # ---------------------------------------------------------------------------------------------------
 
 
-def _drop_empty_choices(items):
+def _drop_empty_choices(items: list) -> tuple[list, list[str]]:
     """`items` with every empty (or blank) choice left out, and the ids of the items that had one.
 
     MMAR as published has 4 such items, e.g. choices `["Entered", "Did not enter", ""]`. An empty choice has no tokens,
@@ -138,7 +155,7 @@ def _drop_empty_choices(items):
     return kept, names
 
 
-def load_meta(path, skip_invalid=False):
+def load_meta(path: str | Path, skip_invalid: bool = False) -> list[dict]:
     """Read MMAR's `MMAR-meta.jsonl` (or the old `MMAR-meta.json` array) and check every item.
 
     Empty choices are dropped first (MMAR publishes 4 items whose last choice is `""`), with one printed warning
@@ -146,8 +163,8 @@ def load_meta(path, skip_invalid=False):
     for: a missing required key, an `id`, `audio_path`, `answer`, modality, layer or sub-category that is not a
     non-empty string, an unknown modality, layer or sub-category (or a sub-category under the wrong layer), a
     question or choices the prompt cannot take (`format_question`: 2 to 6 distinct non-empty strings), an answer
-    that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub JSONL, or pass
-    `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
+    that is not one of the choices, or a repeated id. The old JSON has 6 answers outside their choices; use the GitHub
+    JSONL, or pass `skip_invalid=True` to leave such items out with a printed warning (done for the Hub copy).
     """
     items, trimmed = _drop_empty_choices(read_json_records(path))
     if trimmed:
@@ -198,9 +215,7 @@ def load_meta(path, skip_invalid=False):
     return items
 
 
-
-
-def score(meta, predictions):
+def score(meta: Sequence[dict], predictions: dict | list[dict]) -> dict:
     """Accuracy overall, by modality, layer and sub-category, plus what the official script would say
     (`runner.score`): all 7 modalities, 4 layers and 16 sub-categories are present even when empty."""
     return score_items(meta, predictions, BREAKDOWNS,
@@ -215,7 +230,7 @@ MMAR_REPO = "BoJack/MMAR"
 MAX_THINKING_CHARS = 10_000  # the challenge rejects longer `thinking_prediction`s
 
 
-def fetch_mmar(cache_dir):
+def fetch_mmar(cache_dir: str | Path) -> tuple[str, Path]:
     """Download MMAR from the Hub (`BoJack/MMAR`): its meta JSON and its audio, extracted once under `cache_dir`.
 
     Returns `(meta_path, audio_dir)`. The Hub holds the old meta (6 answers outside their choices, left out
@@ -245,11 +260,11 @@ def fetch_mmar(cache_dir):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _rubrics_section(rubrics):
+def _rubrics_section(rubrics: dict) -> list[str]:
     """Report lines for the MMAR-Rubrics scores (`tinygiant.eval.rubrics.rubric_scores`)."""
     from tinygiant.eval.rubrics import PAPER_RUBRICS
 
-    def row(name, cell, paper_value=None):
+    def row(name: str, cell: dict, paper_value: float | None = None) -> str:
         return f"| {name} | {pct(cell['score'], 2)} | {cell['n']} | {interval_text(cell)} | {pct(paper_value, 2)} |"
 
     header = "| {} | Rubrics score | n | 95 % CI (bootstrap) | paper's team |\n|---|---|---|---|---|"
@@ -277,7 +292,8 @@ def _rubrics_section(rubrics):
     return lines
 
 
-def write_report(scores, out_dir, run=None, paper=PAPER_MMAR):
+def write_report(scores: dict, out_dir: str | Path, run: dict | None = None,
+                 paper: dict = PAPER_MMAR) -> dict[str, Path]:
     """Write `scores.json`, `report.md` and `accuracy_by_modality.png` into `out_dir`; return their paths. `run` (the
     runner's `run.json`) names what answered; the paper column is TinyGiantALM's published figures, and a peer with a
     published MMAR figure gets its own line."""
@@ -368,7 +384,7 @@ class Mmar(Benchmark):
     published = PUBLISHED
     plot_group = "by_modality"
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         judge = parser.add_argument_group("MMAR-Rubrics (an LLM judge grades the reasoning of correct answers)")
         judge.add_argument("--rubrics", action="store_true", help="also compute the MMAR-Rubrics score")
         judge.add_argument("--judge-base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
@@ -380,7 +396,7 @@ class Mmar(Benchmark):
         judge.add_argument("--dry-run", action="store_true",
                            help="with --rubrics: print the number of judge calls and a token estimate, call nothing")
 
-    def check_arguments(self, parser, args):
+    def check_arguments(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.dry_run and not args.rubrics:
             parser.error("--dry-run estimates the judge's cost: use it with --rubrics")
         if args.judge_concurrency < 1:
@@ -388,7 +404,7 @@ class Mmar(Benchmark):
         if args.meta is None and args.score_only:
             parser.error("--score-only needs --meta")
 
-    def load(self, args, output_dir):
+    def load(self, args: argparse.Namespace, output_dir: Path) -> Loaded:
         meta_path, audio_dir = args.meta, args.audio_dir
         if meta_path is None:
             meta_path, audio_dir = fetch_mmar(output_dir / "data")
@@ -400,10 +416,11 @@ class Mmar(Benchmark):
                 check_rubric(item)
         return Loaded(items, Path(audio_dir or Path(meta_path).parent))
 
-    def score(self, items, predictions):
+    def score(self, items: list[dict], predictions: dict) -> dict:
         return score(items, predictions)
 
-    def after_scoring(self, args, items, predictions, scores, output_dir):
+    def after_scoring(self, args: argparse.Namespace, items: list[dict], predictions: dict, scores: dict,
+                      output_dir: Path) -> dict | None:
         if not args.rubrics:
             return scores
         from tinygiant.eval.rubrics import JUDGE_MODEL, evaluate_rubrics
@@ -416,10 +433,10 @@ class Mmar(Benchmark):
             return None
         return {**scores, "rubrics": rubrics}
 
-    def write_report(self, scores, out_dir, run, loaded):
+    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
         return write_report(scores, out_dir, run)
 
-    def summary(self, scores):
+    def summary(self, scores: dict) -> str:
         text = super().summary(scores)
         if "rubrics" in scores:
             r = scores["rubrics"]
@@ -432,7 +449,7 @@ class Mmar(Benchmark):
 BENCHMARK = Mmar()
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> dict:
     """`tinygiant eval mmar`: answer MMAR (or take a predictions file), score it and write the report."""
     return run_main(BENCHMARK, argv)
 

@@ -22,8 +22,10 @@ asked with the lettered prompt (`format_question`) and is recorded as that item'
     tinygiant eval mmau --server URL --meta mmau-test.json --audio-dir DIR --output-dir OUT   # writes the submission
 """
 
+import argparse
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tinygiant.eval.runner import Benchmark, Breakdown, Loaded, check_known_ids, read_json_records
@@ -181,11 +183,11 @@ class Mmau(Benchmark):
     published = PUBLISHED
     plot_group = "by_task"
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--split", choices=tuple(HUB_REPOS), default="test-mini",
                             help="without --meta: which Hub copy to fetch")
 
-    def load(self, args, output_dir):
+    def load(self, args: argparse.Namespace, output_dir: Path) -> Loaded:
         meta_path, audio_dir = args.meta, args.audio_dir
         if meta_path is None:
             if args.score_only:
@@ -196,14 +198,14 @@ class Mmau(Benchmark):
         return Loaded(items, Path(audio_dir or Path(meta_path).parent),
                       version=f"{Path(meta_path).name}, {split}; cite {VERSION} if this is that release")
 
-    def read_predictions(self, path, items):
+    def read_predictions(self, path: Path, items: list[dict]) -> dict:
         records = read_json_records(path)
         if records and isinstance(records[0], dict) and "answer_prediction" not in records[0] \
                 and "error" not in records[0]:
             return read_submission(path, items)  # MMAU's own format
         return super().read_predictions(path, items)
 
-    def score(self, items, predictions):
+    def score(self, items: list[dict], predictions: dict) -> dict:
         if _answers_known(items):
             return super().score(items, predictions)
         outputs = [{"id": item["id"], "model_output": predictions.get(item["id"], {}).get("answer_prediction", "")}
@@ -212,7 +214,7 @@ class Mmau(Benchmark):
                 "n_errors": sum("error" in predictions.get(item["id"], {}) for item in items), "no_answers": True,
                 "items": outputs}
 
-    def write_report(self, scores, out_dir, run, loaded):
+    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
         if not scores.get("no_answers"):
             return write_generic_report(self, scores, out_dir, run, loaded)
         out = Path(out_dir)
@@ -230,7 +232,7 @@ class Mmau(Benchmark):
             "authors' evaluation service (see github.com/Sakshi113/MMAU).", ""]))
         return {"report.md": out / "report.md", SUBMISSION_FILE: out / SUBMISSION_FILE}
 
-    def summary(self, scores):
+    def summary(self, scores: dict) -> str:
         if scores.get("no_answers"):
             return f"MMAU test: {scores['n_predicted']} of {scores['n_items']} items answered; submission written"
         return super().summary(scores)
@@ -239,7 +241,7 @@ class Mmau(Benchmark):
 BENCHMARK = Mmau()
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> dict:
     """`tinygiant eval mmau`: answer MMAU (or take a predictions file), score it and write the report."""
     return run_main(BENCHMARK, argv)
 

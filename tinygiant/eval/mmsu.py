@@ -17,7 +17,9 @@ answer is B") is read by the same rule.
     tinygiant eval mmsu --model REPO_OR_DIR --output-dir OUT       # online: the Hub dataset
 """
 
+import argparse
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 from parsing_tinygiant import parse_response
@@ -110,7 +112,7 @@ class Mmsu(Benchmark):
     published = PUBLISHED
     plot_group = "by_sub_category"
 
-    def load(self, args, output_dir):
+    def load(self, args: argparse.Namespace, output_dir: Path) -> Loaded:
         if args.meta is None:
             if args.score_only:
                 raise ValueError("--score-only needs --meta")
@@ -119,7 +121,7 @@ class Mmsu(Benchmark):
         return Loaded(load_meta(args.meta), Path(args.audio_dir or Path(args.meta).parent),
                       version=Path(args.meta).name)
 
-    def is_correct(self, item, prediction):
+    def is_correct(self, item: dict, prediction: str | None) -> bool:
         """The option the prediction chooses (`parse_response`), compared with the answer's option."""
         return parse_response(prediction or "", item["choices"])["choice"] == item["answer"]
 
@@ -127,7 +129,7 @@ class Mmsu(Benchmark):
 BENCHMARK = Mmsu()
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> dict:
     """`tinygiant eval mmsu`: answer MMSU (or take a predictions file), score it and write the report."""
     return run_main(BENCHMARK, argv)
 

@@ -28,8 +28,10 @@ judge still unreachable after the client's retries stops the run with a clear er
 import json
 import re
 import threading
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +70,7 @@ class JudgeReplyError(ValueError):
     """A judge reply that is not a valid list of criterion scores."""
 
 
-def check_rubric(item):
+def check_rubric(item: dict) -> list[dict]:
     """The item's rubric criteria, checked: a non-empty list of dicts with a `name`, a `scoring_point` and numeric
     `choices` (unique names). Raises `ValueError` naming the item and the field."""
     name = item.get("id")
@@ -99,7 +101,7 @@ def check_rubric(item):
     return rubric
 
 
-def judge_messages(item, prediction):
+def judge_messages(item: dict, prediction: dict) -> list[dict]:
     """The chat messages that ask the judge to grade `prediction` (a submission record) against `item`'s rubric."""
     criteria = []
     for number, criterion in enumerate(item["rubric"], 1):
@@ -119,12 +121,12 @@ def judge_messages(item, prediction):
     return [{"role": "system", "content": JUDGE_INSTRUCTIONS}, {"role": "user", "content": user}]
 
 
-def parse_grade(reply, rubric):
+def parse_grade(reply: str, rubric: list[dict]) -> tuple[float, dict[str, float]]:
     """The grade in [0, 1] that a judge `reply` gives, and its per-criterion scores.
 
     The reply must hold a JSON list (optionally inside a ``` fence, or after some text or a `<think>` block) with one
-    `{"name", "score"}`
-    per criterion of `rubric`, each score one of that criterion's `choices`. Raises `JudgeReplyError` otherwise.
+    `{"name", "score"}` per criterion of `rubric`, each score one of that criterion's `choices`. Raises
+    `JudgeReplyError` otherwise.
     """
     # Reasoning judges (Qwen3, DeepSeek-R1 behind vLLM or Ollama) may think aloud first, brackets included.
     text = re.sub(r"<think>.*?</think>", "", reply or "", flags=re.DOTALL).strip()
@@ -164,7 +166,7 @@ def parse_grade(reply, rubric):
     return grade, scores
 
 
-def middle_mean(grades):
+def middle_mean(grades: Iterable[float]) -> float | None:
     """Mean of the grades without the lowest and the highest (for five: the middle three), as long as three remain;
     the plain mean of one or two; None for none."""
     grades = sorted(grades)
@@ -173,7 +175,7 @@ def middle_mean(grades):
     return sum(grades) / len(grades) if grades else None
 
 
-def estimate_tokens(calls):
+def estimate_tokens(calls: Sequence[tuple[list[dict], list[dict]]]) -> tuple[int, int]:
     """Rough prompt and reply token counts for a list of `(messages, rubric)` judge calls (about 4 characters per
     token; a real tokenizer differs by some 10-20 %)."""
     prompt = sum(sum(len(m["content"]) for m in messages) for messages, _ in calls) // CHARS_PER_TOKEN
@@ -186,7 +188,7 @@ def estimate_tokens(calls):
 # ---------------------------------------------------------------------------------------------------
 
 
-def read_judgements(path):
+def read_judgements(path: str | Path) -> dict[tuple[str, int], dict]:
     """`{(id, grader): record}` from the judgement log; a last line cut short by a crash is dropped from the file."""
     return {(record["id"], record["grader"]): record for record in read_jsonl_log(path, keys=("id", "grader"))}
 
@@ -209,8 +211,9 @@ class Judge:
         qps: requests started per second at most.
     """
 
-    def __init__(self, base_url=None, model=JUDGE_MODEL, api_key=None, timeout=60.0, max_retries=6,
-                 reply_attempts=3, qps=None):
+    def __init__(self, base_url: str | None = None, model: str = JUDGE_MODEL, api_key: str | None = None,
+                 timeout: float = 60.0, max_retries: int = 6, reply_attempts: int = 3,
+                 qps: float | None = None) -> None:
         try:  # OpenAI's own API needs a key; a local server does not
             self.client = openai_client(base_url, api_key, "OPENAI_API_KEY", timeout, max_retries,
                                         key_required=base_url is None)
@@ -220,7 +223,7 @@ class Judge:
         self.model, self.reply_attempts = model, reply_attempts
         self.limiter = RateLimiter(qps)
 
-    def grade(self, messages, rubric):
+    def grade(self, messages: list[dict], rubric: list[dict]) -> dict:
         """One grader's judgement: `{"grade", "scores", "reply"}`, or `{"error", "reply"}` after `reply_attempts`
         invalid replies. Raises `RuntimeError` if the endpoint fails after the client's retries."""
         problem, reply = None, None
@@ -248,7 +251,7 @@ class Judge:
 # ---------------------------------------------------------------------------------------------------
 
 
-def plan(meta, predictions):
+def plan(meta: Sequence[dict], predictions: dict) -> tuple[dict[str, float], list[tuple[dict, dict]]]:
     """Split the items: `{id: 0.0}` for those that score 0 without a call, and `[(item, record)]` to be judged."""
     zero, to_judge = {}, []
     for item in meta:
@@ -262,7 +265,8 @@ def plan(meta, predictions):
     return zero, to_judge
 
 
-def judge_items(to_judge, judge, judgements_path, concurrency=4, graders=NUM_GRADERS, progress=True):
+def judge_items(to_judge: Sequence[tuple[dict, dict]], judge: Judge, judgements_path: str | Path, concurrency: int = 4,
+                graders: int = NUM_GRADERS, progress: bool = True) -> dict[tuple[str, int], dict]:
     """Run the graders not yet in `judgements_path` on `to_judge` (from `plan`), appending each reply as it arrives;
     returns every judgement `{(id, grader): record}`."""
     from tqdm.auto import tqdm
@@ -274,7 +278,7 @@ def judge_items(to_judge, judge, judgements_path, concurrency=4, graders=NUM_GRA
     log = JsonlAppender(judgements_path)
     stop = threading.Event()  # set when a call fails: queued calls then return without calling
 
-    def run(call):
+    def run(call: tuple[dict, dict, int]) -> dict | None:
         if stop.is_set():
             return None
         item, record, grader = call
@@ -305,13 +309,14 @@ def judge_items(to_judge, judge, judgements_path, concurrency=4, graders=NUM_GRA
     return done
 
 
-def _cell(values):
+def _cell(values: Sequence[float]) -> dict:
     values = [100 * v for v in values]
     return {"score": float(np.mean(values)) if values else None, "n": len(values),
             "ci95": bootstrap_interval(values, BOOTSTRAP_SAMPLES)}
 
 
-def rubric_scores(meta, zero, judgements, graders=NUM_GRADERS):
+def rubric_scores(meta: Sequence[dict], zero: dict[str, float], judgements: dict[tuple[str, int], dict],
+                  graders: int = NUM_GRADERS) -> dict:
     """The Rubrics scores (in %) overall, by modality, layer and sub-category, with bootstrap 95 % intervals.
 
     `zero` and `judgements` come from `plan` and `judge_items`. Each cell is `{score, n, ci95}`; `n` counts the
@@ -350,8 +355,9 @@ def rubric_scores(meta, zero, judgements, graders=NUM_GRADERS):
     return result
 
 
-def evaluate_rubrics(meta, predictions, output_dir, judge=None, concurrency=4, dry_run=False, progress=True,
-                     **judge_kwargs):
+def evaluate_rubrics(meta: Sequence[dict], predictions: dict, output_dir: str | Path, judge: Judge | None = None,
+                     concurrency: int = 4, dry_run: bool = False, progress: bool = True,
+                     **judge_kwargs: Any) -> dict | None:
     """Score `predictions` (`{id: record}`) with MMAR-Rubrics; judgements go to `output_dir/rubrics_judgements.jsonl`.
 
     Prints the number of items and calls and a token estimate first. `dry_run=True` stops there and returns None

@@ -30,9 +30,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinygiant.eval.stats import wilson_interval
 from tinygiant.files import JsonlAppender, read_jsonl_log, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from client_tinygiant import ServerError
+    from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
+    from tinygiant.eval.endpoint import ChatEndpoint
 
 MAX_THINKING_CHARS = 10_000  # the MMAR challenge rejects longer `thinking_prediction`s
 RUN_WIDE_FAILURES = 3  # this many items failing at the server, with none answered yet, is a failure of the whole run
@@ -115,7 +121,7 @@ def load_predictions(path: str | Path, meta: Sequence[dict] | None = None, bench
     return predictions
 
 
-def check_known_ids(path, predictions: dict, meta: Sequence[dict], benchmark: str) -> None:
+def check_known_ids(path: str | Path, predictions: dict, meta: Sequence[dict], benchmark: str) -> None:
     unknown = sorted(set(predictions) - {item["id"] for item in meta}, key=str)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} prediction id(s) not in {benchmark} meta: {unknown[:20]}")
@@ -226,7 +232,8 @@ def silence_like(path: Path) -> dict:
     return {"array": np.zeros_like(waveform), "sampling_rate": rate}
 
 
-def _pipeline_outputs(pipe, inputs: list[dict], generate_kwargs: dict) -> list:
+def _pipeline_outputs(pipe: "TinyGiantAudioReasoningPipeline", inputs: list[dict],
+                      generate_kwargs: dict) -> list[dict | Exception]:
     """The pipeline's outputs, one batched generation; if one bad item spoils the batch, item by item, each bad one
     giving its exception."""
     try:
@@ -241,8 +248,9 @@ def _pipeline_outputs(pipe, inputs: list[dict], generate_kwargs: dict) -> list:
         return outputs
 
 
-def answer_batch(answerer, items: Sequence[dict], audio_dir: Path, generate_kwargs: dict,
-                 zero_audio: bool = False) -> tuple[list[dict], list[dict], list]:
+def answer_batch(answerer: "TinyGiantAudioReasoningPipeline | ChatEndpoint", items: Sequence[dict],
+                 audio_dir: str | Path, generate_kwargs: dict,
+                 zero_audio: bool = False) -> tuple[list[dict], list[dict], list["ServerError"]]:
     """Answer `items`: returns their prediction records, their raw outputs (`{"id", "text", "finish_reason"}`, for the
     answered ones) and the server failures (`ServerError`s). A missing or unreadable audio gives an `error` record;
     `zero_audio=True` replaces every clip with silence of the same length (a control run)."""
@@ -279,15 +287,17 @@ def answer_batch(answerer, items: Sequence[dict], audio_dir: Path, generate_kwar
     return [records[item["id"]] for item in items], raw, failures
 
 
-def shared_failure(failed: list, n_todo: int) -> bool:
+def shared_failure(failed: list["ServerError"], n_todo: int) -> bool:
     """Whether the server failures so far (none answered yet) are one failure that every request meets."""
     if len(failed) < min(RUN_WIDE_FAILURES, n_todo) or len({f.server_message for f in failed}) != 1:
         return False
     return n_todo >= RUN_WIDE_FAILURES or all(f.refused for f in failed)
 
 
-def predict(meta: Sequence[dict], audio_dir: str | Path, model, predictions_path: str | Path, batch_size: int = 4,
-            limit: int | None = None, generate_kwargs: dict | None = None, zero_audio: bool = False) -> None:
+def predict(meta: Sequence[dict], audio_dir: str | Path,
+            model: "str | Path | TinyGiantAudioReasoningPipeline | ChatEndpoint", predictions_path: str | Path,
+            batch_size: int = 4, limit: int | None = None, generate_kwargs: dict | None = None,
+            zero_audio: bool = False) -> None:
     """Answer the items of `meta` not yet in `predictions_path`, appending one JSON line each as batches finish (and
     their raw outputs to `raw_outputs.jsonl` beside it).
 
@@ -345,7 +355,7 @@ def describe_run(answerer: dict, settings: dict) -> dict:
             "settings": settings}
 
 
-def run_description(args: argparse.Namespace, endpoint=None) -> dict:
+def run_description(args: argparse.Namespace, endpoint: "ChatEndpoint | None" = None) -> dict:
     """What answered, when, and with which settings, from the command line (for `run.json` and the report)."""
     settings = {"max_new_tokens": args.max_new_tokens, "decoding": "greedy",
                 "system_prompt": "the model's own" if args.system_prompt is None else
@@ -489,11 +499,12 @@ class Benchmark:
     def score(self, items: list[dict], predictions: dict) -> dict:
         return score(items, predictions, self.breakdowns, self.is_correct, self.official_breakdowns)
 
-    def after_scoring(self, args, items, predictions, scores, output_dir) -> dict | None:
+    def after_scoring(self, args: argparse.Namespace, items: list[dict], predictions: dict, scores: dict,
+                      output_dir: Path) -> dict | None:
         """The scores with extra ones (MMAR-Rubrics); None stops before the report (a dry run)."""
         return scores
 
-    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict:
+    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
         """`scores.json`, `report.md` and `accuracy_by_<group>.png` (the generic layout)."""
         return write_report(self, scores, out_dir, run, loaded)
 
@@ -505,7 +516,8 @@ class Benchmark:
                 f"({off['correct']}/{off['total']})")
 
 
-def write_report(benchmark: Benchmark, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict:
+def write_report(benchmark: Benchmark, scores: dict, out_dir: Path, run: dict | None,
+                 loaded: Loaded) -> dict[str, Path]:
     """The generic report: overall, the published rows beside it, then a table per breakdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -580,7 +592,7 @@ def build_parser(benchmark: Benchmark) -> argparse.ArgumentParser:
     return parser
 
 
-def _answerer(args: argparse.Namespace):
+def _answerer(args: argparse.Namespace) -> tuple["str | TinyGiantAudioReasoningPipeline | ChatEndpoint", dict]:
     """The pipeline (or its name) or the endpoint that answers, and the generation settings to pass."""
     generate_kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.server:

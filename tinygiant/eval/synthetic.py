@@ -9,6 +9,8 @@ the synthetic responses name the option by its text. There are no published figu
 is in the dataset's `summary.json`.
 """
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from tinygiant.eval.runner import Benchmark, Breakdown, Loaded, read_json_records
@@ -43,11 +45,11 @@ class Synthetic(Benchmark):
     breakdowns = (Breakdown("by_task", "task"),)
     plot_group = "by_task"
 
-    def check_arguments(self, parser, args):
+    def check_arguments(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.meta is None:
             parser.error(f"--meta is needed: the {META_FILE} that tinygiant.synthetic wrote")
 
-    def load(self, args, output_dir):
+    def load(self, args: argparse.Namespace, output_dir: Path) -> Loaded:
         return Loaded(load_meta(args.meta), Path(args.audio_dir or Path(args.meta).parent))
 
     def load_folder(self, data_dir: str | Path) -> Loaded:
@@ -58,7 +60,7 @@ class Synthetic(Benchmark):
 BENCHMARK = Synthetic()
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> dict:
     """`tinygiant eval synthetic`: answer the synthetic benchmark, score it and write the report."""
     return run_main(BENCHMARK, argv)
 
