@@ -134,6 +134,11 @@ def test_audio_reaches_generation_and_the_logprob_passes_and_silence_changes_the
     with trainer._carrying(carried):
         policy, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
     torch.testing.assert_close(policy[mask].detach(), logps["real"][mask])
+    # The rewards learn which completions were cut at the length limit: a cut one has no answer, as in evaluation.
+    right = [{"role": "assistant", "content": THINK + f"The answer is {rows[0]['answer']}."}]
+    eos = trainer.eos_token_ids[0]
+    rewards = trainer._calculate_rewards(rows, [row["prompt"] for row in rows], [right, right], [[5, eos], [5, 6]])
+    assert rewards[:, 0].tolist() == [1.0, 0.0] and rewards[:, 1].tolist() == [1.0, 0.0]  # accuracy, format
     # Outside a batch there is no audio to carry: a clear error, never a silent text-only pass.
     with pytest.raises(RuntimeError, match="needs the rows' audio"):
         trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
@@ -200,9 +205,11 @@ def test_accuracy_reward_uses_the_parser_and_the_official_match():
         THINK + "Either two or three.",                       # ambiguous: no pick
         "<think>\nI count three beeps",                       # never left the think block: no answer
         "",
+        THINK + "The answer is (c) three. The answer is",    # right, but cut at the length limit
     ]
-    rewards = accuracy_reward(completions, choices=[CHOICES] * 7, answer=["three"] * 7)
-    assert rewards == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    finished = [True] * 7 + [False]
+    rewards = accuracy_reward(completions, choices=[CHOICES] * 8, answer=["three"] * 8, finished=finished)
+    assert rewards == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_format_reward_needs_the_four_sections_closed_then_an_answer():
@@ -218,6 +225,7 @@ def test_format_reward_needs_the_four_sections_closed_then_an_answer():
     ]
     assert format_reward([good, [{"role": "assistant", "content": good}]]) == [1.0, 1.0]
     assert format_reward(bad) == [0.0] * len(bad)
+    assert format_reward([good, good], finished=[True, False]) == [1.0, 0.0]  # cut at the length limit
 
 
 def test_length_reward_prefers_a_short_think_block():

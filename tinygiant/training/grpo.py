@@ -202,6 +202,13 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
         fields = {name: value for name, value in self._audio.items() if name in ENCODED_AUDIO_INPUTS}
         return prompt_ids, None, {**fields, "instruction_mask": instruction_mask}
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Each completion's row (TRL hands row i's columns to completion i) says whether it ended before the length
+        # limit, so the rewards read a cut completion as the evaluation does: without an answer.
+        inputs = [{**row, "finished": bool(ids) and ids[-1] in self.eos_token_ids}
+                  for row, ids in zip(inputs, completion_ids_list, strict=True)]
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
     def _generate_single_turn(self, *args, **kwargs):
         with self._timed("generation"):
             return super()._generate_single_turn(*args, **kwargs)

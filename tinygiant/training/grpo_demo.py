@@ -36,6 +36,7 @@ N_HELDOUT = 200
 GRPO_PRESET = dict(
     tasks=["count_beeps"], max_steps=80, num_generations=8, per_device_train_batch_size=32,
     max_completion_length=160, learning_rate=1e-4, projector_learning_rate=3e-4, beta=0.01, temperature=1.0,
+    mask_truncated_completions=False,
 )
 STEP_PARTS = ("encoders", "generation", "logps_no_grad", "policy_forward", "backward", "optimizer")
 
@@ -60,7 +61,7 @@ def train_grpo(run_dir: Path, sft_dir: Path, rows: Path, preset: dict, seed: int
            "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true", "--system_prompt", "",
            "--lr_scheduler_type", "constant", "--feature_cache_dir", str(cache_dir)]
     for key in ("max_steps", "num_generations", "per_device_train_batch_size", "max_completion_length",
-                "learning_rate", "projector_learning_rate", "beta", "temperature"):
+                "learning_rate", "projector_learning_rate", "beta", "temperature", "mask_truncated_completions"):
         cmd += [f"--{key}", str(preset[key])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(run_dir.with_suffix(".log"), "w") as log:
@@ -119,11 +120,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-dir", default="runs/grpo")
     parser.add_argument("--seed", type=int, default=0, help="data, tiny model and SFT seed")
     parser.add_argument("--seeds", type=int, default=3, help="GRPO seeds")
+    parser.add_argument("--parallel", type=int, default=2, help="GRPO runs at a time (one core each)")
+    parser.add_argument("--tasks", nargs="+", default=GRPO_PRESET["tasks"], help="the tasks whose rows GRPO trains on")
     for key, value in GRPO_PRESET.items():
-        if key != "tasks":
+        if isinstance(value, bool):
+            parser.add_argument(f"--{key.replace('_', '-')}", action="store_true")
+        elif key != "tasks":
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
-    preset = {**GRPO_PRESET, **{k: getattr(args, k) for k in GRPO_PRESET if k != "tasks"}}
+    preset = {**GRPO_PRESET, **{k: getattr(args, k) for k in GRPO_PRESET}}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -149,20 +154,19 @@ def main(argv=None) -> dict:
     print(f"GRPO from the SFT model, {len(seeds)} seeds x {preset['max_steps']} steps on {rows.name} ...", flush=True)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(train_grpo, out / f"grpo-seed{seed}", sft_dir, rows, preset, seed, out / "feature_cache")
-                for seed in seeds]
-        for job in jobs:
-            job.result()
+    def scored(run_dir: Path) -> dict:
+        if not (run_dir / "eval" / "scores.json").is_file():
+            evaluate(run_dir, data_dir, run_dir / "eval")
+        return json.loads((run_dir / "eval" / "scores.json").read_text())
 
-    evals = {"sft": sft_dir}
-    evals.update({f"grpo-seed{seed}": out / f"grpo-seed{seed}" for seed in seeds})
-    scores = {}
-    for name, run_dir in evals.items():
-        eval_dir = run_dir / "eval"
-        if not (eval_dir / "scores.json").is_file():
-            evaluate(run_dir, data_dir, eval_dir)
-        scores[name] = json.loads((eval_dir / "scores.json").read_text())
+    # Two GRPO runs at a time, one per core; each model is scored as soon as it is there, on this thread.
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        jobs = {seed: pool.submit(train_grpo, out / f"grpo-seed{seed}", sft_dir, rows, preset, seed,
+                                  out / "feature_cache") for seed in seeds}
+        scores = {"sft": scored(sft_dir)}
+        for seed, job in jobs.items():
+            job.result()
+            scores[f"grpo-seed{seed}"] = scored(out / f"grpo-seed{seed}")
     accuracy = {name: scores[name]["overall"]["accuracy"] for name in scores}
 
     result = {"seeds": {}, "preset": preset, "sft_preset": PRESET, "n_heldout_items": scores["sft"]["overall"]["total"]}

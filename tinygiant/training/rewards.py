@@ -14,8 +14,9 @@ reward judges what users and benchmarks will see. Choices the issue leaves open:
 - the length term (`length_reward`) is 1.0 for a think block of at most `max_words` words, falling linearly to 0.0 at
   twice that (Ke-Omni-R keeps its think block near 50 words);
 - the judge reward grades only correct answers (as MMAR-Rubrics does: a wrong answer scores 0 without a call).
-A completion cut at the length limit is scored as written; `--mask_truncated_completions` drops such completions from
-the loss.
+A completion cut at the length limit (`finished` False: `TinyGiantGRPOTrainer` passes each completion's) has no answer,
+as the MMAR harness reads it (`parse_output`): it earns neither accuracy nor format. Scored as written instead, a policy
+that states the answer and never stops is rewarded in training and scores nothing in evaluation.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from parsing_tinygiant import parse_response
+from parsing_tinygiant import parse_output, parse_response
 from tinygiant.eval.runner import string_match
 
 # CoTA's think sections, in the order Audio-Reasoner writes them.
@@ -42,33 +43,41 @@ def completion_text(completion: str | list[dict]) -> str:
     return "".join(message["content"] or "" for message in completion if message.get("role") == "assistant")
 
 
-def picked_choice(completion: str | list[dict], choices: Sequence[str]) -> str | None:
-    """The option a completion picks, read by the shipped parser; None if it picks none (or is ambiguous)."""
-    return parse_response(completion_text(completion), list(choices))["choice"]
+def picked_choice(completion: str | list[dict], choices: Sequence[str], finished: bool = True) -> str | None:
+    """The option a completion picks, read by the shipped parser; None if it picks none (or is ambiguous), or was cut
+    at the length limit (`finished=False`)."""
+    return parse_output(completion_text(completion), list(choices), finished)["choice"]
 
 
-def accuracy_reward(completions: list, choices: list[Sequence[str]], answer: list[str], **kwargs) -> list[float]:
+def _finished(finished: list[bool] | None, n: int) -> list[bool]:
+    return [True] * n if finished is None else list(finished)
+
+
+def accuracy_reward(completions: list, choices: list[Sequence[str]], answer: list[str],
+                    finished: list[bool] | None = None, **kwargs) -> list[float]:
     """1.0 where the picked option passes the official MMAR/MMAU string match against `answer`, else 0.0."""
-    return [float(string_match(right, picked_choice(completion, options), options))
-            for completion, options, right in zip(completions, choices, answer, strict=True)]
+    return [float(string_match(right, picked_choice(completion, options, done), options))
+            for completion, options, right, done in zip(completions, choices, answer,
+                                                        _finished(finished, len(completions)), strict=True)]
 
 
-def think_sections(completion: str | list[dict]) -> dict[str, str] | None:
+def think_sections(completion: str | list[dict], finished: bool = True) -> dict[str, str] | None:
     """The four CoTA sections of a completion's closed think block, or None when the block is missing, unclosed, or
-    does not hold exactly those sections in order."""
-    parsed = parse_response(completion_text(completion))
+    does not hold exactly those sections in order, or the completion was cut at the length limit."""
+    parsed = parse_output(completion_text(completion), finished=finished)
     if parsed["thinking"] is None or parsed["answer"] is None:  # no think block, or one never closed
         return None
     match = _SECTIONS.match(parsed["thinking"])
     return None if match is None else {name: match[name.lower()].strip() for name in THINK_SECTIONS}
 
 
-def format_reward(completions: list, **kwargs) -> list[float]:
-    """1.0 for `<think>` + PLANNING, CAPTION, REASONING, SUMMARY (each non-empty) + `</think>` + an answer, else 0.0."""
+def format_reward(completions: list, finished: list[bool] | None = None, **kwargs) -> list[float]:
+    """1.0 for `<think>` + PLANNING, CAPTION, REASONING, SUMMARY (each non-empty) + `</think>` + an answer, ended
+    before the length limit; else 0.0."""
     rewards = []
-    for completion in completions:
-        sections = think_sections(completion)
-        answer = parse_response(completion_text(completion))["answer"]
+    for completion, done in zip(completions, _finished(finished, len(completions)), strict=True):
+        sections = think_sections(completion, done)
+        answer = parse_output(completion_text(completion), finished=done)["answer"]
         rewards.append(float(sections is not None and all(sections.values()) and bool(answer)))
     return rewards
 
@@ -79,10 +88,10 @@ def length_reward(max_words: int = 50) -> Callable[..., list[float]]:
     if max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words}")
 
-    def think_length_reward(completions: list, **kwargs) -> list[float]:
+    def think_length_reward(completions: list, finished: list[bool] | None = None, **kwargs) -> list[float]:
         rewards = []
-        for completion in completions:
-            parsed = parse_response(completion_text(completion))
+        for completion, done in zip(completions, _finished(finished, len(completions)), strict=True):
+            parsed = parse_output(completion_text(completion), finished=done)
             if parsed["thinking"] is None or parsed["answer"] is None:
                 rewards.append(0.0)
                 continue
@@ -128,16 +137,17 @@ class RubricJudgeReward:
         return hashlib.sha256(json.dumps([question, list(choices), completion]).encode()).hexdigest()
 
     def __call__(self, completions: list, question: list[str], choices: list[Sequence[str]], answer: list[str],
-                 rubric: list | None = None, **kwargs) -> list[float]:
+                 rubric: list | None = None, finished: list[bool] | None = None, **kwargs) -> list[float]:
         from tinygiant.eval.rubrics import judge_messages
         from tinygiant.files import JsonlAppender
 
         rewards = []
         with JsonlAppender(self.log_path) as log:
+            done = _finished(finished, len(completions))
             for index, (completion, q, options, right) in enumerate(zip(completions, question, choices, answer,
                                                                         strict=True)):
                 text = completion_text(completion)
-                picked = picked_choice(text, options)
+                picked = picked_choice(text, options, done[index])
                 if not string_match(right, picked, options):
                     rewards.append(0.0)
                     continue
