@@ -44,6 +44,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -80,6 +81,7 @@ DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "
 GRPO_MODULE = "tinygiant.training.grpo"
 GRPO_NEEDS = ("trl", "datasets", GRPO_MODULE)
 NEEDED_MODULES = ("transformers", "soundfile", "soxr")
+MIN_TRANSFORMERS = "5.24"  # pyproject's lower bound: the model's code uses transformers 5's API
 
 
 # ----------------------------------------------------------------------------- the device
@@ -131,7 +133,15 @@ def peak_memory(peak: dict) -> float:
 
 
 def missing_modules() -> list[str]:
-    return [name for name in NEEDED_MODULES if importlib.util.find_spec(name) is None]
+    """What the benchmark needs and this Python lacks, or has too old (the project's lower bounds)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    missing = [name for name in NEEDED_MODULES if importlib.util.find_spec(name) is None]
+    if "transformers" not in missing and Version(version("transformers")) < Version(MIN_TRANSFORMERS):
+        missing.append(f"transformers>={MIN_TRANSFORMERS}")
+    return missing
 
 
 # ----------------------------------------------------------------------------- the model
@@ -203,6 +213,8 @@ def step_sft(model, processor, device: Device, args) -> dict:
     batch = sft_batch(model, processor, args.batch, args.question_tokens, args.answer_tokens, args.clip_seconds,
                       device)
     optimizer = optimizer_for(model, device)
+    if device.is_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train_sft.py (paper: TF32)
     model.train()
 
     def step():
@@ -465,7 +477,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     missing = missing_modules()
     if missing:
-        raise SystemExit(f"benchmarks/gpu.py needs {', '.join(missing)} (pip install {' '.join(missing)})")
+        install = " ".join(map(shlex.quote, missing))
+        raise SystemExit(f"benchmarks/gpu.py needs {', '.join(missing)} (pip install {install})")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --quick for the CPU smoke run")
     if args.threads:

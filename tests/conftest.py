@@ -99,8 +99,8 @@ def chat(question, answer=None, reasoning=None, system=None):
 # Markers are given here, by one rule, so that a new test file is sorted without anyone listing it: a test is marked
 # by what the source of its function, of the fixtures it uses, and of its module's functions that those call names
 # (MARKS). `slow` (left out of the quick loop, `pytest -m "not slow"`) is what starts vLLM, a browser, another Python
-# process (its imports alone take seconds on 2 cores; two training processes and the demo among them), and the tests
-# listed in MEASURED_SLOW.
+# process (its imports alone take seconds on 2 cores; two training processes among them), the demo, an ONNX export,
+# llama.cpp or transformers' own suite (SLOW_MARKS), and the tests listed in MEASURED_SLOW.
 MARKS = {
     "vllm": re.compile(r'\b(VllmServer|vllm_executable|serve_command)\b|"--engine",\s*"vllm"'),
     "browser": re.compile(r"\bwebdriver\b"),
@@ -114,15 +114,21 @@ MARKS = {
 # transformers' own model tests (thousands of subtests).
 MODULE_MARKS = {"espeak": re.compile(r"\bspeech_available\("),
                 "transformers_suite": re.compile(r"class \w+\([^)]*\bModelTesterMixin\b")}
-SLOW_MARKS = {"vllm", "browser", "ddp", "demo", "subprocess", "onnx", "transformers_suite"}
+SLOW_MARKS = {"vllm", "browser", "ddp", "demo", "subprocess", "onnx", "transformers_suite", "llamacpp"}
 # Tests that start nothing above but took 4 s or more each in `pytest -m "not slow" --durations=0` on 2 shared cores
-# (about 2 s on 2 idle ones): generating with the pipeline or several models, training steps, int8 comparisons.
+# (about 2 s on 2 idle ones), or 3 s of CPU or more (user + system, with children): generating through the pipeline
+# or with several models, training steps, int8 comparisons.
 MEASURED_SLOW = {
     "test_ablation": ["test_protocol_resumes_and_writes_the_report"],
-    "test_chat": ["test_audio_cache_skips_the_encoders_and_keeps_greedy_tokens"],
+    "test_chat": ["test_audio_cache_skips_the_encoders_and_keeps_greedy_tokens",
+                  "test_pipeline_continues_a_conversation_and_reuses_the_clip"],
     "test_cli": ["test_ask_with_int8_weights_answers_like_the_full_precision_model"],
+    "test_conformance": ["test_activation_checkpointing_recomputes_the_language_model_and_keeps_the_gradients",
+                         "test_peft_prefix_tuning_changes_the_loss_and_trains",
+                         "test_trl_sft_trainer_trains_each_peft_method"],
     "test_deprecations": ["test_a_training_run_through_train_sft", "test_forward_generate_and_the_pipeline"],
     "test_fast_path": ["test_generate_with_static_cache_gives_the_plain_greedy_tokens",
+                       "test_int8_inference_never_dequantises_a_weight_to_read_it",
                        "test_load_int8_gives_the_model_quantise_after_load_gives",
                        "test_quantize_int8_replaces_linears_and_mostly_agrees_with_float",
                        "test_w8a8_model_agrees_with_float_and_generation_matches_its_fast_path"],
@@ -135,15 +141,15 @@ MEASURED_SLOW = {
     "test_grpo": ["test_audio_reaches_generation_and_the_logprob_passes_and_silence_changes_them",
                   "test_encoders_run_once_per_clip_per_step_and_the_feature_cache_skips_them",
                   "test_resumed_run_continues_from_its_checkpoint"],
-    "test_llamacpp": ["test_an_int8_model_exports_from_its_dequantised_weights",
-                      "test_generate_matches_pytorch_greedy_on_a_left_padded_batch",
-                      "test_the_context_grows_with_the_request_and_a_fixed_one_refuses_what_does_not_fit"],
+    "test_mmar_empty_choices": ["test_generation_answers_all_four"],
+    "test_mmar_generation": ["test_generation_scores_reports_and_score_only_agree"],
     "test_model": ["test_ablation_switches_skip_their_computation",
                    "test_audio_changes_the_output_and_the_instruction_matters",
                    "test_batched_generation_equals_one_by_one",
                    "test_expanded_generation_keeps_each_audio_with_its_sample", "test_forward_on_short_and_long_audio",
                    "test_gradients_reach_projector_and_llm_never_encoders"],
-    "test_pipeline": ["test_inputs_of_every_kind_give_the_same_answer",
+    "test_pipeline": ["test_finished_generation_is_parsed_and_streams",
+                      "test_inputs_of_every_kind_give_the_same_answer",
                       "test_int8_pipeline_answers_and_is_compared_with_float",
                       "test_w8a8_pipeline_quantises_activations_and_names_a_bad_mode"],
     "test_plain_trl_sft_trainer": ["test_sft_trainer_trains_projector_and_llm_not_encoders"],
@@ -151,11 +157,13 @@ MEASURED_SLOW = {
     "test_reliability": ["test_two_threads_on_one_pipeline_serialise_and_get_their_own_answers"],
     "test_rubrics": ["test_concurrency_and_qps_are_bounded",
                      "test_hand_computed_scores_every_grouping_retries_and_errors"],
-    "test_scene_probes": ["test_audio_embeddings_follow_the_question_only_with_the_intent_query"],
+    "test_scene_probes": ["test_audio_embeddings_follow_the_question_only_with_the_intent_query",
+                          "test_probe_reads_a_separable_label_and_not_noise"],
     "test_train_sft": ["test_feature_cache_dir_gives_the_same_losses_and_a_filled_cache_skips_the_encoders",
                        "test_lora_trains_adapters_and_projector_then_merges",
                        "test_save_adapter_keeps_the_lora_adapter_unmerged_beside_the_merged_checkpoint",
-                       "test_sft_steps_train_projector_and_llm_only", "test_two_learning_rates_are_separate_param_groups"],
+                       "test_sft_steps_train_projector_and_llm_only",
+                       "test_two_learning_rates_are_separate_param_groups"],
     "test_vllm": ["test_question_reaches_the_audio_embeddings"],
 }
 
