@@ -294,10 +294,8 @@ class TinyGiantOnnx:
         probs /= probs.sum()
         top_p = settings["top_p"]
         if top_p is not None and top_p < 1.0:
-            order = np.argsort(probs)  # ascending, as transformers' TopPLogitsWarper
-            cumulative = np.cumsum(probs[order])
-            removed = order[cumulative <= 1 - top_p]
-            probs[removed[: len(order) - 1]] = 0  # always keep the most likely token
+            order = np.argsort(probs)  # ascending, as transformers' TopPLogitsWarper; the most likely always stays
+            probs[order[np.cumsum(probs[order]) <= 1 - top_p]] = 0
         if settings["min_p"] is not None:
             probs = np.where(probs < settings["min_p"] * probs.max(), 0, probs)
         probs /= probs.sum()

@@ -230,3 +230,23 @@ def test_ask_onnx_on_the_command_line(exported, pipe, clips, capsys):
     assert code == 0
     expected = pipe(str(clips / "short.wav"), **QUESTION, **GREEDY)
     assert json.loads(capsys.readouterr().out) == expected
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 0.7, "top_k": 3, "top_p": None, "min_p": None},
+                                      {"temperature": 1.3, "top_k": None, "top_p": 0.8, "min_p": None},
+                                      {"temperature": 1.0, "top_k": 5, "top_p": 0.9, "min_p": 0.05}])
+def test_sampling_draws_from_what_transformers_warpers_keep(settings):
+    from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = np.random.default_rng(3).normal(size=40).astype(np.float32) * 2
+    warpers = [TemperatureLogitsWarper(settings["temperature"])]
+    warpers += [TopKLogitsWarper(settings["top_k"])] if settings["top_k"] else []
+    warpers += [TopPLogitsWarper(settings["top_p"])] if settings["top_p"] else []
+    warpers += [MinPLogitsWarper(settings["min_p"])] if settings["min_p"] else []
+    scores = torch.from_numpy(logits)[None]
+    for warper in warpers:
+        scores = warper(None, scores)
+    kept = set(torch.isfinite(scores[0]).nonzero()[:, 0].tolist())
+    rng = np.random.default_rng(0)
+    drawn = {TinyGiantOnnx.next_token(logits, {"do_sample": True, **settings}, rng) for _ in range(3000)}
+    assert drawn == kept and 1 < len(kept) < 40

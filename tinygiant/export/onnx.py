@@ -21,6 +21,7 @@ Choices the issue leaves open:
 
 import argparse
 import inspect
+import json
 import os
 import shutil
 import sys
@@ -56,8 +57,6 @@ def check_checkpoint(folder: Path) -> None:
         missing.append(" or ".join(WEIGHT_FILES))
     if missing:
         raise ValueError(f"{folder} is not a TinyGiant checkpoint: it lacks {', '.join(missing)}")
-    import json
-
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     if model_type != "tinygiant":
         raise ValueError(f"{folder} is not a TinyGiant checkpoint: its config.json has model_type {model_type!r}, "
