@@ -12,8 +12,13 @@ retries 429s, 5xx, timeouts and refused connections itself, with exponential bac
 """
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    import openai
 
 # Local servers ignore the key, but the client requires one.
 PLACEHOLDER_KEY = "unused"
@@ -23,7 +28,7 @@ class ServerError(RuntimeError):
     """A chat server that failed after the client's retries. `status` is the HTTP status, or None when no reply came;
     `server_message` is what the server said (or the client's reason)."""
 
-    def __init__(self, message: str, status: int | None = None, server_message: str = ""):
+    def __init__(self, message: str, status: int | None = None, server_message: str = "") -> None:
         super().__init__(message)
         self.status, self.server_message = status, server_message
 
@@ -34,7 +39,7 @@ class ServerError(RuntimeError):
 
 
 def openai_client(base_url: str | None = None, api_key: str | None = None, key_variable: str | None = None,
-                  timeout: float = 600.0, max_retries: int = 6, key_required: bool = False):
+                  timeout: float = 600.0, max_retries: int = 6, key_required: bool = False) -> "openai.OpenAI":
     """An `openai.OpenAI` client for `base_url` (None: OpenAI's, or `OPENAI_BASE_URL`).
 
     The key is `api_key`, else the environment variable `key_variable`, else a placeholder; with `key_required`
@@ -59,7 +64,7 @@ def url_hint(base_url: str) -> str:
     return f" (OpenAI-compatible servers serve under /v1: try {str(base_url).rstrip('/')}/v1)"
 
 
-def _message(error) -> str:
+def _message(error: Exception) -> str:
     body = getattr(error, "body", None)
     if isinstance(body, dict):
         inner = body.get("error") if isinstance(body.get("error"), dict) else body
@@ -69,7 +74,7 @@ def _message(error) -> str:
 
 
 @contextmanager
-def server_errors(client):
+def server_errors(client: "openai.OpenAI") -> Iterator[None]:
     """Turns the `openai` client's errors raised inside the block (the call, or iterating a stream) into
     `ServerError`s that name the server, the status and the server's message; a 404 from a URL without `/v1` gets the
     hint."""

@@ -94,7 +94,8 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
     preset = dict(demo.ABLATION_PRESET, num_audio_tokens=4)
     paths = ablation.run_protocol(out, data_dir, summary, preset, seeds=[0, 1])
     assert sorted(trained) == sorted(ablation.slug(v, s) for v in ablation.VARIANTS for s in (0, 1))
-    # The variants differ only in their switches; the seeds share the encoders (so the feature cache), not the projector.
+    # The variants differ only in their switches; the seeds share the encoders (so the feature cache), not the
+    # projector.
     configs = {name: json.loads((out / f"tiny-{name}" / "config.json").read_text()) for name in trained}
     assert not configs["vanilla-seed0"]["use_intent_query"] and configs["full-seed0"]["use_clap_gate"]
 
@@ -120,7 +121,8 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
                                              [(v, s) for s in (0, 1) for v in ablation.VARIANTS])
     saved = json.loads(partial["ablation.json"].read_text())
     assert list(saved["variants"]["w/o IQ"]["seeds"]) == ["0"] and saved["protocol"]["runs_scored"] == 7
-    assert saved["paired"]["Full - w/o IQ"]["seeds"] == ["0"] and saved["paired"]["Full - Vanilla"]["seeds"] == ["0", "1"]
+    assert saved["paired"]["Full - w/o IQ"]["seeds"] == ["0"]
+    assert saved["paired"]["Full - Vanilla"]["seeds"] == ["0", "1"]
     assert "7 of 8 runs scored (a partial protocol" in partial["ablation.md"].read_text()
     ablation.run_protocol(out, data_dir, summary, preset, seeds=[0, 1])
     assert trained == [ablation.slug("w/o IQ", 1)]

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tinygiant.files import leftover_partials, read_jsonl_log, replacing, write_json_atomic, write_text_atomic
 from tinygiant.eval.stats import bootstrap_interval
+from tinygiant.files import leftover_partials, read_jsonl_log, replacing, write_json_atomic, write_text_atomic
 
 
 def test_an_atomic_write_replaces_the_file_or_leaves_it_as_it_was(tmp_path):

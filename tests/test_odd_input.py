@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from conftest import tone
+
 from parsing_tinygiant import format_question
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
 from processing_tinygiant import load_audio

@@ -4,8 +4,8 @@ They pass with and without espeak-ng: without it the speech task is dropped and 
 """
 
 import hashlib
-import os
 import json
+import os
 import re
 import subprocess
 import sys

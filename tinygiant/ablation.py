@@ -23,13 +23,15 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tinygiant.files import replacing, write_json_atomic, write_text_atomic
 from tinygiant.eval.stats import bootstrap_interval, mcnemar_exact
+from tinygiant.files import replacing, write_json_atomic, write_text_atomic
 from tinygiant.toy_training import evaluate, train
 
 # The paper's Table 3 variants, in its order.
@@ -48,14 +50,14 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
-def slug(variant, seed):
+def slug(variant: str, seed: int) -> str:
     return f"{variant.lower().replace('/', '').replace(' ', '-')}-seed{seed}"
 
 
 # ----------------------------------------------------------------------------- statistics
 
 
-def t_interval(values):
+def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, list[float]]:
     """Mean of `values` with its t-based 95 % interval; [mean, mean] for a single value."""
     values = np.asarray(values, dtype=float)
     mean = float(values.mean())
@@ -66,7 +68,7 @@ def t_interval(values):
     return mean, [mean - half, mean + half]
 
 
-def above_chance_p(n_correct, n_items, chance):
+def above_chance_p(n_correct: int, n_items: int, chance: float) -> float:
     """One-sided exact binomial p-value of `n_correct` or more right out of `n_items` if each were right with
     probability `chance`: whether one run reads the audio at all (a run that ignores it answers each question with
     one fixed option and scores exactly chance on balanced items)."""
@@ -74,7 +76,8 @@ def above_chance_p(n_correct, n_items, chance):
                      for k in range(n_correct, n_items + 1)))
 
 
-def summarise(correct, tasks, seed=0, chance=None):
+def summarise(correct: dict[str, dict[int, dict[str, bool]]], tasks: dict[str, str], seed: int = 0,
+              chance: float | None = None) -> dict:
     """The ablation summary (the format of `ablation.json`) from per-run item outcomes.
 
     `correct[variant][seed]` maps held-out item id -> bool; `tasks` maps item id -> task name. Accuracies are in %.
@@ -85,14 +88,16 @@ def summarise(correct, tasks, seed=0, chance=None):
     items = sorted(tasks)
     task_names = sorted(set(tasks.values()), key=list(tasks.values()).index)
 
-    def matrix(variant, seeds=None):  # (seeds, items) of 0/1
+    def matrix(variant: str, seeds: Iterable[int] | None = None) -> np.ndarray:  # (seeds, items) of 0/1
         runs = correct[variant]
-        return np.array([[runs[s][i] for i in items] for s in sorted(runs if seeds is None else seeds)], dtype=float)
+        return np.array([[runs[s][i] for i in items] for s in sorted(runs if seeds is None else seeds)],
+                        dtype=float)
 
-    def subset(task):
+    def subset(task: str | None) -> np.ndarray:
         return np.array([task is None or tasks[i] == task for i in items])
 
-    def percent_interval(per_item):  # bootstrap over items, in %; all draws from the one `rng`, in order
+    # Bootstrap over items, in %; all draws from the one `rng`, in order.
+    def percent_interval(per_item: np.ndarray) -> list[float]:
         return [100 * v for v in bootstrap_interval(per_item, BOOTSTRAP_SAMPLES, rng)]
 
     summary = {"variants": {}, "paired": {}}
@@ -143,16 +148,16 @@ def summarise(correct, tasks, seed=0, chance=None):
 # ----------------------------------------------------------------------------- report
 
 
-def _accuracy_range(ci):
+def _accuracy_range(ci: Sequence[float]) -> list[float]:
     """A t-interval over 3 seeds of a bimodal accuracy can reach past 0 or 100 %; accuracies cannot."""
     return [max(0.0, ci[0]), min(100.0, ci[1])]
 
 
-def _interval(ci):
+def _interval(ci: Sequence[float]) -> str:
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def write_report(summary, out_dir, chance, meta):
+def write_report(summary: dict, out_dir: str | Path, chance: dict[str, float], meta: dict[str, Any]) -> dict[str, Path]:
     """Write `ablation.json`, `ablation.md` and `ablation.png` into `out_dir` (each atomically); returns their paths.
 
     `chance` maps each task to its chance accuracy (a fraction); `meta` describes the run (preset, seeds, time)."""
@@ -171,10 +176,11 @@ def write_report(summary, out_dir, chance, meta):
         + ("" if meta["runs_scored"] == meta["runs_planned"] else " (a partial protocol: the intervals cover the seeds "
            "each variant has)") + ". "
         f"Variants x seeds, each trained on the same {meta['n_train_rows']} rows and scored "
-        f"through the synthetic benchmark on the same {meta['n_items']} held-out items ({meta['n_heldout_clips']} clips, "
-        f"{len(tasks)} questions each); N = {meta['preset']['num_audio_tokens']} audio tokens, "
-        f"{meta['steps_per_run']} optimizer steps per run. Training and scoring took {meta['run_seconds_total'] / 60:.0f} "
-        f"min of run time in all, two runs at a time ({meta['runs_trained']} runs trained in the last invocation, "
+        f"through the synthetic benchmark on the same {meta['n_items']} held-out items "
+        f"({meta['n_heldout_clips']} clips, {len(tasks)} questions each); N = {meta['preset']['num_audio_tokens']} "
+        f"audio tokens, {meta['steps_per_run']} optimizer steps per run. Training and scoring took "
+        f"{meta['run_seconds_total'] / 60:.0f} min of run time in all, two runs at a time ({meta['runs_trained']} runs "
+        f"trained in the last invocation, "
         f"{meta['wall_seconds'] / 60:.1f} min wall time).",
         "",
     ]
@@ -216,7 +222,7 @@ def write_report(summary, out_dir, chance, meta):
     return {name: out / name for name in ("ablation.json", "ablation.md", "ablation.png")}
 
 
-def plot(summary, chance, chance_overall, path):
+def plot(summary: dict, chance: dict[str, float], chance_overall: float, path: str | Path) -> None:
     """Grouped bars per task: each variant's mean with its seed-level interval, seeds as dots, chance as a tick; and
     beside them, in the same colours, the paper's Table 3 (MMAR overall accuracy)."""
     import matplotlib
@@ -246,7 +252,8 @@ def plot(summary, chance, chance_overall, path):
         ax.hlines(level, i - 0.45, i + 0.45, colors="grey", linestyles="dashed")
     ax.set_xticks(np.arange(len(tasks)), [t.replace("scene_", "") for t in tasks])
     ax.set(ylabel="held-out accuracy %", ylim=(0, 105),
-           title="Table 3 variants on the scene benchmark (mean, 95 % t-interval over seeds, dots = seeds, dashes = chance)")
+           title="Table 3 variants on the scene benchmark (mean, 95 % t-interval over seeds, dots = seeds, "
+                 "dashes = chance)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, ncols=len(variants), loc="lower right")
     paper = PAPER_MMAR["ablation"]
@@ -265,18 +272,19 @@ def plot(summary, chance, chance_overall, path):
 # ----------------------------------------------------------------------------- protocol
 
 
-def item_outcomes(scores_path):
+def item_outcomes(scores_path: str | Path) -> dict[str, bool]:
     """`{item id: correct}` from a run's `scores.json` (the evaluation runner's)."""
     scores = json.loads(Path(scores_path).read_text())
     return {item["id"]: item["status"] == "correct" for item in scores["items"]}
 
 
-def finished(report_dir, variant, seed):
+def finished(report_dir: Path, variant: str, seed: int) -> bool:
     """Whether that run is trained and scored: its `run.json` is written last."""
     return (report_dir / slug(variant, seed) / "run.json").is_file()
 
 
-def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
+def run_protocol(out: Path, data_dir: Path, summary: dict, preset: dict[str, Any], seeds: Sequence[int],
+                 parts_seed: int = 0) -> dict[str, Path]:
     """Train and score every variant x seed not yet scored, two at a time; then write the report into
     `out / "ablation"`. Returns the report's paths."""
     from transformers.utils import logging as transformers_logging
@@ -301,12 +309,12 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
             transformers_logging.enable_progress_bar()
     evaluating, done, lock = threading.Lock(), [], threading.Lock()
 
-    def report():
+    def report() -> dict[str, Path]:
         """The report over the runs scored so far (all of them once the protocol is through)."""
         return write_protocol_report(out, data_dir, summary, preset, runs, runs_trained=len(done),
                                      wall_seconds=time.time() - t0)
 
-    def one_run(v, s):
+    def one_run(v: str, s: int) -> None:
         name, started = slug(v, s), time.time()
         train(out / name, out / f"tiny-{name}", data_dir / "train.jsonl", preset, seed=s, name=name)
         with evaluating:  # pipeline loading is not thread-safe; the other run keeps training meanwhile
@@ -326,7 +334,9 @@ def run_protocol(out, data_dir, summary, preset, seeds, parts_seed=0):
     return report()
 
 
-def write_protocol_report(out, data_dir, summary, preset, runs, runs_trained=0, wall_seconds=0.0):
+def write_protocol_report(out: Path, data_dir: Path, summary: dict, preset: dict[str, Any],
+                          runs: Sequence[tuple[str, int]], runs_trained: int = 0,
+                          wall_seconds: float = 0.0) -> dict[str, Path]:
     """Summarise the `(variant, seed)` runs of `runs` that have scores under `out / "ablation"` and write the report
     there; returns its paths."""
     report_dir = out / "ablation"

@@ -7,12 +7,16 @@ The parts keep their weights; the projector starts random. `tinygiant.tiny_check
 miniature parts saved in the same Hub formats, so tests exercise the real path offline.
 """
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     ClapAudioModelWithProjection,
     ClapFeatureExtractor,
+    PreTrainedModel,
     WhisperFeatureExtractor,
     WhisperModel,
 )
@@ -28,7 +32,8 @@ CLAP = "laion/larger_clap_general"
 LLM = "Qwen/Qwen3-0.6B"
 
 
-def build_processor(whisper=WHISPER, htsat=HTSAT, llm=LLM, **kwargs):
+def build_processor(whisper: str | Path = WHISPER, htsat: str | Path = HTSAT, llm: str | Path = LLM,
+                    **kwargs: Any) -> TinyGiantProcessor:
     """The processor from the parts' own preprocessing files, with the `<audio>` token added to the tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(llm)
     tokenizer.add_special_tokens({"additional_special_tokens": [kwargs.get("audio_token", "<audio>")]})
@@ -39,7 +44,9 @@ def build_processor(whisper=WHISPER, htsat=HTSAT, llm=LLM, **kwargs):
     )
 
 
-def from_components(whisper=WHISPER, htsat=HTSAT, clap=CLAP, llm=LLM, dtype=None, **config_kwargs):
+def from_components(whisper: str | Path = WHISPER, htsat: str | Path = HTSAT, clap: str | Path = CLAP,
+                    llm: str | Path = LLM, dtype: torch.dtype | str | None = None,
+                    **config_kwargs: Any) -> tuple[TinyGiantForConditionalGeneration, TinyGiantProcessor]:
     """Build `(model, processor)` from the pretrained parts.
 
     Loads the Whisper encoder, both HTS-AT audio towers and the LLM with their weights, builds the matching processor
@@ -79,7 +86,8 @@ def from_components(whisper=WHISPER, htsat=HTSAT, clap=CLAP, llm=LLM, dtype=None
     return model, processor
 
 
-def load_part(model_class, name_or_path, dtype):
+def load_part(model_class: type[PreTrainedModel] | type[AutoModelForCausalLM], name_or_path: str | Path,
+              dtype: torch.dtype | str | None) -> PreTrainedModel:
     """Load one pretrained part; every weight it needs must be in the checkpoint (others, such as CLAP's text
     tower, are skipped quietly)."""
     verbosity = logging.get_verbosity()

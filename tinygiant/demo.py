@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tinygiant.toy_training import GENERATE, evaluate, train_in_parallel
@@ -44,13 +45,13 @@ PRESET = dict(n_train=1600, n_heldout=100, num_audio_tokens=32, epochs=10, batch
 ABLATION_PRESET = dict(PRESET, n_train=800, n_heldout=40, num_audio_tokens=8, epochs=4)
 
 
-def per_task(scores, chance):
+def per_task(scores: dict, chance: dict[str, float]) -> dict[str, dict]:
     """The benchmark's task cells that hold items, each with its chance accuracy in % (`chance`: the dataset summary's
     per-task fractions)."""
     return {task: {**cell, "chance": 100 * chance[task]} for task, cell in scores["by_task"].items() if cell["total"]}
 
 
-def compare_with_control(out):
+def compare_with_control(out: Path) -> dict:
     """The trained model against its silent control on the same items (`tinygiant eval compare`): writes
     `compare.md` and `compare.json` into `out / "compare"`, prints the overall line and returns the overall cell."""
     from tinygiant.eval.compare import compare_runs, markdown
@@ -67,7 +68,7 @@ def compare_with_control(out):
     return c
 
 
-def plot_losses(histories, path):
+def plot_losses(histories: dict[str, list[dict]], path: str | Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +85,7 @@ def plot_losses(histories, path):
     plt.close(fig)
 
 
-def ask_pipeline(model_dir, seed):
+def ask_pipeline(model_dir: str | Path, seed: int) -> dict:
     """One fresh clip through `pipeline("audio-reasoning")`."""
     from pipeline_tinygiant import load_pipeline
     from tinygiant.synthetic import generate_clip
@@ -98,7 +99,7 @@ def ask_pipeline(model_dir, seed):
     return {"question": clip.question, "choices": clip.choices, "true_answer": clip.answer, **out}
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--grpo" in argv:  # its own protocol and options
         from tinygiant.training.grpo_demo import main as grpo_main
@@ -132,7 +133,8 @@ def main(argv=None):
         from tinygiant.ablation import run_protocol
         from tinygiant.synthetic import make_scene_dataset
 
-        summary = make_scene_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"], seed=args.seed)
+        summary = make_scene_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"],
+                                     seed=args.seed)
         paths = run_protocol(out, data_dir, summary, preset, seeds=range(args.seed, args.seed + args.seeds),
                              parts_seed=args.seed)
         print(f"wrote {', '.join(map(str, paths.values()))} in {time.time() - t0:.0f} s")
@@ -144,8 +146,9 @@ def main(argv=None):
     steps = preset["epochs"] * -(-preset["n_train"] // preset["batch_size"])
     print(f"data and tiny model ready ({time.time() - t0:.0f} s); training {' and '.join(runs)} for {steps} steps "
           f"each on {preset['n_train']} rows ...", flush=True)
-    histories = train_in_parallel({name: dict(run_dir=out / name, model_dir=tiny_dir, data_file=data_dir / "train.jsonl",
-                                              preset=preset, zero_audio=zero_audio, seed=args.seed)
+    histories = train_in_parallel({name: dict(run_dir=out / name, model_dir=tiny_dir,
+                                              data_file=data_dir / "train.jsonl", preset=preset,
+                                              zero_audio=zero_audio, seed=args.seed)
                                    for name, zero_audio in runs.items()})
 
     metrics = {"preset": preset, "chance": summary["heldout_chance_accuracy"]}

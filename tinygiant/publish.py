@@ -17,6 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
+from transformers import PreTrainedModel, ProcessorMixin
 
 from pipeline_tinygiant import TASK
 from tinygiant.files import leftover_partials, partial_path
@@ -61,7 +62,8 @@ BASE_MODELS = [
 REPO_ID_PLACEHOLDER = "your-username/tinygiant"
 
 
-def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=None):
+def save_checkpoint(model: PreTrainedModel, processor: ProcessorMixin, out_dir: str | Path,
+                    training_summary: dict | str | None = None, repo_id: str | None = None) -> Path:
     """Write `model` and `processor` as a complete Hub repo folder in `out_dir`; returns its `Path`.
 
     The folder is written beside `out_dir` first and only then moved into place, so a save killed halfway never
@@ -93,7 +95,8 @@ def save_checkpoint(model, processor, out_dir, training_summary=None, repo_id=No
     return out
 
 
-def complete_folder(folder, training_summary=None, repo_id=None, model=None):
+def complete_folder(folder: str | Path, training_summary: dict | str | None = None, repo_id: str | None = None,
+                    model: PreTrainedModel | None = None) -> Path:
     """Make a saved model + processor folder a complete Hub repo: the pipeline's `custom_pipelines` entry in
     `config.json`, the remote-code files the model and processor did not copy themselves, and the model card."""
     folder = Path(folder)
@@ -111,12 +114,12 @@ def complete_folder(folder, training_summary=None, repo_id=None, model=None):
     return folder
 
 
-def missing_files(folder):
+def missing_files(folder: str | Path) -> list[str]:
     """The files a complete TinyGiant Hub folder must have that `folder` lacks."""
     return [name for name in REQUIRED_FILES if not (Path(folder) / name).is_file()]
 
 
-def push_to_hub(out_dir, repo_id, token=None, private=None):
+def push_to_hub(out_dir: str | Path, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
     """Upload the folder written by `save_checkpoint` to the model repo `repo_id` (created if needed); returns its URL.
 
     The folder is uploaded as it is and never modified (pass `repo_id` to `save_checkpoint` for the card's snippet).
@@ -140,7 +143,8 @@ def push_to_hub(out_dir, repo_id, token=None, private=None):
     return str(url)
 
 
-def model_card(config, repo_id=None, training_summary=None, num_parameters=None):
+def model_card(config: dict, repo_id: str | None = None, training_summary: dict | str | None = None,
+               num_parameters: int | None = None) -> ModelCard:
     """The model card of a checkpoint with this `config.json` content: Hub metadata (YAML) and usage."""
     repo_id = repo_id or REPO_ID_PLACEHOLDER
     data = ModelCardData(
@@ -231,7 +235,7 @@ the training data (Audio-Reasoner-CoTA) before commercial use.
     return ModelCard(text)
 
 
-def _render_summary(summary):
+def _render_summary(summary: dict | str) -> str:
     if isinstance(summary, str):
         return summary.strip()
     rows = [f"| {key} | {json.dumps(value) if isinstance(value, (dict, list)) else value} |"
@@ -239,7 +243,7 @@ def _render_summary(summary):
     return "\n".join(["| | |", "|---|---|", *rows])
 
 
-def _module_file(file_name):
+def _module_file(file_name: str) -> str:
     """The path of this installation's copy of a TinyGiant module."""
     spec = importlib.util.find_spec(file_name.removesuffix(".py"))
     if spec is None or spec.origin is None:

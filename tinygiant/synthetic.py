@@ -21,7 +21,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -69,9 +71,9 @@ class Clip:
     sampling_rate: int
     task: str
     question: str
-    choices: list | None  # None for an open question
+    choices: list[str] | None  # None for an open question
     answer: str  # the correct choice's text, or the open answer
-    sections: dict  # PLANNING, CAPTION, REASONING, SUMMARY, RESPONSE: one sentence each
+    sections: dict[str, str]  # PLANNING, CAPTION, REASONING, SUMMARY, RESPONSE: one sentence each
 
 
 # ----------------------------------------------------------------------------- sound building blocks
@@ -108,7 +110,7 @@ def _place(canvas, sound, start, sr):
     canvas[i:i + len(sound)] += sound[:len(canvas) - i]
 
 
-def speech_available():
+def speech_available() -> bool:
     """True when `espeak-ng` is on PATH, which the is_there_speech task needs."""
     return shutil.which("espeak-ng") is not None
 
@@ -149,9 +151,10 @@ def _make_clip(rng, task, wave, sr, multiple_choice, answer, question, open_ques
                reasoning, summary, open_response):
     """Assemble a Clip; multiple-choice rows get shuffled options and a "The answer is <option text>." response.
 
-    The response names the option by its text, not its letter: the benchmarks' token rule scores the option's text, and reading the letter
-    off the shuffled list is a text skill that the demo's 2-layer LLM does not pick up in its ~2000 steps (measured
-    with "(b) the first" targets: the option text right on 81 % of held-out questions, the letter on 40 %).
+    The response names the option by its text, not its letter: the benchmarks' token rule scores the option's text,
+    and reading the letter off the shuffled list is a text skill that the demo's 2-layer LLM does not pick up in its
+    ~2000 steps (measured with "(b) the first" targets: the option text right on 81 % of held-out questions, the
+    letter on 40 %).
     """
     if multiple_choice:
         options = TASK_OPTIONS[task]
@@ -168,7 +171,8 @@ def _make_clip(rng, task, wave, sr, multiple_choice, answer, question, open_ques
 COUNT_SECONDS = 2.5
 
 
-def count_beeps(rng, sampling_rate, multiple_choice=True, answer=None):
+def count_beeps(rng: np.random.Generator, sampling_rate: int, multiple_choice: bool = True,
+                answer: str | None = None) -> Clip:
     """One to four identical short beeps (about 1 kHz, 120 ms) separated by silence, in a 2.5 s clip: how many?
 
     Why every clip has the same length: the encoders' frames are average-pooled to N steps, and what survives pooling
@@ -205,7 +209,8 @@ def count_beeps(rng, sampling_rate, multiple_choice=True, answer=None):
     )
 
 
-def higher_tone(rng, sampling_rate, multiple_choice=True, answer=None):
+def higher_tone(rng: np.random.Generator, sampling_rate: int, multiple_choice: bool = True,
+                answer: str | None = None) -> Clip:
     """A low tone (250-400 Hz) and a high tone (1.2-2 kHz), one after the other: which is higher?"""
     answer = _pick(rng, "higher_tone", answer)
     sr = sampling_rate
@@ -230,7 +235,8 @@ def higher_tone(rng, sampling_rate, multiple_choice=True, answer=None):
     )
 
 
-def what_came_first(rng, sampling_rate, multiple_choice=True, answer=None):
+def what_came_first(rng: np.random.Generator, sampling_rate: int, multiple_choice: bool = True,
+                    answer: str | None = None) -> Clip:
     """A steady tone and a white-noise burst in random order: which came first?"""
     answer = _pick(rng, "what_came_first", answer)
     sr = sampling_rate
@@ -257,7 +263,8 @@ def what_came_first(rng, sampling_rate, multiple_choice=True, answer=None):
     )
 
 
-def chord_or_note(rng, sampling_rate, multiple_choice=True, answer=None):
+def chord_or_note(rng: np.random.Generator, sampling_rate: int, multiple_choice: bool = True,
+                  answer: str | None = None) -> Clip:
     """One sustained sine note, or a three-note major or minor triad of the same loudness."""
     answer = _pick(rng, "chord_or_note", answer)
     sr = sampling_rate
@@ -284,7 +291,8 @@ def chord_or_note(rng, sampling_rate, multiple_choice=True, answer=None):
     )
 
 
-def is_there_speech(rng, sampling_rate, multiple_choice=True, answer=None):
+def is_there_speech(rng: np.random.Generator, sampling_rate: int, multiple_choice: bool = True,
+                    answer: str | None = None) -> Clip:
     """A short espeak-ng sentence (sometimes followed by a beep), or two to four tones and no voice."""
     answer = _pick(rng, "is_there_speech", answer)
     sr = sampling_rate
@@ -334,7 +342,7 @@ TASKS = {
 }
 
 
-def available_tasks():
+def available_tasks() -> list[str]:
     """The task names this machine can generate (is_there_speech needs espeak-ng)."""
     return [t for t in TASKS if t != "is_there_speech" or speech_available()]
 
@@ -358,12 +366,13 @@ def _background(rng, seconds, sr, colour):
     return rng.uniform(0.02, 0.03) * noise / noise.std()
 
 
-def scene_tasks():
+def scene_tasks() -> list[str]:
     """The scene questions this machine can generate (scene_speech needs espeak-ng)."""
     return [t for t in SCENE_TASKS if t != "scene_speech" or speech_available()]
 
 
-def scene(rng, sampling_rate, answers):
+def scene(rng: np.random.Generator, sampling_rate: int,
+          answers: dict[str, str]) -> tuple[np.ndarray, dict[str, Clip]]:
     """One 4 s clip holding four independent parts, and the clips of the five questions asked about it.
 
     Layout: block 0 and block 1 (1 s each, in random order) hold a beep train (one to four 80 ms beeps near 3 kHz)
@@ -412,7 +421,8 @@ def scene(rng, sampling_rate, answers):
         "scene_higher": dict(
             question="Which of the two tones is higher in pitch?",
             planning="I will compare the pitch of the two longer tones and ignore the beeps.",
-            caption="A low tone is followed by a high tone." if high_second else "A high tone is followed by a low tone.",
+            caption="A low tone is followed by a high tone." if high_second
+            else "A high tone is followed by a low tone.",
             reasoning=f"The {word} tone has a much higher frequency than the {other} one.",
             summary=f"The {word} tone is the higher one."),
         "scene_order": dict(
@@ -434,7 +444,8 @@ def scene(rng, sampling_rate, answers):
         "scene_background": dict(
             question="What does the background noise sound like?",
             planning="I will listen to the steady noise under the whole clip and ignore the short sounds.",
-            caption="A bright hiss runs under the whole clip." if bright else "A deep rumble runs under the whole clip.",
+            caption="A bright hiss runs under the whole clip." if bright
+            else "A deep rumble runs under the whole clip.",
             reasoning="The background energy sits in the high frequencies, like a hiss." if bright
             else "The background energy sits in the low frequencies, like a rumble.",
             summary=f"The background is {answers['scene_background']}."),
@@ -458,7 +469,7 @@ def _scene_plan(tasks, n_clips, rng):
     return plan
 
 
-def make_scene_dataset(out_dir, n_train=320, n_heldout=40, seed=0):
+def make_scene_dataset(out_dir: str | Path, n_train: int = 320, n_heldout: int = 40, seed: int = 0) -> dict:
     """The scene benchmark, in the same files as `make_synthetic_dataset`: `n_train` and `n_heldout` scene clips,
     each asked all of `scene_tasks()` (so a split has clips x questions rows, all multiple choice); returns the same
     summary."""
@@ -485,7 +496,7 @@ def make_scene_dataset(out_dir, n_train=320, n_heldout=40, seed=0):
 # ----------------------------------------------------------------------------- rows and files
 
 
-def generate_clip(task=None, seed=None, multiple_choice=True):
+def generate_clip(task: str | None = None, seed: int | None = None, multiple_choice: bool = True) -> Clip:
     """A fresh clip for demos: `task` by name, or a random available task if None."""
     rng = np.random.default_rng(seed)
     if task is None:
@@ -497,13 +508,13 @@ def generate_clip(task=None, seed=None, multiple_choice=True):
     return TASKS[task](rng, SAMPLING_RATE, multiple_choice=multiple_choice)
 
 
-def format_assistant(sections):
+def format_assistant(sections: dict[str, str]) -> str:
     """CoTA's assistant markup: <THINK> with the four sections, then <RESPONSE>."""
     think = "".join(f"<{name}>\n{sections[name]}</{name}>\n" for name in THINK_SECTIONS)
     return f"<THINK>\n{think}</THINK>\n<RESPONSE>\n{sections['RESPONSE']}</RESPONSE>"
 
 
-def to_cota_row(clip, row_id, audio_path):
+def to_cota_row(clip: Clip, row_id: str, audio_path: str) -> dict:
     """The CoTA-style row for `clip`, whose audio is stored at `audio_path` (relative to the jsonl)."""
     return {
         "id": row_id,
@@ -517,7 +528,7 @@ def to_cota_row(clip, row_id, audio_path):
     }
 
 
-def to_eval_row(row):
+def to_eval_row(row: dict) -> dict:
     """A multiple-choice CoTA row as an item of the synthetic benchmark (audio path relative to the meta file)."""
     return {key: row[key] for key in ("id", "question", "choices", "answer", "task")} | {"audio_path": row["audio"]}
 
@@ -548,7 +559,8 @@ def _write_jsonl(path, rows):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def make_synthetic_dataset(out_dir, n_train=400, n_heldout=100, seed=0, tasks=None):
+def make_synthetic_dataset(out_dir: str | Path, n_train: int = 400, n_heldout: int = 100, seed: int = 0,
+                           tasks: Iterable[str] | None = None) -> dict:
     """Write the dataset to `out_dir` and return its summary, plus the written files under "paths".
 
     Files: `audio/<id>.wav` (16-bit PCM, 44.1 kHz, mono), `train.jsonl` and `heldout.jsonl` (CoTA rows),
@@ -627,7 +639,7 @@ def _write_dataset(out_dir, splits, tasks, dropped, seed):
     return {**summary, "paths": {k: os.path.abspath(os.path.join(out_dir, v)) for k, v in files.items()}}
 
 
-def main():
+def main() -> None:
     """Command line: write the dataset and print its summary."""
     parser = argparse.ArgumentParser(description="Write TinyGiant's offline synthetic audio-reasoning data.")
     parser.add_argument("out_dir")

@@ -11,7 +11,9 @@ complete checkpoint folder (`tinygiant.publish.save_checkpoint`). Tests, demos a
 import argparse
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -27,6 +29,8 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
+from modeling_tinygiant import TinyGiantForConditionalGeneration
+from processing_tinygiant import TinyGiantProcessor
 from tinygiant.assemble import from_components
 from tinygiant.publish import save_checkpoint
 
@@ -44,7 +48,7 @@ passes, music plays, a man and a woman talk, birds sing, rain falls, a bell ring
 """
 
 
-def train_tokenizer(vocab_size=512):
+def train_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Qwen3's chat tokens, trained on a small fixed corpus (deterministic)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -60,7 +64,7 @@ def train_tokenizer(vocab_size=512):
     return fast
 
 
-def save_tiny_components(out_dir, seed=0):
+def save_tiny_components(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
     """Write tiny Whisper, HTS-AT (tiny and "base") CLAP and Qwen3 parts to `out_dir`; returns their paths."""
     torch.manual_seed(seed)
     out = Path(out_dir)
@@ -104,7 +108,8 @@ def save_tiny_components(out_dir, seed=0):
 TINY_PROJECTOR = dict(projector_heads=4, cgmlp_dim=96, ffn_dim=128)
 
 
-def write_tiny_checkpoint(out_dir, seed=0, projector_seed=None, **config_kwargs):
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, projector_seed: int | None = None,
+                          **config_kwargs: Any) -> tuple[TinyGiantForConditionalGeneration, TinyGiantProcessor]:
     """Assemble a tiny TinyGiant from tiny parts and save it with its processor; returns `(model, processor)`.
 
     `seed` draws the four "pretrained" parts, `projector_seed` (default: `seed`) the projector's initial weights, so
@@ -119,7 +124,7 @@ def write_tiny_checkpoint(out_dir, seed=0, projector_seed=None, **config_kwargs)
     return model, processor
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tinygiant tiny-checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)

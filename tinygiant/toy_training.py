@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "train_sft.py"
@@ -17,7 +18,8 @@ PROGRESS_EVERY_S = 20  # a progress line per run at most this often (train_sft p
 GENERATE = {"max_new_tokens": 256, "system_prompt": None}
 
 
-def train(run_dir, model_dir, data_file, preset, zero_audio=False, seed=0, name=None):
+def train(run_dir: Path, model_dir: str | Path, data_file: str | Path, preset: dict[str, Any],
+          zero_audio: bool = False, seed: int = 0, name: str | None = None) -> list[dict]:
     """One `train_sft.py` run in a subprocess (one torch thread: faster than two for a model this small); returns its
     log history. Its output goes to `<run_dir>.log`, and a progress line (step, loss, ETA) to stdout now and then.
     The runs of one demo share a feature cache, so each clip goes through the frozen encoders once."""
@@ -52,7 +54,7 @@ def train(run_dir, model_dir, data_file, preset, zero_audio=False, seed=0, name=
         return [json.loads(line) for line in f]
 
 
-def train_in_parallel(jobs):
+def train_in_parallel(jobs: dict[str, dict[str, Any]]) -> dict[str, list[dict]]:
     """Run `train(**job)` for each named job, two at a time (one per core); returns `{name: log history}`."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -61,7 +63,7 @@ def train_in_parallel(jobs):
         return {name: future.result() for name, future in futures.items()}
 
 
-def evaluate(run_dir, data_dir, out_dir, zero_audio=False):
+def evaluate(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, zero_audio: bool = False) -> dict:
     """Score the model in `run_dir` on the held-out multiple-choice questions through the synthetic benchmark
     (`tinygiant.eval.synthetic`); writes its predictions, scores and report into `out_dir` and returns the scores."""
     from tinygiant.eval.runner import describe_run, predict

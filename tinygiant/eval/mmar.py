@@ -433,7 +433,7 @@ class Mmar(Benchmark):
             return None
         return {**scores, "rubrics": rubrics}
 
-    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
+    def write_report(self, scores: dict, out_dir: str | Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
         return write_report(scores, out_dir, run)
 
     def summary(self, scores: dict) -> str:

@@ -214,7 +214,8 @@ class Mmau(Benchmark):
                 "n_errors": sum("error" in predictions.get(item["id"], {}) for item in items), "no_answers": True,
                 "items": outputs}
 
-    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
+    def write_report(self, scores: dict, out_dir: str | Path, run: dict | None,
+                     loaded: Loaded) -> dict[str, Path]:
         if not scores.get("no_answers"):
             return write_generic_report(self, scores, out_dir, run, loaded)
         out = Path(out_dir)

@@ -504,7 +504,7 @@ class Benchmark:
         """The scores with extra ones (MMAR-Rubrics); None stops before the report (a dry run)."""
         return scores
 
-    def write_report(self, scores: dict, out_dir: Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
+    def write_report(self, scores: dict, out_dir: str | Path, run: dict | None, loaded: Loaded) -> dict[str, Path]:
         """`scores.json`, `report.md` and `accuracy_by_<group>.png` (the generic layout)."""
         return write_report(self, scores, out_dir, run, loaded)
 
@@ -516,7 +516,7 @@ class Benchmark:
                 f"({off['correct']}/{off['total']})")
 
 
-def write_report(benchmark: Benchmark, scores: dict, out_dir: Path, run: dict | None,
+def write_report(benchmark: Benchmark, scores: dict, out_dir: str | Path, run: dict | None,
                  loaded: Loaded) -> dict[str, Path]:
     """The generic report: overall, the published rows beside it, then a table per breakdown."""
     out = Path(out_dir)
