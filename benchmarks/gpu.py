@@ -50,9 +50,12 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from transformers import ProcessorMixin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]  # the repository's modules, also where the project is not pip-installed
@@ -70,6 +73,7 @@ from measure import (  # noqa: E402
 )
 
 from configuration_tinygiant import TinyGiantConfig  # noqa: E402
+from modeling_tinygiant import TinyGiantForConditionalGeneration  # noqa: E402
 
 PAPER_INFERENCE_GB = 5.0  # "the model requires only 5GB VRAM" at inference (section 4.2)
 PER_DEVICE_BATCH = 4  # train_sft.py's per_device_train_batch_size (effective batch 32 by accumulation)
@@ -79,6 +83,7 @@ LEARNING_RATES = {"projector": 1e-4, "llm": 5e-5}  # the paper's, as train_sft.p
 DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0, "H200": 989.0,
                          "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0}
 GRPO_MODULE = "tinygiant.training.grpo"
+T = TypeVar("T")
 GRPO_NEEDS = ("trl", "datasets", GRPO_MODULE)
 NEEDED_MODULES = ("transformers", "soundfile", "soxr")
 MIN_TRANSFORMERS = "5.24"  # pyproject's lower bound: the model's code uses transformers 5's API
@@ -147,7 +152,8 @@ def missing_modules() -> list[str]:
 # ----------------------------------------------------------------------------- the model
 
 
-def write_checkpoint(folder: Path, quick: bool, device: Device):
+def write_checkpoint(folder: Path, quick: bool,
+                     device: Device) -> tuple[TinyGiantForConditionalGeneration, ProcessorMixin]:
     """The random model in bf16 on the device, full size (with `quick`, the tiny parts' sizes), and the benchmark's
     processor, whose small tokenizer's `<audio>` id the config takes; saved to `folder`. Returns `(model,
     processor)`."""
@@ -169,8 +175,8 @@ def tiny_config() -> TinyGiantConfig:
         return write_tiny_checkpoint(Path(tmp) / "tiny")[0].config
 
 
-def sft_batch(model, processor, rows: int, question_tokens: int, answer_tokens: int, clip_seconds: float,
-              device: Device) -> dict:
+def sft_batch(model: TinyGiantForConditionalGeneration, processor: ProcessorMixin, rows: int, question_tokens: int,
+              answer_tokens: int, clip_seconds: float, device: Device) -> dict:
     """A batch shaped like the training collator's: `rows` clips' encoder inputs, and chat rows of random ids (one
     clip, the question, then the answer and its end-of-turn token, which alone carry labels)."""
     features = processor.extract_audio_features([make_audio(clip_seconds, seed=row) for row in range(rows)], 16000)
@@ -189,7 +195,7 @@ def sft_batch(model, processor, rows: int, question_tokens: int, answer_tokens: 
     return {k: v.to(device.torch) for k, v in batch.items()}
 
 
-def optimizer_for(model, device: Device) -> torch.optim.AdamW:
+def optimizer_for(model: torch.nn.Module, device: Device) -> torch.optim.AdamW:
     """AdamW with the projector's and the LLM's learning rates (what `TinyGiantSFTTrainer` builds, without TRL)."""
     groups = {"projector": [], "llm": []}
     for name, parameter in model.named_parameters():
@@ -202,11 +208,12 @@ def optimizer_for(model, device: Device) -> torch.optim.AdamW:
 # ----------------------------------------------------------------------------- steps
 
 
-def step_limits(device: Device, args) -> dict:
+def step_limits(device: Device, args: argparse.Namespace) -> dict:
     return measure_limits(quick=args.quick, repeats=3 if args.quick else 9, device=device.torch)
 
 
-def step_sft(model, processor, device: Device, args) -> dict:
+def step_sft(model: TinyGiantForConditionalGeneration, processor: ProcessorMixin, device: Device,
+             args: argparse.Namespace) -> dict:
     """Seconds, rows/s, model FLOPs, MFU and peak memory of training steps at the per-device batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -217,7 +224,7 @@ def step_sft(model, processor, device: Device, args) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train_sft.py (paper: TF32)
     model.train()
 
-    def step():
+    def step() -> None:
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -247,7 +254,7 @@ def step_sft(model, processor, device: Device, args) -> dict:
             **device.peak_gb()}
 
 
-def step_grpo(folder: Path, device: Device, args) -> dict:
+def step_grpo(folder: Path, device: Device, args: argparse.Namespace) -> dict:
     """A GRPO step's split, timed by the GRPO trainer itself (`time/<part>` in its logs), through `train_grpo.py`
     from the saved checkpoint; or, where the GRPO trainer or TRL cannot be imported, why it was not run."""
     missing = [name for name in GRPO_NEEDS if importlib.util.find_spec(name) is None]
@@ -303,7 +310,7 @@ def write_multiple_choice_rows(folder: Path, n: int) -> Path:
     return folder / "rows.jsonl"
 
 
-def step_pipeline(folder: Path, device: Device, args) -> dict:
+def step_pipeline(folder: Path, device: Device, args: argparse.Namespace) -> dict:
     """Time to first token, decoding tok/s and peak memory of the pipeline, loaded from `folder` as a user loads it."""
     from transformers import LogitsProcessorList
 
@@ -342,12 +349,12 @@ class SyncedStepClock(StepClock):
         super().__init__()
         self.device = device
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.device.sync()
         return super().__call__(input_ids, scores)
 
 
-def decode_bytes_per_token(model) -> int:
+def decode_bytes_per_token(model: TinyGiantForConditionalGeneration) -> int:
     """Weight bytes one decoding step reads: the LLM's layers, its final norm and the LM head."""
     lm = model.model.language_model
     return sum(t.numel() * t.element_size() for m in (lm.layers, lm.norm, model.lm_head) for t in m.parameters())
@@ -404,7 +411,7 @@ def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def timed_step(name: str, run):
+def timed_step(name: str, run: Callable[[], T]) -> T:
     print(f"== {name}", flush=True)
     start = time.perf_counter()
     result = run()
@@ -420,7 +427,7 @@ def grpo_line(grpo: dict) -> str:
             + ", ".join(f"{part} {share}" for part, share in grpo["share"].items()) + f"; peak {peak_memory(grpo)} GB.")
 
 
-def grpo_or_why_not(folder: Path, device: Device, args) -> dict:
+def grpo_or_why_not(folder: Path, device: Device, args: argparse.Namespace) -> dict:
     """`step_grpo`; on a GPU, a failure is reported and the run goes on (a lent GPU's minutes must not lose the other
     figures to a trainer still being built); `--quick` lets it raise, so that the test sees it."""
     try:
@@ -432,7 +439,7 @@ def grpo_or_why_not(folder: Path, device: Device, args) -> dict:
         return {"run": False, "why": f"failed: {error!r}"}
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the same steps on the CPU with the tiny random parts")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --quick)")
@@ -473,7 +480,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     missing = missing_modules()
     if missing:
