@@ -37,7 +37,7 @@ from transformers import GenerationConfig
 PROJECT = Path(__file__).resolve().parents[1]
 ALL_PAGES = ["README.md", *sorted(str(p.relative_to(PROJECT)) for p in (PROJECT / "docs").glob("*.md"))]
 # The pages run so far; the others were still being written (issue 34 is making them all run).
-PAGES = ["README.md", "docs/web_app.md", "docs/performance.md"]
+PAGES = ["README.md", "docs/inference.md", "docs/web_app.md", "docs/performance.md"]
 RUN_LANGUAGES = {"bash", "console", "python"}
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->$")
 FENCE = re.compile(r"^```(?P<language>[\w-]*)\s*$")
