@@ -96,7 +96,7 @@ class ScriptArguments:
     )
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> tuple:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg.split("=")[0] in ("--gradient_checkpointing", "--gradient_checkpointing_kwargs") for arg in argv):
         raise ValueError("--gradient_checkpointing is deprecated in transformers: use --activation_checkpointing")
@@ -108,7 +108,7 @@ def parse_args(argv=None):
     return script_args, training_args, model_args
 
 
-def reward_functions(script_args, output_dir):
+def reward_functions(script_args: ScriptArguments, output_dir: str) -> list:
     """The reward functions `--rewards` names, in order."""
     unknown = sorted(set(script_args.rewards) - set(REWARD_NAMES))
     if unknown:
@@ -129,7 +129,8 @@ def reward_functions(script_args, output_dir):
     return functions
 
 
-def main(script_args, training_args, model_args, callbacks=None):
+def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
+         callbacks: list | None = None) -> tuple:
     """Train, then save the merged model to `output_dir` (and push it); returns `(trainer, train metrics)`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not model_args.model_name_or_path:

@@ -117,7 +117,7 @@ class ScriptArguments:
     )
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> tuple:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg.split("=")[0] in ("--gradient_checkpointing", "--gradient_checkpointing_kwargs") for arg in argv):
         # transformers would ignore the old name beside the new one's default: refuse rather than drop it silently.
@@ -127,7 +127,8 @@ def parse_args(argv=None):
     return parser.parse_args_and_config(args=argv)
 
 
-def main(script_args, training_args, model_args, callbacks=None):
+def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig,
+         callbacks: list | None = None) -> tuple:
     """Train, then save the merged model to `output_dir` (and push it); returns `(trainer, train metrics)`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if training_args.push_to_hub and not training_args.hub_model_id:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Audio, Value, concatenate_datasets, load_dataset
+from datasets import Audio, Dataset, IterableDataset, Value, concatenate_datasets, load_dataset
 
 from modeling_tinygiant import AUDIO_INPUTS
 from parsing_tinygiant import cota_to_messages
@@ -34,7 +34,8 @@ COTA_ARRAY_RATE = 16000  # some CoTA configs store audio as a bare list of 16 kH
 # ----------------------------------------------------------------------------- datasets
 
 
-def load_cota(files=None, name=COTA_REPO, configs=None, split="train", streaming=False, shuffle_buffer=1000, seed=42):
+def load_cota(files: list[str] | None = None, name: str = COTA_REPO, configs: str | None = None, split: str = "train",
+              streaming: bool = False, shuffle_buffer: int = 1000, seed: int = 42) -> Dataset | IterableDataset:
     """CoTA rows: from local `files` (.jsonl/.json/.parquet) if given, else the Hub dataset `name`.
 
     `configs` is a comma-separated list of config names, each optionally `name:split` (e.g.
@@ -151,7 +152,7 @@ class TinyGiantCollator:
         batch["num_skipped_rows"] = torch.tensor(skipped)
         return batch
 
-    def encode_row(self, row):
+    def encode_row(self, row: Mapping) -> dict:
         """One row through the processor, truncated to the text limit; with a feature cache, its clip's key too."""
         text, (waveform, rate) = self.prepare(row)
         audio = {"array": waveform, "sampling_rate": rate}
@@ -165,7 +166,7 @@ class TinyGiantCollator:
             encoded["audio_features"] = cached
         return encoded
 
-    def prepare(self, row):
+    def prepare(self, row: Mapping) -> tuple[str, tuple[np.ndarray, int]]:
         """`(rendered text, (waveform, rate))` for one row, or raise `BadRow` naming the field at fault."""
         if not isinstance(row, Mapping):
             raise BadRow(f"row is a {type(row).__name__}, not a mapping of columns")
@@ -195,7 +196,7 @@ class TinyGiantCollator:
             waveform = np.zeros_like(waveform)
         return text, (waveform, rate)
 
-    def truncate(self, encoded):
+    def truncate(self, encoded: dict) -> dict:
         """Keep at most `max_text_length` text tokens (audio placeholders do not count), never cutting an audio span."""
         ids = encoded["input_ids"][0]
         is_audio = ids == self.processor.audio_token_id
@@ -208,7 +209,7 @@ class TinyGiantCollator:
                 encoded[key] = encoded[key][:, :cut]
         return encoded
 
-    def pad(self, encoded):
+    def pad(self, encoded: list[dict]) -> dict:
         """Right-padded batch (`TinyGiantProcessor.pad`); with a feature cache, the encoders' outputs replace the
         mels."""
         if self.feature_cache is None:
@@ -221,7 +222,7 @@ class TinyGiantCollator:
                      num_feature_cache_misses=torch.tensor(misses))
         return batch
 
-    def cached_features(self, encoded, keys):
+    def cached_features(self, encoded: list[dict], keys: list[str]) -> tuple[dict[str, torch.Tensor], int]:
         """`(features, misses)`: the rows' encoder features (read from the feature cache by `encode_row`), and how many
         clips were not in it (those are encoded now, from the mels the processor made for them, and stored)."""
         features = {key: e["audio_features"] for key, e in zip(keys, encoded) if "audio_features" in e}
@@ -231,7 +232,7 @@ class TinyGiantCollator:
             features.update(self.feature_cache.encode_features(list(missing), **mels))
         return {name: torch.stack([features[key][name] for key in keys]) for name in features[keys[0]]}, len(missing)
 
-    def replacement(self):
+    def replacement(self) -> dict:
         """A batch of one good row, for a batch in which every row was bad."""
         if self.last_good is None:
             for row in itertools.islice(iter(self.fallback_rows or []), self.fallback_search):

@@ -20,12 +20,13 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from modeling_tinygiant import ENCODED_AUDIO_INPUTS as FEATURE_NAMES
-from processing_tinygiant import load_audio
+from processing_tinygiant import TinyGiantProcessor, load_audio
 from tinygiant.files import replacing
 
 CACHE_FORMAT = 2  # bump when the stored layout changes (2: a checksum in each file's metadata)
@@ -33,7 +34,7 @@ CACHE_FORMAT = 2  # bump when the stored layout changes (2: a checksum in each f
 logger = logging.getLogger(__name__)
 
 
-def features_checksum(features):
+def features_checksum(features: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of a clip's feature tensors."""
     digest = hashlib.sha256()
     for name in sorted(features):
@@ -43,7 +44,7 @@ def features_checksum(features):
     return digest.hexdigest()
 
 
-def audio_key(audio, sampling_rate=None):
+def audio_key(audio: str | bytes | dict | np.ndarray, sampling_rate: int | None = None) -> str:
     """Hash of the decoded mono waveform and its rate: the same clip from a file, bytes or an array gets one key."""
     waveform, rate = load_audio(audio, sampling_rate)
     digest = hashlib.sha256(str(rate).encode())
@@ -51,7 +52,7 @@ def audio_key(audio, sampling_rate=None):
     return digest.hexdigest()
 
 
-def encoder_fingerprint(model, processor=None):
+def encoder_fingerprint(model: torch.nn.Module, processor: TinyGiantProcessor | None = None) -> str:
     """Identity of everything the cached features depend on: the encoders' configs and weights, N, whether Whisper
     runs on real frames only (`whisper_trim_padding`) and the feature extractors' settings. Hashing the weights
     (about 1.5 GB at full size) takes a second or two."""
@@ -95,13 +96,13 @@ class AudioFeatureCache:
 
     key = staticmethod(audio_key)
 
-    def path(self, key):
+    def path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.safetensors"
 
     def __contains__(self, key):
         return self.path(key).is_file()
 
-    def get(self, key):
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
         """The cached features of one clip as a dict of tensors, or None (a miss; a corrupt file counts as one)."""
         features = self.load(key)
         if features is None:
@@ -110,7 +111,7 @@ class AudioFeatureCache:
             self.hits += 1
         return features
 
-    def load(self, key):
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
         """The clip's features if its file is there and intact, else None. A file that is cut short or altered (a
         killed write, a full disk) fails its checksum or the safetensors load: it is deleted with a warning, so the
         features are recomputed rather than read as wrong numbers."""
@@ -130,7 +131,7 @@ class AudioFeatureCache:
             return None
         return features
 
-    def fetch(self, keys, device=None):
+    def fetch(self, keys: list[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Batched features for the model's `whisper_frames` / `htsat_frames` / `clap_vector` inputs, one row per key.
 
         Raises `KeyError` naming the missing clips: fill the cache first with `encode`.
@@ -142,7 +143,7 @@ class AudioFeatureCache:
                            "run AudioFeatureCache.encode on them first")
         return {name: torch.stack([row[name] for row in rows]).to(device) for name in FEATURE_NAMES if name in rows[0]}
 
-    def encode(self, audios, sampling_rate=None, batch_size=8):
+    def encode(self, audios: list, sampling_rate: int | None = None, batch_size: int = 8) -> list[str]:
         """Compute and store the features of the `audios` not yet cached (files, dicts or arrays with
         `sampling_rate`); returns their keys. Runs only the frozen encoders, `batch_size` clips at a time."""
         if self.model is None or self.processor is None:
@@ -163,7 +164,9 @@ class AudioFeatureCache:
         return keys
 
     @torch.no_grad()
-    def encode_features(self, keys, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+    def encode_features(self, keys: list[str], whisper_input_features: np.ndarray | torch.Tensor,
+                        clap_input_features: np.ndarray | torch.Tensor, whisper_lengths: np.ndarray | torch.Tensor,
+                        htsat_lengths: np.ndarray | torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         """Run the frozen encoders on the processor's audio outputs for `keys` (one audio each, in order), store each
         clip's features and return them as `{key: features}`. For callers that have the mels already, such as
         the training collator."""

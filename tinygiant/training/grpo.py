@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import GRPOTrainer
 
 from modeling_tinygiant import ENCODED_AUDIO_INPUTS
@@ -219,14 +219,15 @@ class TinyGiantGRPOTrainer(ProjectorLearningRate, GRPOTrainer):
         with self._carrying(audio):
             return super()._compute_loss(model, inputs)
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
         start = time.perf_counter()
         loss = super().compute_loss(model, inputs, *args, **kwargs)
         self._loss_done = time.perf_counter()
         self.step_seconds["policy_forward"] += self._loss_done - start
         return loss
 
-    def training_step(self, model, inputs, num_items_in_batch):
+    def training_step(self, model: torch.nn.Module, inputs: dict,
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         output = super().training_step(model, inputs, num_items_in_batch)
         self.step_seconds["backward"] += time.perf_counter() - self._loss_done
         return output
@@ -300,8 +301,10 @@ class OptimizerTimer(TrainerCallback):
     def __init__(self, trainer: TinyGiantGRPOTrainer):
         self.trainer = trainer
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                              **kwargs) -> None:
         self.start = time.perf_counter()
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                          **kwargs) -> None:
         self.trainer.step_seconds["optimizer"] += time.perf_counter() - self.start

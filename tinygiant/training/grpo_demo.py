@@ -115,7 +115,7 @@ def plot_curves(histories: dict, sft_accuracy: float, grpo_accuracy: dict, path:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="tinygiant demo --grpo", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs/grpo")
     parser.add_argument("--seed", type=int, default=0, help="data, tiny model and SFT seed")

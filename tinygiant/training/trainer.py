@@ -8,14 +8,18 @@ import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import TrainerCallback
-from trl import SFTTrainer
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from trl import ModelConfig, SFTTrainer
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from processing_tinygiant import TinyGiantProcessor
 from tinygiant.publish import save_checkpoint
+
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel
 
 # The LLM's attention and MLP projections, and nothing in the encoders or the projector.
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -32,7 +36,7 @@ class ProjectorLearningRate:
 
     projector_learning_rate: float
 
-    def create_optimizer(self, model=None):
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         # Built here, from the model as it is now (after PEFT wrapping): param groups made before the trainer wraps
         # the model hold stale parameters and silently train nothing.
         if self.optimizer is None:
@@ -61,30 +65,30 @@ class TinyGiantSFTTrainer(ProjectorLearningRate, SFTTrainer):
         self.counts = {name: torch.zeros((), dtype=torch.long) for name in COLLATOR_COUNTS.values()}
         super().__init__(*args, **kwargs)
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
         for key, name in COLLATOR_COUNTS.items():
             count = inputs.pop(key, None)
             if count is not None and model.training:
                 self.counts[name] += int(count)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
-    def prediction_step(self, model, inputs, *args, **kwargs):
+    def prediction_step(self, model: torch.nn.Module, inputs: dict, *args, **kwargs) -> tuple:
         for key in COLLATOR_COUNTS:
             inputs.pop(key, None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
-    def total_counts(self):
+    def total_counts(self) -> dict[str, int]:
         """The collator's counts summed over all processes; every rank must call this at the same point."""
         device = self.accelerator.device
         return {name: int(self.accelerator.reduce(count.to(device), reduction="sum"))
                 for name, count in self.counts.items()}
 
-    def log(self, logs, *args, **kwargs):
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         logs.update(self.total_counts())  # every rank calls log() at the same points
         super().log(logs, *args, **kwargs)
 
 
-def gradient_accumulation_for(effective_batch_size, per_device, world_size):
+def gradient_accumulation_for(effective_batch_size: int, per_device: int, world_size: int) -> int:
     """Gradient accumulation steps giving `effective_batch_size`, or a clear error if it does not divide."""
     per_step = per_device * world_size
     if effective_batch_size % per_step:
@@ -97,7 +101,7 @@ def gradient_accumulation_for(effective_batch_size, per_device, world_size):
     return effective_batch_size // per_step
 
 
-def lora_config(model_args):
+def lora_config(model_args: ModelConfig) -> "LoraConfig":
     """LoRA on the LLM's projections only (TRL's `ModelConfig` flags); the projector is trained in full."""
     from peft import LoraConfig
 
@@ -109,7 +113,7 @@ def lora_config(model_args):
     )
 
 
-def load_model(model_args, parts, **config_kwargs):
+def load_model(model_args: ModelConfig, parts: dict[str, str], **config_kwargs) -> tuple:
     """`(model, processor)`: the TinyGiant checkpoint `model_args.model_name_or_path`, or, without one, a fresh
     TinyGiant from the pretrained `parts` (`{"whisper", "htsat", "clap", "llm"}`) with `config_kwargs`."""
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else None
@@ -131,7 +135,8 @@ def load_model(model_args, parts, **config_kwargs):
 class MetricsLogger(TrainerCallback):
     """Appends every log line as JSON to `<output_dir>/log_history.jsonl` (the demo plots the loss from it)."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict | None = None, **kwargs) -> None:
         if state.is_world_process_zero and logs:
             os.makedirs(args.output_dir, exist_ok=True)
             with open(os.path.join(args.output_dir, "log_history.jsonl"), "a") as f:
@@ -142,17 +147,20 @@ class ProgressLines(TrainerCallback):
     """One line per logging step when the progress bar is off (`--disable_tqdm true`, e.g. output to a file or a
     pipe): `step 40/2000 (2%) | loss 0.5312 | 1:02 elapsed | ETA 50:40`."""
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs) -> None:
         self.start, self.first_step = time.monotonic(), state.global_step
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict | None = None, **kwargs) -> None:
         if not (args.disable_tqdm and state.is_world_process_zero and logs and "loss" in logs):
             return
         elapsed, done = time.monotonic() - self.start, state.global_step - self.first_step
         eta = elapsed / done * (state.max_steps - state.global_step) if done else None
         print(f"{_step(state)} | loss {logs['loss']:.4f} | {_clock(elapsed)} elapsed | ETA {_clock(eta)}", flush=True)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs) -> None:
         if args.disable_tqdm and state.is_world_process_zero:
             print(f"{_step(state)} | done in {_clock(time.monotonic() - self.start)}", flush=True)
 
@@ -165,7 +173,8 @@ def _clock(seconds):
     return "?" if seconds is None else str(timedelta(seconds=round(seconds))).removeprefix("0:")
 
 
-def save_final(trainer, processor, output_dir, summary, use_peft, save_adapter=False):
+def save_final(trainer: Trainer, processor: TinyGiantProcessor, output_dir: str, summary: dict, use_peft: bool,
+               save_adapter: bool = False) -> Path | None:
     """The trained model (LoRA merged into the LLM) as a complete checkpoint folder in `output_dir`; returns it.
 
     With `save_adapter` (LoRA runs only), the adapter is also saved unmerged in `output_dir/adapter/` (PEFT's
@@ -194,7 +203,7 @@ def save_final(trainer, processor, output_dir, summary, use_peft, save_adapter=F
     return folder
 
 
-def save_adapter_folder(peft_model, folder: Path) -> Path:
+def save_adapter_folder(peft_model: "PeftModel", folder: Path) -> Path:
     """The PEFT model's adapter, unmerged, written beside `folder` and moved into place whole."""
     from tinygiant.files import partial_path
 
