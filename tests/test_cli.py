@@ -213,3 +213,15 @@ def test_ask_with_int8_weights_answers_like_the_full_precision_model(checkpoints
     assert set(int8) == set(full) and int8["text"]
     # Same first tokens: int8 weight rounding barely moves a small model's logits.
     assert int8["text"][:2] == full["text"][:2]
+
+
+def test_eval_limit_scores_the_items_it_asked_not_the_others_as_wrong(tiny_dir, tmp_path):
+    from tinygiant.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", n_train=2, n_heldout=12, tasks=["higher_tone", "count_beeps"])
+    meta = tmp_path / "data" / "eval-meta.jsonl"
+    assert len(meta.read_text().splitlines()) > 2
+    code = tinygiant_cli.main(["eval", "synthetic", "--model", str(tiny_dir), "--meta", str(meta), "--limit", "2",
+                               "--max-new-tokens", "4", "--output-dir", str(tmp_path / "run")])
+    scores = json.loads((tmp_path / "run" / "scores.json").read_text())
+    assert code == 0 and scores["overall"]["total"] == 2 and scores["n_missing"] == 0

@@ -640,13 +640,16 @@ def main(benchmark: Benchmark, argv: Sequence[str] | None = None) -> dict:
                 run = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
                 break
     predictions = benchmark.read_predictions(predictions_path, loaded.items)
-    scores = {"benchmark": benchmark.name, **benchmark.score(loaded.items, predictions)}
+    items = loaded.items
+    if args.limit is not None and not args.score_only:  # a partial run: the items never asked are not wrong
+        items = [item for item in items if item["id"] in predictions]
+    scores = {"benchmark": benchmark.name, **benchmark.score(items, predictions)}
     raw_path = predictions_path.with_name(RAW_FILE)
     if raw_path.is_file():
-        scores["n_cut_off"] = count_cut_off(raw_path, [item["id"] for item in loaded.items])
+        scores["n_cut_off"] = count_cut_off(raw_path, [item["id"] for item in items])
     if run:
         scores["run"] = run
-    extended = benchmark.after_scoring(args, loaded.items, predictions, scores, output_dir)
+    extended = benchmark.after_scoring(args, items, predictions, scores, output_dir)
     if extended is None:  # a dry run: nothing more computed, no report written
         return scores
     scores = extended
