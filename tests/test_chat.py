@@ -8,7 +8,7 @@ import threading
 import pytest
 import soundfile
 import torch
-from conftest import talkative, tone
+from helpers import talkative, tone
 from transformers import TextIteratorStreamer, pipeline
 
 from int8_tinygiant import quantize_int8

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import talkative, tone
+from helpers import talkative, tone
 
 from tinygiant import cli as tinygiant_cli
 from tinygiant import model_source

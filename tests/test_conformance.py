@@ -7,7 +7,7 @@ an empty text, PEFT's prefix and prompt tuning; and the checkpoint's own system 
 
 import pytest
 import torch
-from conftest import tone
+from helpers import tone
 from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModel, AutoProcessor
 

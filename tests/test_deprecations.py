@@ -5,7 +5,7 @@ reported from inside transformers, which the pytest filter scoped to the project
 import warnings
 
 import torch
-from conftest import chat, tone
+from helpers import chat, tone
 
 import train_sft
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import soundfile
-from conftest import tone
+from helpers import tone
 
 from tinygiant import cli
 from tinygiant.eval import BENCHMARKS, benchmark, mmsu

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import tone
+from helpers import tone
 
 from parsing_tinygiant import NO_DEFAULT_SYSTEM_PROMPT
 from tinygiant import cli

@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import chat, tone
+from helpers import chat, tone
 
 from int8_tinygiant import Int8Embedding, Int8Linear, load_int8, quantize_activations, quantize_int8
 from modeling_tinygiant import TinyGiantForConditionalGeneration

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import chat, tone
+from helpers import chat, tone
 
 from tinygiant.training.feature_cache import AudioFeatureCache, audio_key, encoder_fingerprint
 from modeling_tinygiant import TinyGiantForConditionalGeneration

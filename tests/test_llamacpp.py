@@ -5,7 +5,7 @@ import threading
 
 import pytest
 import torch
-from conftest import chat, talkative, tone
+from helpers import chat, talkative, tone
 from transformers import LogitsProcessorList, TextIteratorStreamer, pipeline
 
 from int8_tinygiant import quantize_int8

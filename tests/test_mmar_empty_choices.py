@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import tone
+from helpers import tone
 
 import tinygiant.eval.mmar
 from tinygiant.eval.mmar import load_meta, score

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import soundfile
-from conftest import tone
+from helpers import tone
 
 import tinygiant.eval.mmar
 from tinygiant.eval.mmar import MODALITIES, load_meta

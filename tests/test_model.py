@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import chat, tone
+from helpers import chat, tone
 
 from configuration_tinygiant import TinyGiantConfig
 from modeling_tinygiant import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tone
+from helpers import tone
 
 from parsing_tinygiant import format_question
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline

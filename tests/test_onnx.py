@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 import soundfile
 import torch
-from conftest import talkative, tone
+from helpers import talkative, tone
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from onnx_tinygiant import ONNX_PARTS, VARIANTS, TinyGiantOnnx, onnx_path

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import soundfile
 import torch
-from conftest import talkative, tone, without
+from helpers import talkative, tone, without
 from transformers import TextIteratorStreamer, pipeline
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration

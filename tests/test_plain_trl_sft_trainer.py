@@ -2,7 +2,7 @@
 project's script and trainer): what trains, what stays frozen, and that the audio is used."""
 
 import torch
-from conftest import chat, tone
+from helpers import chat, tone
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import chat, tone
+from helpers import chat, tone
 
 from processing_tinygiant import load_audio
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import soundfile
-from conftest import talkative, tone
+from helpers import talkative, tone
 
 import tinygiant.publish
 from modeling_tinygiant import TinyGiantForConditionalGeneration

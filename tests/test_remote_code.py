@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile
-from conftest import without
+from helpers import without
 
 
 def run_fresh(script, cwd, also_block=(), check=True):

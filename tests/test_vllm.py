@@ -32,7 +32,7 @@ import openai
 import pytest
 import soundfile
 import torch
-from conftest import talkative, tone
+from helpers import talkative, tone
 
 from int8_tinygiant import quantize_int8, w8a8_encoders_pay_off
 from modeling_tinygiant import TinyGiantForConditionalGeneration

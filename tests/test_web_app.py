@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import talkative
+from helpers import talkative
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from selenium import webdriver
