@@ -1,7 +1,7 @@
 """TinyGiant on one CUDA GPU: a training step, a GRPO step's split and the pipeline, on the full-size model with
 random weights (nothing is downloaded), each figure beside the card's own limits and the paper's claims.
 
-    python benchmarks/gpu.py                   # on a CUDA machine: runs/gpu/gpu.json and gpu.md (--output-dir)
+    python benchmarks/gpu.py                   # on a CUDA machine: runs/benchmarks/gpu.json and gpu.md
     python benchmarks/gpu.py --update-results  # the same, written to benchmarks/results/gpu.json and gpu.md
     python benchmarks/gpu.py --quick           # the same code on the CPU with the tiny random parts (a smoke run)
 
@@ -64,11 +64,13 @@ from limits import measure_limits, ratio_spread  # noqa: E402
 from measure import (  # noqa: E402
     QWEN3_IM_END,
     StepClock,
+    add_output_arguments,
     build_random_model,
     conversation_ids,
     decode_rate,
     make_audio,
     make_processor,
+    output_folder,
     write_results,
 )
 
@@ -460,9 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpo-completion-tokens", type=int, default=None,
                         help="completion length (default 512, train_grpo.py's; 8 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "gpu", help="where the report goes")
-    parser.add_argument("--update-results", action="store_true",
-                        help="write benchmarks/results/gpu.json and .md instead (the card is named in them)")
+    add_output_arguments(parser, "gpu")  # the report names the card
     args = parser.parse_args(argv)
     args.device = args.device or ("cpu" if args.quick else "cuda")
     args.answer_tokens = args.answer_tokens or (16 if args.quick else 400)
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["pipeline"] = timed_step("pipeline", lambda: step_pipeline(folder, device, args))
     report["ratios"] = ratios(report)
     report["wall_s"] = round(time.time() - started, 1)
-    write_results(report["name"], report, markdown(report), folder=None if args.update_results else args.output_dir)
+    write_results(report["name"], report, markdown(report), folder=output_folder(args))
     return report
 
 
