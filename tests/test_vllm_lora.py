@@ -87,8 +87,12 @@ def server_answer(client, model, messages):
         model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0, logprobs=True, top_logprobs=5,
         extra_body={"return_tokens_as_token_ids": True})
     content = response.choices[0].logprobs.content
-    token_id = lambda entry: int(entry.token.split(":")[1])
     return [token_id(t) for t in content], {token_id(t): t.logprob for t in content[0].top_logprobs}
+
+
+def token_id(entry) -> int:
+    """The id in a token that `return_tokens_as_token_ids` wrote as `token_id:N`."""
+    return int(entry.token.split(":")[1])
 
 
 def test_two_adapters_and_the_base_on_one_server(base, adapters, tmp_path):

@@ -8,8 +8,9 @@ The question is part of each audio item. The intent query (eq. 11) is the mean e
 tokens, so the projector's output depends on the question, while vLLM's `embed_multimodal` sees only multimodal
 fields. So the processor finds the instruction tokens in the prompt (by TinyGiant's own processor's rule, as
 transformers does), and they travel with every audio item as `instruction_ids`, checked on arrival by the
-`TinyGiantAudioInputs` schema. They also go into the item's processor kwargs, which vLLM hashes: the processor cache, the encoder cache and the prefix cache then key on (audio, question), and a
-second question about a clip never gets the first question's embeddings. What does not depend on the question, the
+`TinyGiantAudioInputs` schema. They also go into the item's processor kwargs, which vLLM hashes: the processor
+cache, the encoder cache and the prefix cache then key on (audio, question), and a second question about a clip never
+gets the first question's embeddings. What does not depend on the question, the
 frozen encoders' outputs, is cached per clip inside the model (`AudioEncoderCache`, keyed by the audio's content), so
 a follow-up question runs only the projector and the LLM, as in the transformers pipeline.
 
