@@ -85,7 +85,7 @@ def ask(args):
     if not args.json:  # stream the text to the terminal as it is generated
         call_kwargs["streamer"] = TextStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
     start = time.perf_counter()
-    if args.system_prompt is not None:  # else the checkpoint pipeline's own default
+    if args.system_prompt is not None:  # else the checkpoint's own
         call_kwargs["system_prompt"] = args.system_prompt
     result = pipe(args.audio, question=args.question, choices=args.choices, **call_kwargs)
     log(f"generated in {time.perf_counter() - start:.1f} s")
@@ -154,7 +154,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON object {text, thinking, answer[, choice]}")
     p.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's generation config, else 1024")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the model's sampling settings")
-    p.add_argument("--system-prompt", help="default: Audio-Reasoner's prompt; '' for none")
+    p.add_argument("--system-prompt", help="default: the checkpoint's own (the prompt it was trained with); '' for "
+                   "none")
     p.add_argument("--int8", action="store_true", help="int8 weights for CPU inference (the pipeline's `int8=True`)")
     p.add_argument("--llama-cpp", action="store_true",
                    help="the language model on llama.cpp, for faster CPU decoding (the pipeline's `llama_cpp=True`)")
