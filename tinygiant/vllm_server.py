@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from int8_tinygiant import w8a8_encoders_pay_off
@@ -278,9 +279,10 @@ def add_engine_arguments(parser) -> None:
                         "in $TINYGIANT_CACHE, ~/.cache/tinygiant)")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None, run_app: Callable[[list[str]], object] | None = None) -> int:
     """`tinygiant serve --engine vllm`: the server and the web app on it, or (`--no-app`) the server in the foreground,
-    until Ctrl-C."""
+    until Ctrl-C. `run_app` runs the app with the arguments it is given (`tinygiant.web_app.main` passes itself, so
+    that the app's module depends on this one and not back)."""
     argv = list(argv or [])
     vllm_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
@@ -305,7 +307,9 @@ def main(argv=None):
             raise SystemExit(code)  # the server's own exit code
         return 0
 
-    from tinygiant import web_app
+    if run_app is None:
+        parser.error("the app on the server starts through `tinygiant serve --engine vllm`; --no-app runs the server "
+                     "alone")
     from tinygiant.model_source import cache_dir
 
     log = Path(args.log) if args.log else cache_dir() / "vllm-server.log"
@@ -315,7 +319,7 @@ def main(argv=None):
     print(f"starting vLLM on {server.base} (its log: {log}) ...", file=sys.stderr, flush=True)
     with forwarding_signals(server):
         server.start()
-        web_app.main([*app_args, "--backend", server.url, "--host", args.host, "--port", str(args.app_port)])
+        run_app([*app_args, "--backend", server.url, "--host", args.host, "--port", str(args.app_port)])
     return 0
 
 
