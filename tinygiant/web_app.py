@@ -8,7 +8,9 @@ folder.
 here, as wavs plus `examples.json`, and the app only reads them.
 """
 
+import argparse
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import soundfile
@@ -27,7 +29,7 @@ SPACE_REQUIREMENTS = ["gradio>=6,<7", "transformers>=5.24,<6", "torch>=2.4", "so
                       "openai>=1.40"]
 
 
-def write_examples(out_dir):
+def write_examples(out_dir: str | Path) -> Path:
     """Write the example clips and their `examples.json` into `out_dir` (idempotent); returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +43,7 @@ def write_examples(out_dir):
     return out
 
 
-def write_space(out_dir, repo_id=None):
+def write_space(out_dir: str | Path, repo_id: str | None = None) -> Path:
     """A Space folder: `app.py`, its sibling, `requirements.txt`, a README with Spaces front matter, the examples and
     `space.json` naming the model (`repo_id`; else set the Space variable `TINYGIANT_MODEL`). Returns the folder."""
     import gradio
@@ -57,7 +59,8 @@ def write_space(out_dir, repo_id=None):
                          license="apache-2.0", models=[repo_id] if repo_id else None, emoji="🔊",
                          colorFrom="indigo", colorTo="blue", pinned=False,
                          short_description="Ask questions about sounds, music and speech")
-    model = f"[`{repo_id}`](https://huggingface.co/{repo_id})" if repo_id else "the model in the `TINYGIANT_MODEL` variable"
+    model = (f"[`{repo_id}`](https://huggingface.co/{repo_id})" if repo_id
+             else "the model in the `TINYGIANT_MODEL` variable")
     card = SpaceCard(f"""---
 {data.to_yaml()}
 ---
@@ -75,7 +78,7 @@ once. From code: `gradio_client.Client(space).predict(handle_file("clip.wav"), q
     return out
 
 
-def serve_parser():
+def serve_parser() -> argparse.ArgumentParser:
     """`tinygiant serve`'s options, all in one help: the app's (`app.py`), then the engine's
     (`tinygiant.vllm_server`)."""
     from tinygiant import vllm_server
@@ -83,14 +86,14 @@ def serve_parser():
     parser = load_app().build_parser(prog="tinygiant serve")
     parser.usage = "tinygiant serve [APP OPTIONS] [--engine vllm [ENGINE OPTIONS] [-- VLLM_SERVE_FLAG ...]]"
     engine = parser.add_argument_group(
-        "with --engine vllm", "A vLLM server runs the model and the app runs on it (as with --backend). --model, --host "
-        "and --no-int8 are then the server's, --port is the server's port (default 8000) and --app-port the app's; "
-        "with --no-app the server runs alone. Flags after a lone `--` go to `vllm serve` as they are.")
+        "with --engine vllm", "A vLLM server runs the model and the app runs on it (as with --backend). --model, "
+        "--host and --no-int8 are then the server's, --port is the server's port (default 8000) and --app-port the "
+        "app's; with --no-app the server runs alone. Flags after a lone `--` go to `vllm serve` as they are.")
     vllm_server.add_engine_arguments(engine)
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int | None:
     """`tinygiant serve`: run `app.py` with the example clips and, without `--model` (or `--backend`, where the
     server names its model), the tools' default model (`model_source.default_model`); with `--engine vllm`, hand over
     to `tinygiant.vllm_server`."""
@@ -99,7 +102,7 @@ def main(argv=None):
     if any(a == "--engine" or a.startswith("--engine=") for a in head):
         from tinygiant import vllm_server
 
-        return vllm_server.main(argv)
+        return vllm_server.main(argv, run_app=main)
     parser = serve_parser()
     if "--" in argv:
         parser.error("flags after `--` go to `vllm serve`: they need --engine vllm")
