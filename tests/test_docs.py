@@ -37,7 +37,8 @@ from transformers import GenerationConfig
 PROJECT = Path(__file__).resolve().parents[1]
 ALL_PAGES = ["README.md", *sorted(str(p.relative_to(PROJECT)) for p in (PROJECT / "docs").glob("*.md"))]
 # The pages run so far; the others were still being written (issue 34 is making them all run).
-PAGES = ["README.md", "docs/inference.md", "docs/web_app.md", "docs/performance.md"]
+PAGES = ["README.md", "docs/edge.md", "docs/evaluation.md", "docs/grpo.md", "docs/inference.md", "docs/layout.md",
+         "docs/performance.md", "docs/web_app.md"]
 RUN_LANGUAGES = {"bash", "console", "python"}
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->$")
 FENCE = re.compile(r"^```(?P<language>[\w-]*)\s*$")
@@ -52,6 +53,8 @@ ANSWER_TOKENS = 48
 SMALLER = {
     r"^tinygiant demo(?=\s*(#.*)?$)": "tinygiant demo " + " ".join(DEMO_ARGS),
     r"^tinygiant eval (synthetic|mmar|mmau|mmsu) ": rf"tinygiant eval \1 --max-new-tokens {ANSWER_TOKENS} ",
+    r"^python train_sft\.py ": "python train_sft.py --max_steps 2 --per_device_train_batch_size 2 "
+                               "--effective_batch_size 2 ",
 }
 # The same for Python blocks.
 SMALLER_PYTHON = {r"\bmax_new_tokens=\d+": f"max_new_tokens={ANSWER_TOKENS}"}
