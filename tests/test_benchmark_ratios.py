@@ -10,7 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark_tinygiant import best_decoding, decode_bytes_per_token, encoder_floor_s, ratios, whisper_flops
 from limits import measure_limits, ratio_spread
-from serving import ratios as serving_ratios, workload_limit
+from serving import ratios as serving_ratios
+from serving import workload_limit
 
 from configuration_tinygiant import whisper_large_v3_turbo_config
 from int8_tinygiant import quantize_int8
@@ -100,7 +101,8 @@ def test_serving_limit_adds_compute_and_the_batched_decoding_share():
             "decode_weight_bytes": 1.2e9, "decode_flops_per_token": 1.2e9}
     limits = {"bf16_tflops": 2.0, "read_gb_per_s": 24.0, "bf16_tflops_spread": [1.0, 2.5]}
     limit = workload_limit(cost, limits, batch=16, new_tokens=128)
-    # 0.5 s of GEMMs a request, and 128 steps of max(1.2 GB / 24 GB/s, 16 x 1.2 GFLOP / 2 TFLOP/s) = 0.05 s shared by 16.
+    # 0.5 s of GEMMs a request, and 128 steps of max(1.2 GB / 24 GB/s, 16 x 1.2 GFLOP / 2 TFLOP/s) = 0.05 s
+    # shared by 16.
     assert limit["decode_step_s"] == 0.05 and limit["decode_bound"] == "memory"
     assert limit["requests_per_s"] == pytest.approx(1 / (0.5 + 128 * 0.05 / 16), abs=1e-4)
     assert workload_limit(cost, {**limits, "read_gb_per_s": 1e6}, 16)["decode_bound"] == "compute"

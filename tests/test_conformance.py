@@ -45,7 +45,8 @@ def training_example(processor):
 
 
 def generation_prompt(processor):
-    conversation = [{"role": "user", "content": [{"type": "audio", "audio": {"array": tone(1.0), "sampling_rate": 16000}},
+    audio = {"array": tone(1.0), "sampling_rate": 16000}
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": audio},
                                                  {"type": "text", "text": QUESTION}]}]
     return processor.apply_chat_template(conversation, tokenize=True, return_dict=True, add_generation_prompt=True)
 
@@ -54,7 +55,8 @@ def generation_prompt(processor):
 def test_past_key_values_continues_the_context(remote_model, remote_processor):
     inputs = generation_prompt(remote_processor)
     full = remote_model(**inputs).logits
-    # The last 3 prompt tokens are "<|im_start|>assistant\n": outside the instruction, so the prefix's intent is the same.
+    # The last 3 prompt tokens are "<|im_start|>assistant\n": outside the instruction, so the prefix's intent is the
+    # same.
     k = 3
     prefix = {key: value[:, :-k] if key in ("input_ids", "attention_mask", "instruction_mask") else value
               for key, value in inputs.items()}

@@ -1,4 +1,5 @@
-"""The fast inference path (`generate_with_static_cache`: static KV cache) and int8 weights (`quantize_int8`) on the tiny model."""
+"""The fast inference path (`generate_with_static_cache`: static KV cache) and int8 weights (`quantize_int8`) on the
+tiny model."""
 
 import copy
 import weakref

@@ -4,8 +4,8 @@ import pytest
 import torch
 from helpers import chat, tone
 
-from tinygiant.training.feature_cache import AudioFeatureCache, audio_key, encoder_fingerprint
 from modeling_tinygiant import TinyGiantForConditionalGeneration
+from tinygiant.training.feature_cache import AudioFeatureCache, audio_key, encoder_fingerprint
 
 
 def batch_for(processor, audios, answer="Three."):
@@ -61,7 +61,8 @@ def test_cached_features_train_the_same_gradients(tiny_dir, processor, tmp_path)
 
 def test_hits_misses_keys_and_fingerprint(model, processor, tmp_path):
     cache = AudioFeatureCache(tmp_path, model, processor)
-    a, b = {"array": tone(1.0, freq=300), "sampling_rate": 16000}, {"array": tone(1.0, freq=600), "sampling_rate": 16000}
+    a = {"array": tone(1.0, freq=300), "sampling_rate": 16000}
+    b = {"array": tone(1.0, freq=600), "sampling_rate": 16000}
     assert cache.get(audio_key(a)) is None and (cache.hits, cache.misses) == (0, 1)
     with pytest.raises(KeyError, match="not in the feature cache"):
         cache.fetch([audio_key(a)])
@@ -99,7 +100,8 @@ def test_hits_misses_keys_and_fingerprint(model, processor, tmp_path):
 def test_whisper_padding_switch_is_shared_by_the_cache_and_inference(tiny_dir, model, processor, tmp_path):
     trimmed = TinyGiantForConditionalGeneration.from_pretrained(tiny_dir, whisper_trim_padding=True).eval()
     assert trimmed.config.whisper_trim_padding and not model.config.whisper_trim_padding
-    padded_cache, trimmed_cache = AudioFeatureCache(tmp_path, model, processor), AudioFeatureCache(tmp_path, trimmed, processor)
+    padded_cache = AudioFeatureCache(tmp_path, model, processor)
+    trimmed_cache = AudioFeatureCache(tmp_path, trimmed, processor)
     assert padded_cache.fingerprint != trimmed_cache.fingerprint  # one never serves the other's features
     audios = [tone(4.0, freq=500), tone(31.0, freq=900)]  # one window with padding; a full window + a short one
     keys = trimmed_cache.encode([{"array": a, "sampling_rate": 16000} for a in audios])
@@ -120,7 +122,8 @@ def test_whisper_padding_switch_is_shared_by_the_cache_and_inference(tiny_dir, m
                                                           tokenize=False), audio=audios[0], sampling_rate=16000)
     greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
     text_prompt = {k: prompt[k] for k in ("input_ids", "attention_mask", "instruction_mask")}
-    assert torch.equal(trimmed.generate(**prompt, **greedy), trimmed.generate(**text_prompt, **trimmed_cache.fetch(keys[:1]), **greedy))
+    from_cache = trimmed.generate(**text_prompt, **trimmed_cache.fetch(keys[:1]), **greedy)
+    assert torch.equal(trimmed.generate(**prompt, **greedy), from_cache)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip-a-byte", "empty"])

@@ -5,12 +5,12 @@ import threading
 
 import pytest
 import torch
-from helpers import chat, talkative, tone
+from helpers import talkative, tone
+from test_fast_path import QUESTIONS, batch
 from transformers import LogitsProcessorList, TextIteratorStreamer, pipeline
 
 from int8_tinygiant import quantize_int8
 from llamacpp_tinygiant import LlamaCppDecoder, LlamaCppLayer, export_gguf
-from test_fast_path import QUESTIONS, batch
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,10 @@ def test_generate_stops_at_eos_pads_and_honours_processors_and_min_new_tokens(li
 def test_sampling_uses_the_generation_config_and_a_seeded_generator(lively, processor, tmp_path):
     inputs = batch(processor, QUESTIONS[:1], [tone(1.0, freq=300)])
     decoder = LlamaCppDecoder(export_gguf(lively, tmp_path / "lm.gguf", "bf16"))
-    sample = lambda seed, **kw: decoder.generate(lively, **inputs, max_new_tokens=12, do_sample=True, eos_token_id=None,
-                                                 generator=torch.Generator().manual_seed(seed), **kw)
+    def sample(seed, **kw):
+        return decoder.generate(lively, **inputs, max_new_tokens=12, do_sample=True, eos_token_id=None,
+                                generator=torch.Generator().manual_seed(seed), **kw)
+
     assert torch.equal(sample(0, temperature=2.0), sample(0, temperature=2.0))
     assert not torch.equal(sample(0, temperature=2.0), sample(1, temperature=2.0))
     greedy = decoder.generate(lively, **inputs, max_new_tokens=12, do_sample=False, eos_token_id=None)
@@ -164,7 +166,8 @@ def test_tinygiant_export_gguf_writes_the_language_model(tiny_dir, tmp_path, mod
     assert cli.main(["export", "gguf", str(tiny_dir), str(out), "--weights", "bf16"]) == 0
     inputs = batch(processor, QUESTIONS[:1], [tone(1.5, freq=500)])
     greedy = dict(max_new_tokens=6, do_sample=False, eos_token_id=None)
-    reference = LlamaCppDecoder(export_gguf(model, tmp_path / "direct.gguf", "bf16")).generate(model, **inputs, **greedy)
+    direct = LlamaCppDecoder(export_gguf(model, tmp_path / "direct.gguf", "bf16"))
+    reference = direct.generate(model, **inputs, **greedy)
     assert torch.equal(LlamaCppDecoder(out).generate(model, **inputs, **greedy), reference)
     assert cli.main(["export", "gguf", str(tmp_path), str(tmp_path / "none.gguf")]) == 1
     assert "is not a TinyGiant checkpoint: it lacks config.json" in capsys.readouterr().err

@@ -1,6 +1,5 @@
 """TinyGiantModel / TinyGiantForConditionalGeneration on a tiny random checkpoint."""
 
-import numpy as np
 import pytest
 import torch
 from helpers import chat, tone
@@ -29,7 +28,8 @@ def tiny_config(**kwargs):
     return config
 
 
-@pytest.mark.parametrize("use_intent_query, use_clap_gate", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("use_intent_query, use_clap_gate",
+                         [(True, True), (False, True), (True, False), (False, False)])
 def test_projector_stages_shapes_and_switches(use_intent_query, use_clap_gate):
     config = tiny_config(use_intent_query=use_intent_query, use_clap_gate=use_clap_gate)
     projector = QueryGuidedProjector(config).eval()
@@ -55,8 +55,10 @@ def test_ebranchformer_block_merges_branches_per_token():
     # The convolution branch is local: changing the last frame leaves early frames' conv output unchanged.
     y = x.clone()
     y[:, -1] += 1
-    conv = lambda t: block.conv_out(torch.nn.functional.gelu(block.depthwise_conv(
-        torch.nn.functional.gelu(block.conv_in(t)).transpose(1, 2)).transpose(1, 2)))
+    def conv(t):
+        return block.conv_out(torch.nn.functional.gelu(block.depthwise_conv(
+            torch.nn.functional.gelu(block.conv_in(t)).transpose(1, 2)).transpose(1, 2)))
+
     assert torch.equal(conv(x)[:, :280], conv(y)[:, :280])
 
 
@@ -139,9 +141,11 @@ def test_placeholder_count_mismatch_raises(model, processor):
 def test_audio_is_encoded_once_per_generate(model, processor):
     calls = []
     hooks = [e.register_forward_hook(lambda *_: calls.append(1)) for e in model.model.audio_encoders()]
-    audio_cache, model.model.audio_cache = model.model.audio_cache, None  # a pipeline on the shared model may have set one
+    # A pipeline on the shared model may have set an audio cache.
+    audio_cache, model.model.audio_cache = model.model.audio_cache, None
     try:
-        model.generate(**prompt(processor, "What is it?", tone(1.0)), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        model.generate(**prompt(processor, "What is it?", tone(1.0)),
+                       max_new_tokens=5, min_new_tokens=5, do_sample=False)
     finally:
         model.model.audio_cache = audio_cache
         for h in hooks:
@@ -170,7 +174,8 @@ def test_batched_generation_equals_one_by_one(model, processor):
 
 def test_expanded_generation_keeps_each_audio_with_its_sample(model, processor):
     texts = [processor.apply_chat_template(chat(q), add_generation_prompt=True, tokenize=False) for q in ("A?", "B?")]
-    audios = [{"array": tone(35.0, 8000, freq=500), "sampling_rate": 8000}, {"array": tone(2.0), "sampling_rate": 16000}]
+    audios = [{"array": tone(35.0, 8000, freq=500), "sampling_rate": 8000},
+              {"array": tone(2.0), "sampling_rate": 16000}]
     batch = processor(text=texts, audio=audios)
     input_ids, kwargs = model._expand_inputs_for_generation(expand_size=2, input_ids=batch["input_ids"],
                                                             **{k: v for k, v in batch.items() if k != "input_ids"})
@@ -189,7 +194,8 @@ def test_save_and_load_give_identical_outputs(model, processor, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
     assert not any(p.requires_grad for e in reloaded.model.audio_encoders() for p in e.parameters())
-    assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()  # tied, as Qwen3-0.6B
+    # Tied, as in Qwen3-0.6B.
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
 
 
 def test_from_components_loads_each_parts_weights(tmp_path):
@@ -207,14 +213,17 @@ def test_from_components_loads_each_parts_weights(tmp_path):
                          (model.model.language_model, llm.model)):
         theirs_state = theirs.state_dict()
         assert all(torch.equal(v, theirs_state[k]) for k, v in ours.state_dict().items())
-    assert model.config.audio_token_id == processor.audio_token_id == processor.tokenizer.convert_tokens_to_ids("<audio>")
+    audio_token_id = processor.tokenizer.convert_tokens_to_ids("<audio>")
+    assert model.config.audio_token_id == processor.audio_token_id == audio_token_id
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
 
 
 def test_default_config_is_the_papers_full_size_model():
     with torch.device("meta"):
         model = TinyGiantForConditionalGeneration(TinyGiantConfig())
-    count = lambda module: sum(p.numel() for p in module.parameters())
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
     encoders = sum(count(e) for e in model.model.audio_encoders())
     total = count(model)  # lm_head is tied to the embeddings, so counted once
     assert 0.72e9 <= encoders <= 0.745e9, encoders  # paper: 732 M

@@ -4,7 +4,14 @@ import base64
 
 import pytest
 
-from parsing_tinygiant import chat_reply_text, conversation, format_question, openai_messages, parse_output, parse_response
+from parsing_tinygiant import (
+    chat_reply_text,
+    conversation,
+    format_question,
+    openai_messages,
+    parse_output,
+    parse_response,
+)
 
 BIRDS = ["Dog", "Cat", "Parrot", "Owl"]
 

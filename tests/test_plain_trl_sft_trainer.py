@@ -2,8 +2,8 @@
 project's script and trainer): what trains, what stays frozen, and that the audio is used."""
 
 import torch
-from helpers import chat, tone
 from datasets import Dataset
+from helpers import chat, tone
 from trl import SFTConfig, SFTTrainer
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
@@ -39,7 +39,8 @@ def test_sft_trainer_trains_projector_and_llm_not_encoders(tiny_dir, processor, 
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("model.projector.") for k in changed)
     assert any(k.startswith("model.language_model.") for k in changed)
-    assert not any(k.startswith(("model.whisper_encoder.", "model.htsat_encoder.", "model.clap_encoder.")) for k in changed)
+    encoders = ("model.whisper_encoder.", "model.htsat_encoder.", "model.clap_encoder.")
+    assert not any(k.startswith(encoders) for k in changed)
     assert all(not m.training for e in model.model.audio_encoders() for m in e.modules())
 
     # The loss TRL optimises (fused LM head through model.model) depends on the audio.

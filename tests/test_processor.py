@@ -46,7 +46,8 @@ def test_long_audio_is_cut_into_deterministic_windows(processor, seconds, whispe
     again = processor(text="<audio>Describe.", audio=noise, sampling_rate=8000)
     assert first["whisper_input_features"].shape[0] == whisper_windows
     assert first["clap_input_features"].shape[0] == htsat_windows
-    assert first["whisper_lengths"].item() == seconds * 50 and first["htsat_lengths"].item() == int(np.ceil(seconds * 3.2))
+    assert first["whisper_lengths"].item() == seconds * 50
+    assert first["htsat_lengths"].item() == int(np.ceil(seconds * 3.2))
     # No random crops: the same audio always gives the same features.
     assert torch.equal(first["clap_input_features"], again["clap_input_features"])
     assert torch.equal(first["whisper_input_features"], again["whisper_input_features"])
@@ -61,7 +62,8 @@ def test_audio_inputs_are_equivalent_and_resampled_from_the_source(processor, tm
     def features(item, **kwargs):
         return processor(text="<audio>x", audio=item, **kwargs)
 
-    float_inputs = [features(wav, sampling_rate=44100), features(torch.from_numpy(stereo.T.copy()), sampling_rate=44100),
+    float_inputs = [features(wav, sampling_rate=44100),
+                    features(torch.from_numpy(stereo.T.copy()), sampling_rate=44100),
                     features({"array": wav, "sampling_rate": 44100})]
     pcm_inputs = [features(str(path)), features({"bytes": path.read_bytes(), "path": None}),
                   features(soundfile.read(path, dtype="int16")[0], sampling_rate=44100)]
@@ -117,7 +119,8 @@ def test_labels_cover_only_assistant_tokens_with_end_of_turn(processor, padding_
 
 
 def test_left_and_right_padding_give_the_same_masks(processor):
-    texts = [render(processor, chat("Short?", answer="Yes.")), render(processor, chat("A longer question here?", answer="No."))]
+    texts = [render(processor, chat("Short?", answer="Yes.")),
+             render(processor, chat("A longer question here?", answer="No."))]
     audio = [tone(1.0), tone(1.0)]
     left = processor(text=texts, audio=audio, sampling_rate=16000, output_labels=True, padding_side="left")
     right = processor(text=texts, audio=audio, sampling_rate=16000, output_labels=True, padding_side="right")

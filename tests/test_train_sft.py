@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import train_sft
-from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
-from tinygiant.training.data import BadRow, TinyGiantCollator, load_cota
-from tinygiant.training.trainer import gradient_accumulation_for
 from modeling_tinygiant import TinyGiantForConditionalGeneration, TinyGiantModel
+from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
 from processing_tinygiant import TinyGiantProcessor
 from tinygiant.synthetic import make_synthetic_dataset
+from tinygiant.training.data import BadRow, TinyGiantCollator, load_cota
+from tinygiant.training.trainer import gradient_accumulation_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

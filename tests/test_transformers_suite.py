@@ -2,8 +2,9 @@
 
 The mixin comes from the sdist of the installed transformers (PyPI ships `tests/test_modeling_common.py` in it), which
 `install.sh` downloads, pinned to the installed version, and unpacks into `.venv/transformers-tests/`. The sdist
-leaves out `tests/generation/` and `tests/exporters/`: `test_modeling_common` only subclasses or names their mixins, so
-they are stood in by empty classes (generation is tested in `test_model.py`, `test_pipeline.py` and `test_fast_path.py`).
+leaves out `tests/generation/` and `tests/exporters/`: `test_modeling_common` only subclasses or names their mixins,
+so they are stood in by empty classes (generation is tested in `test_model.py`, `test_pipeline.py` and
+`test_fast_path.py`).
 
 `TinyGiantModelTester` is written the way transformers' audio models write theirs: one audio per sample, its N
 placeholder tokens in the prompt, its log-mel windows, and the instruction mask of eq. 11.
@@ -76,7 +77,8 @@ class TinyGiantModelTester:
                               bos_token_id=63, eos_token_id=63, decoder_start_token_id=62)
         tower = dict(patch_embeds_hidden_size=8, hidden_size=64, depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 4, 8])
         return TinyGiantConfig(
-            whisper_config=whisper_config, htsat_config=tower, clap_config={**tower, "patch_embeds_hidden_size": 6, "hidden_size": 48},
+            whisper_config=whisper_config, htsat_config=tower,
+            clap_config={**tower, "patch_embeds_hidden_size": 6, "hidden_size": 48},
             text_config=text_config, num_audio_tokens=self.num_audio_tokens, projector_layers=1, projector_heads=4,
             cgmlp_dim=48, ffn_dim=64, projector_dropout=0.0, audio_token_id=self.audio_token_id,
         )

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from helpers import talkative
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from helpers import talkative
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -35,8 +35,8 @@ from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import conversation, format_question, parse_response
 from pipeline_tinygiant import load_pipeline
 from tinygiant.publish import save_checkpoint
-from tinygiant.web_app import write_examples
 from tinygiant.synthetic import generate_clip
+from tinygiant.web_app import write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -122,7 +122,8 @@ def open_app(browser, url):
 
 def upload(browser, path):
     browser.find_element(By.CSS_SELECTOR, "#clip input[type=file]").send_keys(str(path))
-    WebDriverWait(browser, 90).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#clip audio, #clip .waveform-container"))
+    WebDriverWait(browser, 90).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#clip audio, #clip .waveform-container"))
 
 
 def ask(browser, question, choices="", timeout=120):
@@ -232,15 +233,17 @@ def test_answer_endpoint_through_gradio_client(server, checkpoint, tmp_path):
     client = Client(server, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")
     assert list(api["named_endpoints"]) == ["/answer"] and not api["unnamed_endpoints"]
-    assert [p["parameter_name"] for p in api["named_endpoints"]["/answer"]["parameters"]] == ["audio", "question", "choices"]
+    parameters = api["named_endpoints"]["/answer"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == ["audio", "question", "choices"]
 
     result = client.predict(handle_file(str(wav)), clip.question, clip.choices, api_name="/answer")
     assert {k: result[k] for k in ("thinking", "answer", "choice")} == \
         {k: expected[k] for k in ("thinking", "answer", "choice")}
     # The whole output, read without the length rule (a tiny random model rarely ends its answer in 12 tokens).
     got, wanted = parse_response(result["text"]), parse_response(expected["text"])
-    assert words(wanted["answer"] or wanted["thinking"] or "") and \
-        [words(got[k] or "") for k in ("thinking", "answer")] == [words(wanted[k] or "") for k in ("thinking", "answer")]
+    assert words(wanted["answer"] or wanted["thinking"] or "")
+    parts = ("thinking", "answer")
+    assert [words(got[k] or "") for k in parts] == [words(wanted[k] or "") for k in parts]
     assert set(client.predict(handle_file(str(wav)), "What is it?", [], api_name="/answer")) == {
         "thinking", "answer", "choice", "text"}
     with pytest.raises(AppError, match="needs 2 to 6 choices"):
