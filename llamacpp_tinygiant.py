@@ -29,7 +29,9 @@ import copy
 import ctypes
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -50,6 +52,12 @@ except ImportError:
         raise
     from int8_tinygiant import _release_freed_memory, cpu_has_amx  # this repository, imported as top-level modules
     from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS
+
+if TYPE_CHECKING:  # names for annotations only
+    from transformers import LogitsProcessor
+    from transformers.generation.streamers import BaseStreamer
+
+    from modeling_tinygiant import TinyGiantForConditionalGeneration
 
 GGUF_WEIGHTS = ("q8_0", "bf16")
 
@@ -80,7 +88,8 @@ def _llama_cpp():
 
 
 @torch.no_grad()
-def export_gguf(model, path, weights="q8_0"):
+def export_gguf(model: "TinyGiantForConditionalGeneration", path: str | os.PathLike[str],
+                weights: str = "q8_0") -> Path:
     """Write the Qwen3 part of a `TinyGiantForConditionalGeneration` (its layers, final norm and LM head) to `path`.
 
     The float weights are written first (matrices in bf16, vectors in float32, as llama.cpp's converter does), one
@@ -176,7 +185,7 @@ def _float_tensors(model):
 class LlamaCppLayer(torch.nn.Module):
     """Stands in for a decoder layer whose weights now live in llama.cpp: running it is an error, not garbage."""
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: object, **kwargs: object) -> NoReturn:
         raise RuntimeError("this TinyGiant's language model runs on llama.cpp: generate with LlamaCppDecoder.generate "
                            "(the pipeline does), or load the model again for PyTorch")
 
@@ -239,7 +248,8 @@ class LlamaCppDecoder:
             self._make_context(min(n_ctx, self.max_ctx))
 
     @classmethod
-    def from_model(cls, model, gguf=None, weights="q8_0", **kwargs):
+    def from_model(cls, model: "TinyGiantForConditionalGeneration", gguf: str | os.PathLike[str] | None = None,
+                   weights: str = "q8_0", **kwargs: int | None) -> "LlamaCppDecoder":
         """Hand the language model of `model` to llama.cpp: export it to `gguf` unless that file exists (a
         temporary file when `gguf` is None), replace its PyTorch decoder layers with `LlamaCppLayer`s to free them,
         and load it. The embedding table (and the LM head it is tied to) stays, for `embed_inputs`. `kwargs` go to
@@ -247,7 +257,8 @@ class LlamaCppDecoder:
         if gguf is not None and Path(gguf).is_file():
             path, scratch = Path(gguf), None
         else:
-            scratch = None if gguf is not None else tempfile.TemporaryDirectory(prefix="tinygiant-gguf-", ignore_cleanup_errors=True)
+            scratch = (None if gguf is not None
+                       else tempfile.TemporaryDirectory(prefix="tinygiant-gguf-", ignore_cleanup_errors=True))
             path = export_gguf(model, gguf if gguf is not None else Path(scratch.name) / f"qwen3-{weights}.gguf",
                                weights)
         layers = model.model.language_model.layers
@@ -259,7 +270,7 @@ class LlamaCppDecoder:
             scratch.cleanup()  # llama.cpp has mapped the file; on Linux its pages stay readable after the unlink
         return decoder
 
-    def close(self):
+    def close(self) -> None:
         if getattr(self, "_ctx", None):
             self._lc.llama_batch_free(self._embd_batch)
             self._lc.llama_batch_free(self._token_batch)
@@ -283,7 +294,7 @@ class LlamaCppDecoder:
         logits = self._lc.llama_get_logits_ith(self._ctx, n_tokens - 1)
         return torch.from_numpy(np.ctypeslib.as_array(logits, shape=(self.vocab_size,)).copy())
 
-    def prefill(self, inputs_embeds, new_tokens=1):
+    def prefill(self, inputs_embeds: torch.Tensor, new_tokens: int = 1) -> torch.Tensor:
         """Forget any earlier sequence, read `inputs_embeds` (prompt length, hidden) and return the last logits;
         the context is made to hold `new_tokens` more."""
         if inputs_embeds.shape[-1] != self.hidden_size:
@@ -303,7 +314,7 @@ class LlamaCppDecoder:
         self.position = len(embeddings)
         return logits
 
-    def step(self, token):
+    def step(self, token: int | torch.Tensor) -> torch.Tensor:
         """Append one token and return its logits."""
         if self.position >= self.n_ctx:
             raise ValueError(f"the {self.n_ctx}-token context is full")
@@ -314,7 +325,9 @@ class LlamaCppDecoder:
         return self._decode(batch, 1)
 
     @torch.no_grad()
-    def teacher_forced_logits(self, model, continuation, input_ids, attention_mask=None, **inputs):
+    def teacher_forced_logits(self, model: "TinyGiantForConditionalGeneration",
+                              continuation: torch.Tensor | Sequence[int], input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
         """Logits after the prompt and after each token of `continuation` (1-D), for one sample: shape
         (len(continuation) + 1, vocab), the rows `model(prompt + continuation).logits[prompt_length - 1:]` would give.
         For measuring agreement with PyTorch."""
@@ -327,8 +340,10 @@ class LlamaCppDecoder:
         return torch.stack(logits + [self.step(int(token)) for token in continuation])
 
     @torch.no_grad()
-    def generate(self, model, input_ids, attention_mask=None, streamer=None, logits_processor=None, generator=None,
-                 **kwargs):
+    def generate(self, model: "TinyGiantForConditionalGeneration", input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, streamer: "BaseStreamer | None" = None,
+                 logits_processor: "list[LogitsProcessor] | None" = None, generator: torch.Generator | None = None,
+                 **kwargs: Any) -> torch.Tensor:
         """`model.generate` for a TinyGiant whose LLM runs here: returns (batch, prompt + new) token ids, each row
         padded on the right with `pad_token_id` after its end-of-sequence token, like transformers does.
 

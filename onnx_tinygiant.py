@@ -34,7 +34,9 @@ through its siblings soundfile, soxr and jinja2; never torch.
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -123,7 +125,8 @@ class AudioFeatureCache:
 
 
 class TinyGiantOnnx:
-    """TinyGiant's four ONNX graphs with the checkpoint's processor: `model(audio, question=...)` -> the pipeline's dict.
+    """TinyGiant's four ONNX graphs with the checkpoint's processor: `model(audio, question=...)` -> the pipeline's
+    dict.
 
     Build it with `from_pretrained`. Not thread-safe: one question at a time per object.
     """
@@ -198,7 +201,7 @@ class TinyGiantOnnx:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return parse_output(text, choices, finished=finished)
 
-    def prepare(self, audio, question: str, choices: list[str] | None = None, system_prompt: str | None = None,
+    def prepare(self, audio: Any, question: str, choices: list[str] | None = None, system_prompt: str | None = None,
                 sampling_rate: int | None = None) -> dict[str, np.ndarray]:
         """The processor's numpy inputs for one clip and question, rendered as the pipeline renders them."""
         messages = question_messages(question, choices, system_prompt)  # raises on an empty question or bad choices
@@ -254,7 +257,7 @@ class TinyGiantOnnx:
         embeds[placeholders] = audio_embeds.reshape(-1, audio_embeds.shape[-1]).astype(embeds.dtype)
         return embeds
 
-    def generate(self, inputs: dict[str, np.ndarray], settings: dict, rng: np.random.Generator):
+    def generate(self, inputs: dict[str, np.ndarray], settings: dict, rng: np.random.Generator) -> Iterator[int]:
         """Yield new token ids one by one, stopping after an end-of-sequence token or `max_new_tokens`."""
         decoder = self.sessions["decoder_model_merged"]
         embeds = self.prompt_embeddings(inputs).astype(self.embeds_dtype)

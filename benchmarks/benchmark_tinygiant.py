@@ -47,15 +47,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from limits import measure_limits, passes, ratio_spread
+from measure import (
+    ASSISTANT,
+    NEWLINE,
+    QWEN3_IM_END,
+    QWEN3_IM_START,
+    USER,
+    StepClock,
+    build_random_model,
+    decode_rate,
+    followup_ttft,
+    make_audio,
+    make_processor,
+    measure_peer,
+    memory_mb,
+    write_results,
+)
 
 from configuration_tinygiant import TinyGiantConfig
 from int8_tinygiant import Int8Linear, load_int8, quantize_int8
-from limits import measure_limits, passes, ratio_spread
-from measure import (ASSISTANT, NEWLINE, QWEN3_IM_END, QWEN3_IM_START, USER, StepClock, build_random_model, decode_rate,
-                     followup_ttft, make_audio, make_processor, measure_peer, memory_mb, write_results)
 from modeling_tinygiant import AUDIO_INPUTS, ENCODED_AUDIO_INPUTS, TinyGiantForConditionalGeneration
-
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -209,7 +221,10 @@ def decoding_candidates(model, processor, args, names):
     plain, results = None, {}
     for name in names:
         print(f"   decoding: {name}", flush=True)
-        run = lambda: timed_generate(model, inputs, args.new_tokens, name, checkpoint=args.checkpoint)
+
+        def run(name=name):
+            return timed_generate(model, inputs, args.new_tokens, name, checkpoint=args.checkpoint)
+
         (tokens, _, _), first_call_s = timed(run)
         tokens, prefill, decode = run()
         plain = tokens if plain is None else plain
@@ -284,17 +299,17 @@ def worker_limits(args):
             k, n = k // 4, n // 64
         x, w = torch.randn(1, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
         qw, scales = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n, dtype=torch.bfloat16)
-        result[f"gemv_{name}_bf16_gb_per_s"] = w.nbytes / best_of(lambda: torch.nn.functional.linear(x, w), 20) / 1e9
-        result[f"gemv_{name}_int8_gb_per_s"] = qw.nbytes / best_of(lambda: torch._weight_int8pack_mm(x, qw, scales),
-                                                                   20) / 1e9
+        bf16_s = best_of(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20)
+        int8_s = best_of(lambda x=x, qw=qw, scales=scales: torch._weight_int8pack_mm(x, qw, scales), 20)
+        result[f"gemv_{name}_bf16_gb_per_s"] = w.nbytes / bf16_s / 1e9
+        result[f"gemv_{name}_int8_gb_per_s"] = qw.nbytes / int8_s / 1e9
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
 
 
 def worker_checkpoint(args):
     """A random full-size (or, with --quick, tiny) checkpoint with its processor, saved as the project saves one."""
-    from tinygiant.publish import save_checkpoint
-
     from llamacpp_tinygiant import export_gguf
+    from tinygiant.publish import save_checkpoint
 
     if args.quick:
         from tinygiant.tiny_checkpoint import write_tiny_checkpoint
@@ -308,7 +323,7 @@ def worker_checkpoint(args):
     result = {}
     for name, file in GGUF_FILES.items():
         weights = name.removeprefix("llama_cpp_")
-        _, seconds = timed(lambda: export_gguf(model, Path(args.checkpoint) / file, weights))
+        _, seconds = timed(lambda file=file, weights=weights: export_gguf(model, Path(args.checkpoint) / file, weights))
         result[f"{name}_export_s"] = round(seconds, 1)
     return result
 
@@ -339,8 +354,8 @@ def worker_naive(args):
 
     # Lossy steps against bf16 on one 10 s probe: logits over the question and answer start, greedy tokens.
     audio = make_audio(10, seed=99)
-    probe = {**tensors(processor.extract_audio_features([audio], 16000)), **make_prompt(model.config, 1,
-                                                                                          args.question_tokens, seed=99)}
+    probe = {**tensors(processor.extract_audio_features([audio], 16000)),
+             **make_prompt(model.config, 1, args.question_tokens, seed=99)}
     with torch.no_grad():
         reference = model(**probe).logits[0, -(args.question_tokens + 1):].float()
         padded = encode(model, probe)[0]
@@ -462,7 +477,7 @@ def worker_training(args):
         times = {False: [], True: []}
         for _ in range(args.train_steps):
             for cached in (False, True):  # interleaved, so that load changes hit both alike
-                times[cached].append(timed(lambda: step(cached))[1])
+                times[cached].append(timed(lambda cached=cached: step(cached))[1])
     result["step_s_live_encoders"] = round(float(np.median(times[False])), 3)
     result["step_s_feature_cache"] = round(float(np.median(times[True])), 3)
     result["speedup"] = round(result["step_s_live_encoders"] / result["step_s_feature_cache"], 2)
@@ -545,7 +560,10 @@ def ratios(limits, naive, int8, best, peer, whisper_config, onnx=None, onnx_env=
     """The issue's ratios. Decode ceilings: read bandwidth / weight bytes the decoding path reads per token. Encoder
     floor: the int8 path's Whisper time on a 30 s clip / its FLOPs at the measured rate of each part's precision
     (1.0 = at the floor). The best path is the int8 one with its best decoding, end to end in its own process."""
-    vs_ceiling = lambda tok_s, bytes_per_token: tok_s / (limits["read_gb_per_s"] * 1e9 / bytes_per_token)
+
+    def vs_ceiling(tok_s, bytes_per_token):
+        return tok_s / (limits["read_gb_per_s"] * 1e9 / bytes_per_token)
+
     bf16_name, bf16_decode, bf16_bytes = best_decoding(naive["decoding"])
     int8_name, int8_decode, int8_bytes = best_decoding(int8["decoding"])
     frames = whisper_config.max_source_positions
@@ -643,8 +661,8 @@ def markdown(report):
     if report.get("peer"):
         p = report["peer"]
         lines.append(f"| peer | {p['ttft_s']:.3f} | | | | {p['decode_tokens_per_s']:.2f} | {p['peak_rss_mb']} |")
-    lines += ["", "| model | decoding | tok/s | GB read per token | vs ceiling | prompt pass s | same tokens as plain "
-              "| teacher-forced top-1 agreement |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    lines += ["", "| model | decoding | tok/s | GB read per token | vs ceiling | prompt pass s "
+              "| same tokens as plain | teacher-forced top-1 agreement |", "|---|---|---:|---:|---:|---:|---|---:|"]
     for model_name in ("naive", "int8"):
         for name, d in report[model_name]["decoding"].items():
             ceiling = lim["read_gb_per_s"] * 1e9 / d["bytes_per_token"]
@@ -652,7 +670,8 @@ def markdown(report):
                          f"{d['decode_tokens_per_s'] / ceiling:.2f} | {d['prefill_s']} | {d['tokens_equal_plain']} | "
                          f"{d.get('teacher_forced_top1_agreement', '')} |")
     lines += ["", "Agreement with bf16 (10 s probe): "]
-    lines += [f"- {k}: " + ", ".join(f"{m} = {v}" for m, v in a.items()) for k, a in report["naive"]["agreement"].items()]
+    lines += [f"- {k}: " + ", ".join(f"{m} = {v}" for m, v in a.items())
+              for k, a in report["naive"]["agreement"].items()]
     lines += [f"- ONNX {dtype}: " + ", ".join(f"{m} = {v}" for m, v in run["agreement_with_bf16"].items())
               for dtype, run in (report.get("onnx") or {}).items()]
     if report.get("onnx_error"):
@@ -661,8 +680,8 @@ def markdown(report):
         e, env = report["onnx_export"], report["onnx_env"]
         lines += ["", f"ONNX export: {e['export_s']} s; download per variant (graphs + config, processor, tokenizer, "
                   "code; MB): " + ", ".join(f"{k} {v}" for k, v in e["download_mb"].items())
-                  + f". Torch-free environment {env['torch_free_env_mb']} MB on disk, the PyTorch one {env['torch_env_mb']}"
-                  " MB."]
+                  + f". Torch-free environment {env['torch_free_env_mb']} MB on disk, the PyTorch one "
+                  f"{env['torch_env_mb']} MB."]
     if report.get("training"):
         t = report["training"]
         lines += ["", f"Training step (batch 1, {t['clip_s']} s clip): live encoders {t['step_s_live_encoders']} s, "

@@ -14,10 +14,10 @@ import argparse
 import platform
 
 import torch
+from measure import build_random_model, followup_ttft, make_audio, make_processor
 
 from configuration_tinygiant import TinyGiantConfig
 from int8_tinygiant import quantize_int8
-from measure import build_random_model, followup_ttft, make_audio, make_processor
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from measure import add_output_arguments, output_folder
+
 from pipeline_tinygiant import load_pipeline
 from tinygiant.eval.runner import predict
 from tinygiant.eval.synthetic import BENCHMARK

@@ -30,7 +30,8 @@ RUNS = Path(__file__).resolve().parents[1] / "runs" / "benchmarks"  # a run's re
 def add_output_arguments(parser, name: str) -> None:
     """`--output-dir` (default `runs/benchmarks/`) and `--update-results` (the committed `results/` instead): running
     a benchmark never overwrites the figures the pages quote unless asked to."""
-    parser.add_argument("--output-dir", type=Path, default=RUNS, help=f"where {name}.json goes (default: runs/benchmarks)")
+    parser.add_argument("--output-dir", type=Path, default=RUNS,
+                        help=f"where {name}.json goes (default: runs/benchmarks)")
     parser.add_argument("--update-results", action="store_true",
                         help=f"write benchmarks/results/{name}.json, the committed figures, instead")
 
@@ -203,8 +204,10 @@ AUDIO_3B = dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=20,
 TEXT_3B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
                rms_norm_eps=1e-6, tie_word_embeddings=False)
-AUDIO_SMALL = dict(AUDIO_3B, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32, output_dim=256)
-TEXT_SMALL = dict(TEXT_3B, hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,  # head_dim 128: its mrope sections
+AUDIO_SMALL = dict(AUDIO_3B, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+                   output_dim=256)
+# hidden_size 256 over 2 heads: head_dim 128, as its mrope sections need.
+TEXT_SMALL = dict(TEXT_3B, hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=2)
 
 

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     sys.path.insert(0, args.folder)  # the folder's own runtime, as its users import it
     import onnxruntime
+
     from onnx_tinygiant import TinyGiantOnnx
 
     options = onnxruntime.SessionOptions()

@@ -13,7 +13,6 @@ import argparse
 import json
 
 import torch
-
 from measure import measure_peer
 
 

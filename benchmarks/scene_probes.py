@@ -8,8 +8,9 @@ For every scene clip, the frozen encoders' outputs as the projector receives the
 Whisper and HTS-AT frames pooled to N steps, the CLAP vector) are computed once; then, per question, a softmax
 regression is fitted on the training clips and scored on the held-out clips, on each carrier: the N pooled Whisper
 frames, the N HTS-AT frames, their time average, and the CLAP vector. Prints the table and writes
-`runs/benchmarks/scene-probes.json` (`--update-results`: the committed `results/scene-probes.json`). A task the CLAP vector answers and the frames do not is one the gate has a job on; a
-task the frames answer only when all N steps are kept is one where pooling further would lose it.
+`runs/benchmarks/scene-probes.json` (`--update-results`: the committed `results/scene-probes.json`). A task the CLAP
+vector answers and the frames do not is one the gate has a job on; a task the frames answer only when all N steps are
+kept is one where pooling further would lose it.
 
 `--trained RUN ...` also probes what each trained run's projector hands the LLM: its N audio embeddings for each clip,
 with that task's question as the intent query (the frozen encoders are the same in every run of the protocol, so
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from measure import add_output_arguments, output_folder
+
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import question_messages
 from processing_tinygiant import TinyGiantProcessor

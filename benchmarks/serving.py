@@ -47,11 +47,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
+from limits import measure_limits, ratio_spread
+from measure import add_output_arguments, build_random_model, make_audio, make_processor, output_folder, write_results
 
 from int8_tinygiant import w8a8_encoders_pay_off
-from limits import measure_limits, ratio_spread
-from measure import (add_output_arguments, build_random_model, make_audio, make_processor, output_folder,
-                     write_results)
 from parsing_tinygiant import SYSTEM_PROMPT, conversation, openai_messages
 from tinygiant.files import write_json_atomic
 
@@ -137,9 +136,12 @@ def worker_checkpoint(args):
     (path, text), = workload(clips, processor.tokenizer, 10_000, 1, args.seconds, args.question_tokens)
     inputs = processor.apply_chat_template(messages(path, text), tokenize=True, add_generation_prompt=True,
                                            return_dict=True)
-    embed = lambda: model.model.embed_inputs(inputs["input_ids"], None, inputs["whisper_input_features"],
-                                             inputs["clap_input_features"], inputs["whisper_lengths"],
-                                             inputs["htsat_lengths"], inputs["instruction_mask"])
+
+    def embed():
+        return model.model.embed_inputs(inputs["input_ids"], None, inputs["whisper_input_features"],
+                                        inputs["clap_input_features"], inputs["whisper_lengths"],
+                                        inputs["htsat_lengths"], inputs["instruction_mask"])
+
     model.model.enable_audio_cache()
     with torch.no_grad(), FlopCounterMode(display=False) as audio:
         embed()

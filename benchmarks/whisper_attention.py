@@ -58,7 +58,8 @@ def main(argv=None):
         print(f"  {name:26s} {ms:7.1f} ms  {flops / ms / 1e9:.3f} TFLOP/s  max error {error:.2g}  "
               f"x {LAYERS} layers: {LAYERS * ms / 1e3:.2f} s")
     scores = torch.matmul(q, k.transpose(-1, -2))
-    for name, fn in (("QK^T", lambda: torch.matmul(q, k.transpose(-1, -2))), ("softmax", lambda: torch.softmax(scores, -1)),
+    for name, fn in (("QK^T", lambda: torch.matmul(q, k.transpose(-1, -2))),
+                     ("softmax", lambda: torch.softmax(scores, -1)),
                      ("PV", lambda: torch.matmul(scores, v))):
         print(f"  part {name:21s} {best_ms(fn):7.1f} ms")
 

@@ -39,8 +39,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from int8_tinygiant import w8a8_encoders_pay_off
 
@@ -52,7 +53,7 @@ STOP_TIMEOUT = 60  # seconds a stopping server gets before SIGKILL
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def vllm_executable():
+def vllm_executable() -> str:
     """The `vllm` command that has the TinyGiant plugin (see the module docstring for the order it is looked up in)."""
     if os.environ.get("TINYGIANT_VLLM"):
         return os.environ["TINYGIANT_VLLM"]
@@ -66,8 +67,9 @@ def vllm_executable():
     return found
 
 
-def serve_command(model, host="127.0.0.1", port=8000, audio_limit=DEFAULT_AUDIO_LIMIT, extra_args=(),
-                  int8_encoders=False):
+def serve_command(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
+                  audio_limit: int = DEFAULT_AUDIO_LIMIT, extra_args: Sequence[str] = (),
+                  int8_encoders: bool = False) -> list[str]:
     """The `vllm serve` command line for a TinyGiant checkpoint folder or Hub repo."""
     settings = ["--hf-overrides", json.dumps({"int8_encoders": True})] if int8_encoders else []
     return [
@@ -81,7 +83,7 @@ def serve_command(model, host="127.0.0.1", port=8000, audio_limit=DEFAULT_AUDIO_
     ]
 
 
-def server_environment():
+def server_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     cpus = os.cpu_count() or 1
@@ -94,7 +96,7 @@ def server_environment():
     return env
 
 
-def dies_with_this_process():
+def dies_with_this_process() -> Callable[[], None]:
     """A `preexec_fn`: in the server's process, between fork and exec, it asks the kernel for SIGTERM when this process
     dies, however it dies (`PR_SET_PDEATHSIG`).
 
@@ -105,7 +107,7 @@ def dies_with_this_process():
     prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
     parent = os.getpid()
 
-    def die_with_parent():
+    def die_with_parent() -> None:
         if prctl is None:
             return
         if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
@@ -116,7 +118,7 @@ def dies_with_this_process():
     return die_with_parent
 
 
-def session_processes(session_id):
+def session_processes(session_id: int) -> list[int]:
     """The live (not zombie) processes of a session, from /proc (Linux); where there is none, `killpg(session_id,
     0)` stands in: the session's leader is its process group."""
     proc = Path("/proc")
@@ -138,7 +140,7 @@ def session_processes(session_id):
 
 
 @contextlib.contextmanager
-def forwarding_signals(server):
+def forwarding_signals(server: "VllmServer") -> Iterator[None]:
     """While inside: SIGTERM, SIGINT and SIGHUP are sent on to `server`'s session; the first also raises
     `KeyboardInterrupt` in the main thread, as Ctrl-C does, so the app or the wait on the server unwinds. Leaving the
     block stops the server (`VllmServer.stop`: with SIGTERM, unless a signal was already sent on); signals that come
@@ -146,7 +148,7 @@ def forwarding_signals(server):
     received = []
     stopping = False
 
-    def forward(signum, frame):
+    def forward(signum: int, frame: FrameType | None) -> None:
         server.send_signal(signum)
         received.append(signum)
         if len(received) == 1 and not stopping:
@@ -195,7 +197,7 @@ class VllmServer:
         self.env = {**server_environment(), **(env or {})}
         self.process = None
 
-    def launch(self):
+    def launch(self) -> "VllmServer":
         """Start the process, without waiting for it to answer."""
         log = open(self.log_path, "wb") if self.log_path else None
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT if log else None,
@@ -204,7 +206,7 @@ class VllmServer:
             log.close()  # the child holds its own copy
         return self
 
-    def start(self):
+    def start(self) -> "VllmServer":
         """Start the process and wait until it answers."""
         self.launch()
         deadline = time.monotonic() + self.timeout
@@ -217,31 +219,31 @@ class VllmServer:
         self.stop()
         raise TimeoutError(f"vllm serve was not up within {self.timeout} s:\n{self.log_tail()}")
 
-    def healthy(self):
+    def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.base}/health", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
 
-    def log_tail(self, lines=40):
+    def log_tail(self, lines: int = 40) -> str:
         if not (self.log_path and self.log_path.is_file()):
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def send_signal(self, signum):
+    def send_signal(self, signum: int) -> None:
         """Send `signum` to every process of the server's session."""
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
 
-    def gone(self):
+    def gone(self) -> bool:
         """Whether no process of the server's session is left (the server itself reaped)."""
         if self.process is None:
             return True
         return self.process.poll() is not None and not session_processes(self.process.pid)
 
-    def stop(self, signum=signal.SIGTERM, timeout=STOP_TIMEOUT):
+    def stop(self, signum: int | None = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:
         """Send `signum` (if any) to the server's session and return once none of its processes is left (SIGKILL
         after `timeout` s)."""
         if signum is not None:
@@ -253,7 +255,7 @@ class VllmServer:
                 deadline = float("inf")
             time.sleep(0.1)
 
-    def serve_in_foreground(self):
+    def serve_in_foreground(self) -> int:
         """Run the server until it exits or this process is told to stop (see `forwarding_signals`); its exit code."""
         self.launch()
         with forwarding_signals(self):
@@ -268,7 +270,7 @@ class VllmServer:
         self.stop()
 
 
-def add_engine_arguments(parser) -> None:
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only `--engine vllm` has (beside `--model`, `--host`, `--port` and `--no-int8`, which the app has
     too); `tinygiant serve --help` shows them with the app's."""
     parser.add_argument("--engine", choices=["vllm"], help="run the model on a vLLM server (default: in process)")

@@ -6,11 +6,12 @@
 
 import importlib
 import sys
+from pathlib import Path
 
 FORMATS = {"onnx": "tinygiant.export.onnx", "gguf": "tinygiant.export.gguf"}
 
 
-def main(argv: list[str] | None = None):
+def main(argv: list[str] | None = None) -> Path | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["-h"], ["--help"]):
         print(f"usage: tinygiant export {{{','.join(FORMATS)}}} ...\n\n{__doc__}")

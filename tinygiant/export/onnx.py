@@ -100,7 +100,8 @@ class AudioEncoderGraph(nn.Module):
         self.n, self.whisper_window, self.htsat_window = (
             config.num_audio_tokens, config.whisper_frames_per_window, config.htsat_frames_per_window)
 
-    def forward(self, whisper_input_features, clap_input_features, whisper_lengths, htsat_lengths):
+    def forward(self, whisper_input_features: torch.Tensor, clap_input_features: torch.Tensor,
+                whisper_lengths: torch.Tensor, htsat_lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         whisper = self.whisper_encoder(whisper_input_features).last_hidden_state  # (1)
         htsat = self.htsat_encoder(clap_input_features).last_hidden_state.mean(dim=2).transpose(1, 2)  # (2)
         outputs = tuple(
@@ -121,7 +122,7 @@ class ProjectorGraph(nn.Module):
         super().__init__()
         self.projector, self.names = model.model.projector, names
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.projector(**dict(zip(self.names, inputs)))
 
 
@@ -130,7 +131,7 @@ class EmbedTokensGraph(nn.Module):
         super().__init__()
         self.embed_tokens = model.get_input_embeddings()
 
-    def forward(self, input_ids):
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
 
 
@@ -142,7 +143,8 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.language_model, self.lm_head = model.model.language_model, model.lm_head
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.language_model.config)
         hidden = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                      position_ids=position_ids, cache=cache, use_cache=True).last_hidden_state
