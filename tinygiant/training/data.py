@@ -73,7 +73,7 @@ def _local_dataset(files):
         ds = load_dataset(builder, data_files=str(file), split="train")
         if "audio" in ds.column_names and getattr(ds.features["audio"], "dtype", None) == "string":
             base = Path(file).resolve().parent
-            ds = ds.map(lambda row: {"audio": str(base / row["audio"]) if row["audio"] else None})
+            ds = ds.map(lambda row, base=base: {"audio": str(base / row["audio"]) if row["audio"] else None})
         parts.append(_select(ds))
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
