@@ -1,8 +1,9 @@
 """TinyGiant CPU performance as ratios measured in one run: the machine's limits, the naive path against the best
 path, and a peer side by side, all with random full-size weights (nothing is downloaded).
 
-    python benchmarks/benchmark_tinygiant.py           # full run (about 10 min on 2 cores): results/cpu.json + cpu.md
-    python benchmarks/benchmark_tinygiant.py --quick   # smoke run of every step on tiny models (about 1.5 min)
+    python benchmarks/benchmark_tinygiant.py           # full run: runs/benchmarks/cpu.json + cpu.md (its time: wall_s)
+    python benchmarks/benchmark_tinygiant.py --quick   # smoke run of every step on tiny models
+    python benchmarks/benchmark_tinygiant.py --update-results   # a run that replaces the committed results/cpu.json
     python benchmarks/benchmark_tinygiant.py --train   # also a training step: live encoders vs the feature cache
 
 Steps, each in a process of its own so that its peak memory is its own:
@@ -55,6 +56,7 @@ from measure import (
     QWEN3_IM_START,
     USER,
     StepClock,
+    add_output_arguments,
     build_random_model,
     decode_rate,
     followup_ttft,
@@ -62,6 +64,7 @@ from measure import (
     make_processor,
     measure_peer,
     memory_mb,
+    output_folder,
     write_results,
 )
 
@@ -721,6 +724,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-steps", type=int, default=1, help="measured steps each way, after a warm-up step")
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--name", default=None, help="results file name (default cpu or cpu-quick)")
+    add_output_arguments(parser, "cpu")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -746,7 +750,8 @@ def main(argv=None):
     report = {"name": args.name, "threads": args.threads, "torch": torch.__version__,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "worker_out",
-                                                                       "checkpoint", "best_decoding", "best_encoders")},
+                                                                       "checkpoint", "best_decoding", "best_encoders",
+                                                                       "output_dir", "update_results")},
               "load": {"start": load_snapshot()}}
     with tempfile.TemporaryDirectory() as tmp:
         args.checkpoint = str(Path(tmp) / "checkpoint")
@@ -775,7 +780,7 @@ def main(argv=None):
                               whisper_config, onnx=report["onnx"], onnx_env=report["onnx_env"])
     report["load"]["end"] = load_snapshot()
     report["wall_s"] = round(time.time() - started, 1)
-    write_results(args.name, report, markdown(report))
+    write_results(args.name, report, markdown(report), folder=output_folder(args))
 
 
 if __name__ == "__main__":
