@@ -6,7 +6,7 @@
 
 The first starts the server, then the web app (`app.py --backend`, with the example clips, as `tinygiant serve`) on
 it: several users are answered at once, batched by the engine. Options before `--` that are not this command's go to
-the app (`--max-new-tokens`, `--greedy`, `--system-prompt`, `--examples`, `--concurrency`, ...); the app listens on
+the app (`--max-new-tokens`, `--sample`, `--system-prompt`, `--examples`, `--concurrency`, ...); the app listens on
 `--host` too.
 
 Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP to the `tinygiant` process are sent on to the server (every process of
