@@ -31,9 +31,9 @@ too) of TinyGiant's files: the model runs its checkpoint's own remote code, or o
   `--concurrency` requests (default 16) are in flight at once.
 - Bad input (no clip, a file that is not audio, a clip over `--max-seconds`) is explained in the page.
 - For code, one named endpoint: `/answer(audio, question, choices)`, one question about one clip, returning
-  `{"thinking", "answer", "choice", "text"}` (`gradio_client.Client(url).predict(handle_file("clip.wav"), "How many beeps?",
-  ["two", "three"], api_name="/answer")`); bad input raises the page's sentence as an error. The chat's own events are
-  private.
+  `{"thinking", "answer", "choice", "text"}`
+  (`gradio_client.Client(url).predict(handle_file("clip.wav"), "How many beeps?", ["two", "three"],
+  api_name="/answer")`); bad input raises the page's sentence as an error. The chat's own events are private.
 """
 
 import argparse
@@ -51,15 +51,30 @@ from transformers import TextIteratorStreamer, pipeline
 
 try:
     from .client_tinygiant import ServerError, openai_client, server_errors
-    from .parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,
-                                    format_question, openai_messages, parse_output, parse_response, reasoning_of)
+    from .parsing_tinygiant import (
+        NO_DEFAULT_SYSTEM_PROMPT,
+        chat_reply_text,
+        format_question,
+        openai_messages,
+        parse_output,
+        parse_response,
+        reasoning_of,
+    )
+    from .parsing_tinygiant import conversation as new_conversation
 except ImportError:
     if __package__:  # run as part of a package: the sibling is there, so a dependency it imports is missing
         raise
     from client_tinygiant import ServerError, openai_client, server_errors  # beside this file
-    from parsing_tinygiant import (NO_DEFAULT_SYSTEM_PROMPT, chat_reply_text, conversation as new_conversation,  # beside
-                                   format_question, openai_messages, parse_output, parse_response,  # this file
-                                   reasoning_of)
+    from parsing_tinygiant import (  # beside
+        NO_DEFAULT_SYSTEM_PROMPT,
+        chat_reply_text,
+        format_question,  # this file
+        openai_messages,
+        parse_output,
+        parse_response,
+        reasoning_of,
+    )
+    from parsing_tinygiant import conversation as new_conversation
 
 HERE = Path(__file__).resolve().parent
 MAX_SECONDS = 120.0  # a 2-core CPU takes about a second per second of audio to encode; the model takes up to 600
@@ -221,7 +236,8 @@ def build_app(backend, examples_dir=None, max_seconds=MAX_SECONDS):
         if problem:
             raise ValueError(problem)
         user_text = format_question(question, choices)
-        return new_conversation(user_text, system_prompt=None, audio=audio), user_text  # the backend adds its system turn
+        # No system message: the checkpoint's chat template gives its own (or the backend's system_prompt).
+        return new_conversation(user_text, system_prompt=None, audio=audio), user_text
 
     def ask(audio, question, choices_text, history, state):
         previous = state = dict(state or {})  # kept if this question fails
@@ -275,7 +291,8 @@ def build_app(backend, examples_dir=None, max_seconds=MAX_SECONDS):
         with gr.Row():
             with gr.Column(scale=2):
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip", elem_id="clip")
-                question = gr.Textbox(label="Question", placeholder="What is happening in this clip?", elem_id="question")
+                question = gr.Textbox(label="Question", placeholder="What is happening in this clip?",
+                                      elem_id="question")
                 choices = gr.Textbox(label="Choices (optional)", placeholder="dog, cat, bird", elem_id="choices")
                 with gr.Row():
                     send = gr.Button("Ask", variant="primary", elem_id="ask")

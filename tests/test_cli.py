@@ -10,11 +10,11 @@ import pytest
 import soundfile
 from helpers import talkative, tone
 
+from modeling_tinygiant import TinyGiantForConditionalGeneration
 from tinygiant import cli as tinygiant_cli
 from tinygiant import model_source
-from tinygiant.web_app import SPACE_CODE
-from modeling_tinygiant import TinyGiantForConditionalGeneration
 from tinygiant.publish import missing_files, save_checkpoint
+from tinygiant.web_app import SPACE_CODE
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -289,10 +289,12 @@ def test_page_runs_as_written(page, demo_dir, tiny_dir, tmp_path, monkeypatch):
 HEADLINES = {
     "decoding speed, ours ÷ Qwen2.5-Omni-3B's thinker": ("cpu.json", "ratios.peer.decode_ratio"),
     "time to first token, 30 s clip, ours ÷ the peer's": ("cpu.json", "ratios.peer.ttft30_ratio"),
-    "follow-up question's time to first token ÷ the first's (audio cache)": ("cpu.json", "ratios.followup_ttft_vs_first"),
+    "follow-up question's time to first token ÷ the first's (audio cache)":
+        ("cpu.json", "ratios.followup_ttft_vs_first"),
     "int8 peak memory ÷ resident": ("cpu.json", "ratios.int8_peak_rss_vs_resident"),
     "requests/s, vLLM at concurrency 16 ÷ the pipeline one at a time": ("serving.json", "ratios.throughput_ratio_c16"),
-    "requests/s, vLLM at concurrency 16 ÷ the machine's limit for the workload": ("serving.json", "ratios.c16_vs_limit"),
+    "requests/s, vLLM at concurrency 16 ÷ the machine's limit for the workload":
+        ("serving.json", "ratios.c16_vs_limit"),
     "time to first token, one request, vLLM ÷ the pipeline": ("serving.json", "ratios.ttft_p50_c1_ratio"),
     "follow-up question's time to first token ÷ the first's, on vLLM (floor from its FLOPs: 0.40)":
         ("serving.json", "ratios.followup_ttft_ratio"),

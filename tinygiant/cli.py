@@ -32,6 +32,7 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tinygiant.model_source import default_model
@@ -39,7 +40,8 @@ from tinygiant.model_source import default_model
 # Commands that hand their arguments to another module's `main(argv)`, each with its line in `tinygiant --help`.
 DISPATCH = {
     "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint, for trying things offline"),
-    "demo": ("tinygiant.demo", "train, score and ask a tiny TinyGiant on synthetic data, offline (--ablation: Table 3)"),
+    "demo": ("tinygiant.demo",
+             "train, score and ask a tiny TinyGiant on synthetic data, offline (--ablation: Table 3)"),
     "eval": ("tinygiant.eval", "score a benchmark (mmar, mmau, mmsu, synthetic), compare two runs, the field's table"),
     "serve": ("tinygiant.web_app", "the web app, in process or on vLLM (--engine vllm; --no-app: vLLM's API alone)"),
     "export": ("tinygiant.export", "the checkpoint as ONNX (onnx_tinygiant.py, the browser) or GGUF (llama.cpp)"),
@@ -49,11 +51,11 @@ DISPATCH = {
 EXPECTED_FAILURES = (OSError, ValueError, TypeError, RuntimeError, ImportError)
 
 
-def log(message):
+def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def ask(args):
+def ask(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
     from pipeline_tinygiant import load_pipeline
@@ -102,7 +104,7 @@ def ask(args):
         print(f"Choice: {result['choice'] if result['choice'] is not None else 'none of the options'}")
 
 
-def publish(args):
+def publish(args: argparse.Namespace) -> None:
     if args.space:
         from tinygiant.web_app import write_space
 
@@ -140,7 +142,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             self._action_max_length = max(self._action_max_length, longest)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygiant", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure, not one error line")
@@ -188,7 +190,7 @@ def run(argv: list[str]) -> None:
     args.run(args)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in (argv[:argv.index("--")] if "--" in argv else argv)  # anywhere before a lone `--`
     if debug:
