@@ -47,6 +47,12 @@ def test_demo_trains_with_progress_scores_through_the_synthetic_benchmark_and_an
     asked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and (asked.get("choice") or asked.get("answer") or "") == harness[item["id"]]["answer_prediction"]
     assert (asked["thinking"] or "").startswith(harness[item["id"]]["thinking_prediction"][:200])
+    # The evaluation command reproduces the demo's held-out figure: the same prompt, so the same score.
+    meta = out / "data" / "eval-meta.jsonl"
+    code = cli.main(["eval", "synthetic", "--model", str(out / "model"), "--meta", str(meta), "--max-new-tokens", "256",
+                     "--output-dir", str(tmp_path / "cli-eval")])
+    scores = json.loads((tmp_path / "cli-eval" / "scores.json").read_text())
+    assert code == 0 and scores["overall"]["correct"] == saved["model"]["overall"]["correct"]
 
 
 def cli_prompt(model_dir, audio_path, item):
