@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import with_audio_tokens
 from judge_server import ScriptedJudge
 
 import train_grpo
@@ -45,13 +46,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny16(tiny_dir, tmp_path_factory):
     """The session's tiny checkpoint with 16 audio tokens per clip (faster steps)."""
-    path = tmp_path_factory.mktemp("tiny16")
-    shutil.copytree(tiny_dir, path, dirs_exist_ok=True)
-    for name in ("config.json", "processor_config.json"):
-        config = json.loads((path / name).read_text())
-        config["num_audio_tokens"] = 16
-        (path / name).write_text(json.dumps(config))
-    return path
+    return with_audio_tokens(tiny_dir, tmp_path_factory.mktemp("tiny16"), 16)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ kill-and-resume."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from helpers import with_audio_tokens
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -42,13 +42,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny32(tiny_dir, tmp_path_factory):
     """The session's tiny checkpoint with 32 audio tokens per clip instead of 300 (faster training runs)."""
-    path = tmp_path_factory.mktemp("tiny32")
-    shutil.copytree(tiny_dir, path, dirs_exist_ok=True)
-    for name in ("config.json", "processor_config.json"):
-        config = json.loads((path / name).read_text())
-        config["num_audio_tokens"] = 32
-        (path / name).write_text(json.dumps(config))
-    return path
+    return with_audio_tokens(tiny_dir, tmp_path_factory.mktemp("tiny32"), 32)
 
 
 @pytest.fixture(scope="module")
