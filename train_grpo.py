@@ -191,7 +191,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     folder = save_final(trainer, processor, training_args.output_dir, summary, model_args.use_peft,
                         save_adapter=script_args.save_adapter)
     if push and trainer.is_world_process_zero():
-        from tinygiant.publish import push_to_hub
+        from tinygiant.hub.publish import push_to_hub
 
         push_to_hub(folder, training_args.hub_model_id, token=training_args.hub_token,
                     private=training_args.hub_private_repo)

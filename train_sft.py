@@ -44,7 +44,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from parsing_tinygiant import SYSTEM_PROMPT
 from processing_tinygiant import build_chat_template
-from tinygiant.assemble import CLAP, HTSAT, LLM, WHISPER
+from tinygiant.hub.assemble import CLAP, HTSAT, LLM, WHISPER
 from tinygiant.training.data import COTA_REPO, TinyGiantCollator, load_cota
 from tinygiant.training.feature_cache import AudioFeatureCache
 from tinygiant.training.trainer import (
@@ -200,7 +200,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     folder = save_final(trainer, processor, training_args.output_dir, summary, model_args.use_peft,
                         save_adapter=script_args.save_adapter)
     if push and trainer.is_world_process_zero():
-        from tinygiant.publish import push_to_hub
+        from tinygiant.hub.publish import push_to_hub
 
         push_to_hub(folder, training_args.hub_model_id, token=training_args.hub_token,
                     private=training_args.hub_private_repo)

@@ -312,10 +312,10 @@ def worker_limits(args):
 def worker_checkpoint(args):
     """A random full-size (or, with --quick, tiny) checkpoint with its processor, saved as the project saves one."""
     from llamacpp_tinygiant import export_gguf
-    from tinygiant.publish import save_checkpoint
+    from tinygiant.hub.publish import save_checkpoint
 
     if args.quick:
-        from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+        from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
         write_tiny_checkpoint(args.checkpoint)
         model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.bfloat16)

@@ -16,7 +16,7 @@ Steps, in one process, in this order (each with the device's peak-memory counter
    medians of repeated passes with their spreads;
 2. checkpoint: the random full-size model (`measure.build_random_model`, bf16, on the device; with `--quick` at the
    tiny test checkpoint's sizes) saved with the benchmarks' processor (`measure.make_processor`) as the project saves
-   a checkpoint (`tinygiant.publish.save_checkpoint`);
+   a checkpoint (`tinygiant.hub.publish.save_checkpoint`);
 3. sft: steps as `train_sft.py` takes them, at its per-device batch (4 rows; the paper's effective batch of 32 is 8
    of them accumulated, or 8 GPUs) in bf16 with the LLM's activations checkpointed: forward with labels, backward,
    AdamW (fused on a GPU, as transformers' default) with the projector's and the LLM's learning rates. Seconds per
@@ -159,7 +159,7 @@ def write_checkpoint(folder: Path, quick: bool,
     """The random model in bf16 on the device, full size (with `quick`, the tiny parts' sizes), and the benchmark's
     processor, whose small tokenizer's `<audio>` id the config takes; saved to `folder`. Returns `(model,
     processor)`."""
-    from tinygiant.publish import save_checkpoint
+    from tinygiant.hub.publish import save_checkpoint
 
     config = tiny_config() if quick else TinyGiantConfig()
     processor = make_processor()
@@ -171,7 +171,7 @@ def write_checkpoint(folder: Path, quick: bool,
 
 def tiny_config() -> TinyGiantConfig:
     """The config of the tiny random checkpoint the tests use."""
-    from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+    from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         return write_tiny_checkpoint(Path(tmp) / "tiny")[0].config

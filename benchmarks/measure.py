@@ -116,7 +116,7 @@ def make_processor():
     from transformers import ClapFeatureExtractor, WhisperFeatureExtractor
 
     from processing_tinygiant import TinyGiantProcessor
-    from tinygiant.tiny_checkpoint import train_tokenizer
+    from tinygiant.hub.tiny_checkpoint import train_tokenizer
 
     tokenizer = train_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<audio>"]})

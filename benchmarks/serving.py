@@ -19,9 +19,9 @@ Steps, each in a process of its own:
 3. pipeline: today's best CPU path, `pipeline("audio-reasoning", int8="w8a8", llama_cpp=True)` (W8A8 encoders and
    projector, where `int8_tinygiant.w8a8_encoders_pay_off`, else bf16; the language model on llama.cpp Q8_0), each
    request after the last; time to first token from the file, by a streamer;
-4. vLLM: `tinygiant.vllm_server.VllmServer` (bf16, the encoders W8A8 by the same rule, as `tinygiant serve --engine
-   vllm` runs them) at concurrency 1, 4 and 16 through the `openai` client, streamed: time to first token is the
-   first chunk's arrival, time per output token the rest over 127.
+4. vLLM: `tinygiant.serving.vllm_server.VllmServer` (bf16, the encoders W8A8 by the same rule, as `tinygiant serve
+   --engine vllm` runs them) at concurrency 1, 4 and 16 through the `openai` client, streamed: time to first token is
+   the first chunk's arrival, time per output token the rest over 127.
 
 The machine's limit for the workload (requests/s at concurrency 16): each request's encoder, projector and prefill
 FLOPs at the measured bf16 GEMM peak, plus its share of 128 decoding steps at batch 16, each step bound by the larger
@@ -117,10 +117,10 @@ def worker_checkpoint(args):
     from configuration_tinygiant import TinyGiantConfig
     from modeling_tinygiant import TinyGiantForConditionalGeneration
     from processing_tinygiant import TinyGiantProcessor
-    from tinygiant.publish import save_checkpoint
+    from tinygiant.hub.publish import save_checkpoint
 
     if args.quick:
-        from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+        from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
         write_tiny_checkpoint(args.checkpoint, whisper_trim_padding=True)
     else:
@@ -219,7 +219,7 @@ WORKERS = {"limits": worker_limits, "checkpoint": worker_checkpoint, "pipeline":
 def run_vllm(args, tokenizer):
     import openai
 
-    from tinygiant.vllm_server import VllmServer
+    from tinygiant.serving.vllm_server import VllmServer
 
     flags = ["--dtype", "bfloat16" if not args.quick else "float32", "--max-model-len", "2048",
              "--max-num-seqs", str(max(CONCURRENCY))]

@@ -1,5 +1,5 @@
 """Shared fixtures (one tiny random TinyGiant checkpoint per session, built through
-`tinygiant.assemble.from_components`) and the test tiers: the markers every test gets from what it runs."""
+`tinygiant.hub.assemble.from_components`) and the test tiers: the markers every test gets from what it runs."""
 
 import importlib.util
 import inspect
@@ -16,7 +16,7 @@ import torch
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from processing_tinygiant import TinyGiantProcessor
-from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
 torch.set_num_threads(2)
 
@@ -49,7 +49,7 @@ MARKS = {
     "vllm": re.compile(r'\b(VllmServer|vllm_executable|serve_command)\b|"--engine",\s*"vllm"'),
     "browser": re.compile(r"\bwebdriver\b"),
     "ddp": re.compile(r'--multi_gpu|"--num_processes",\s*"[2-9]|\btorchrun\b'),
-    "demo": re.compile(r'\bdemo\.main\(|"demo",\s*"--'),  # in process, or `tinygiant demo --...`
+    "demo": re.compile(r'\bsft\.main\(|"demo",\s*"--'),  # in process (`tinygiant.demo.sft`), or `tinygiant demo --...`
     "subprocess": re.compile(r"\bsys\.executable\b"),
     "onnx": re.compile(r'\bexport_onnx\(|"export",\s*"onnx"'),  # every ONNX variant of a checkpoint: minutes
     "llamacpp": re.compile(r"\b(LlamaCppDecoder|export_gguf)\b|\bllama_cpp="),
@@ -160,7 +160,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def missing_vllm() -> str | None:
-    from tinygiant.vllm_server import vllm_executable
+    from tinygiant.serving.vllm_server import vllm_executable
 
     try:
         vllm_executable()
@@ -188,7 +188,7 @@ def missing_onnx() -> str | None:
 
 
 def missing_espeak() -> str | None:
-    from tinygiant.synthetic import speech_available
+    from tinygiant.demo.synthetic import speech_available
 
     return None if speech_available() else "espeak-ng not found: install.sh installs it (as root)"
 

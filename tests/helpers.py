@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from parsing_tinygiant import conversation
-from tinygiant.publish import SHIPPED_CODE
+from tinygiant.hub.publish import SHIPPED_CODE
 
 # The project is pip-installed in development mode, so a fresh interpreter could import it from anywhere. Put first
 # in a script, this wraps every import finder so that it finds none of the project's modules (nor any other blocked

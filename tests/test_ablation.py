@@ -1,4 +1,4 @@
-"""The ablation protocol's statistics, report and resuming (tinygiant.ablation); training itself is covered by
+"""The ablation protocol's statistics, report and resuming (tinygiant.demo.ablation); training itself is covered by
 test_demo.py, so here `train` and `evaluate` are replaced by functions that record calls and write MMAR scores."""
 
 import json
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-import tinygiant.synthetic as syn
-from tinygiant import ablation, demo
+import tinygiant.demo.synthetic as syn
+from tinygiant.demo import ablation, sft
 from tinygiant.eval.stats import mcnemar_exact
 
 
@@ -91,7 +91,7 @@ def test_protocol_resumes_and_writes_the_report(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ablation, "train", fake_train)
     monkeypatch.setattr(ablation, "evaluate", fake_evaluate)
-    preset = dict(demo.ABLATION_PRESET, num_audio_tokens=4)
+    preset = dict(sft.ABLATION_PRESET, num_audio_tokens=4)
     paths = ablation.run_protocol(out, data_dir, summary, preset, seeds=[0, 1])
     assert sorted(trained) == sorted(ablation.slug(v, s) for v in ablation.VARIANTS for s in (0, 1))
     # The variants differ only in their switches; the seeds share the encoders (so the feature cache), not the

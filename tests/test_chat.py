@@ -15,7 +15,7 @@ from int8_tinygiant import quantize_int8
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import SYSTEM_PROMPT
 from pipeline_tinygiant import Conversation, TinyGiantAudioReasoningPipeline
-from tinygiant.publish import save_checkpoint
+from tinygiant.hub.publish import save_checkpoint
 
 GREEDY = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
 

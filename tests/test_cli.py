@@ -12,9 +12,9 @@ from helpers import talkative, tone
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from tinygiant import cli as tinygiant_cli
-from tinygiant import model_source
-from tinygiant.publish import missing_files, save_checkpoint
-from tinygiant.web_app import SPACE_CODE
+from tinygiant.hub.publish import missing_files, save_checkpoint
+from tinygiant.serving import model_source
+from tinygiant.serving.web_app import SPACE_CODE
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_default_model(monkeypatch, tmp_path, caplog):
     monkeypatch.delenv("TINYGIANT_MODEL")
     # No trained model: a tiny random one is built once, with a loud warning.
     built = []
-    monkeypatch.setattr("tinygiant.tiny_checkpoint.write_tiny_checkpoint",
+    monkeypatch.setattr("tinygiant.hub.tiny_checkpoint.write_tiny_checkpoint",
                         lambda d: built.append(d) or (Path(d).mkdir(parents=True), (Path(d) / "config.json").touch()))
     assert model_source.default_model() == str(tmp_path / "tiny-random")
     assert model_source.default_model() == str(tmp_path / "tiny-random") and len(built) == 1
@@ -216,7 +216,7 @@ def test_ask_with_int8_weights_answers_like_the_full_precision_model(checkpoints
 
 
 def test_eval_limit_scores_the_items_it_asked_not_the_others_as_wrong(tiny_dir, tmp_path):
-    from tinygiant.synthetic import make_synthetic_dataset
+    from tinygiant.demo.synthetic import make_synthetic_dataset
 
     make_synthetic_dataset(tmp_path / "data", n_train=2, n_heldout=12, tasks=["higher_tone", "count_beeps"])
     meta = tmp_path / "data" / "eval-meta.jsonl"

@@ -12,7 +12,7 @@ from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModel, AutoProcessor
 
 from processing_tinygiant import build_chat_template
-from tinygiant.publish import save_checkpoint
+from tinygiant.hub.publish import save_checkpoint
 
 QUESTION = "What is the sound?"
 

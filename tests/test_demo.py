@@ -2,12 +2,12 @@
 
 import json
 
-from tinygiant import demo
+from tinygiant.demo import sft
 
 
 def test_demo_trains_with_progress_scores_through_the_synthetic_benchmark_and_answers(tmp_path, capsys):
     out = tmp_path / "demo"
-    metrics = demo.main(["--output-dir", str(out), "--n-train", "10", "--n-heldout", "10", "--epochs", "1"])
+    metrics = sft.main(["--output-dir", str(out), "--n-train", "10", "--n-heldout", "10", "--epochs", "1"])
     printed = capsys.readouterr().out
 
     saved = json.loads((out / "metrics.json").read_text())

@@ -9,7 +9,7 @@ from helpers import chat, tone
 
 import train_sft
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
-from tinygiant.synthetic import make_synthetic_dataset
+from tinygiant.demo.synthetic import make_synthetic_dataset
 
 
 def strict():

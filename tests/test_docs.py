@@ -101,10 +101,10 @@ def read_blocks(page: str) -> list[Block]:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """`tinygiant demo` once per session, smaller (`DEMO_ARGS`): its model and data."""
-    from tinygiant import demo
+    from tinygiant.demo import sft
 
     out = tmp_path_factory.mktemp("docs-demo")
-    demo.main(["--output-dir", str(out), *DEMO_ARGS])
+    sft.main(["--output-dir", str(out), *DEMO_ARGS])
     for run in ("model", "control"):
         config = GenerationConfig.from_pretrained(out / run)
         config.max_new_tokens = ANSWER_TOKENS
@@ -123,7 +123,7 @@ def reader_folder(root: Path, demo_dir: Path, tiny_dir: Path) -> Path:
     # A copy: a page may run `tinygiant demo` again, over it.
     shutil.copytree(demo_dir, root / "runs" / "demo", ignore=shutil.ignore_patterns("feature_cache", "tiny"))
     shutil.copytree(tiny_dir, root / "runs" / "tiny")
-    from tinygiant.synthetic import SAMPLING_RATE, TASKS
+    from tinygiant.demo.synthetic import SAMPLING_RATE, TASKS
 
     for seed, (name, (task, answer)) in enumerate(CLIPS.items()):
         clip = TASKS[task](np.random.default_rng(seed), SAMPLING_RATE, answer=answer)

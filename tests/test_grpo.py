@@ -16,7 +16,7 @@ from judge_server import ScriptedJudge
 
 import train_grpo
 from modeling_tinygiant import QueryGuidedProjector
-from tinygiant.synthetic import make_synthetic_dataset
+from tinygiant.demo.synthetic import make_synthetic_dataset
 from tinygiant.training.multiple_choice import SkippedRows, load_multiple_choice
 from tinygiant.training.rewards import (
     RubricJudgeReward,

@@ -5,8 +5,8 @@ import ast
 import re
 from pathlib import Path
 
-from tinygiant.publish import ROOT_SCRIPTS, SHIPPED_CODE
-from tinygiant.web_app import SPACE_CODE
+from tinygiant.hub.publish import ROOT_SCRIPTS, SHIPPED_CODE
+from tinygiant.serving.web_app import SPACE_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_shipped_code_imports_only_siblings_and_installed_libraries():
 
 def test_tools_are_a_package_that_is_not_shipped():
     assert (ROOT / "tinygiant" / "__init__.py").is_file()
-    assert not {p.name for p in (ROOT / "tinygiant").glob("*.py")} & set(SHIPPED_CODE)
+    assert not {p.name for p in (ROOT / "tinygiant").rglob("*.py")} & set(SHIPPED_CODE)
 
 
 def test_the_web_app_runs_without_the_tools():
@@ -70,11 +70,13 @@ def test_the_vllm_plugin_runs_the_checkpoints_own_code():
 
 
 def project_files():
-    """`{module name: path}` of the project's Python files, tests aside: root files by their name, the tools as
-    `tinygiant.NAME`, the benchmarks as `benchmarks/NAME` (their scripts import each other as siblings)."""
+    """`{module name: path}` of the project's Python files, tests aside: root files by their name, the tools by their
+    dotted name in every room (`tinygiant.hub.publish`; a room's `__init__.py` as `tinygiant.hub`), the benchmarks as
+    `benchmarks/NAME` (their scripts import each other as siblings)."""
     files = {p.stem: p for p in ROOT.glob("*.py")}
-    for p in (ROOT / "tinygiant").glob("*.py"):
-        files["tinygiant" if p.stem == "__init__" else f"tinygiant.{p.stem}"] = p
+    for p in (ROOT / "tinygiant").rglob("*.py"):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     files.update({f"benchmarks/{p.stem}": p for p in (ROOT / "benchmarks").glob("*.py")})
     return files
 
@@ -147,10 +149,15 @@ def test_the_circle_finder_sees_function_level_imports(tmp_path, monkeypatch):
     (tmp_path / "tinygiant" / "__init__.py").write_text("from . import c\n")
     (tmp_path / "tinygiant" / "c.py").write_text("import tinygiant\n")
     (tmp_path / "tool.py").write_text("import tinygiant.a\n")
+    (tmp_path / "tinygiant" / "room").mkdir()  # a room of the tools: its modules, relative imports resolved in it
+    (tmp_path / "tinygiant" / "room" / "__init__.py").write_text("")
+    (tmp_path / "tinygiant" / "room" / "d.py").write_text("def f():\n    from .e import g\n")
+    (tmp_path / "tinygiant" / "room" / "e.py").write_text("from tinygiant.room.d import f\n")
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     assert import_circles() == [["benchmarks/one.py", "benchmarks/two.py", "benchmarks/one.py"],
                                 ["tinygiant/__init__.py", "tinygiant/c.py", "tinygiant/__init__.py"],
-                                ["tinygiant/a.py", "tinygiant/b.py", "tinygiant/a.py"]]
+                                ["tinygiant/a.py", "tinygiant/b.py", "tinygiant/a.py"],
+                                ["tinygiant/room/d.py", "tinygiant/room/e.py", "tinygiant/room/d.py"]]
 
 
 def test_the_readme_is_a_landing_page_whose_links_resolve():

@@ -11,7 +11,7 @@ from modeling_tinygiant import (
     TinyGiantAudioModel,
     TinyGiantForConditionalGeneration,
 )
-from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
 
 def prompt(processor, question, audio, sampling_rate=16000, **kwargs):
@@ -201,8 +201,8 @@ def test_save_and_load_give_identical_outputs(model, processor, tmp_path):
 def test_from_components_loads_each_parts_weights(tmp_path):
     from transformers import AutoModelForCausalLM, ClapModel, WhisperForConditionalGeneration
 
-    from tinygiant.assemble import from_components
-    from tinygiant.tiny_checkpoint import save_tiny_components
+    from tinygiant.hub.assemble import from_components
+    from tinygiant.hub.tiny_checkpoint import save_tiny_components
 
     parts = save_tiny_components(tmp_path)
     model, processor = from_components(**parts, projector_heads=4, cgmlp_dim=32, ffn_dim=32)

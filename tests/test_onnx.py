@@ -19,7 +19,7 @@ from onnx_tinygiant import ONNX_PARTS, VARIANTS, TinyGiantOnnx, onnx_path
 from pipeline_tinygiant import load_pipeline
 from tinygiant import cli
 from tinygiant.export.onnx import export_onnx
-from tinygiant.publish import save_checkpoint
+from tinygiant.hub.publish import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_FREE_PYTHON = ROOT / ".venv-onnx" / "bin" / "python"

@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from onnx_tinygiant import TinyGiantOnnx
 from tinygiant.export.onnx import export_onnx
-from tinygiant.publish import save_checkpoint
+from tinygiant.hub.publish import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"

@@ -16,8 +16,8 @@ from transformers import TextIteratorStreamer, pipeline
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import SYSTEM_PROMPT, parse_response
 from pipeline_tinygiant import Conversation, TinyGiantAudioReasoningPipeline
-from tinygiant.publish import save_checkpoint
-from tinygiant.synthetic import generate_clip
+from tinygiant.demo.synthetic import generate_clip
+from tinygiant.hub.publish import save_checkpoint
 
 GREEDY = {"max_new_tokens": 16, "do_sample": False}
 

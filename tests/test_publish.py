@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
-from tinygiant.publish import BASE_MODELS, SHIPPED_CODE, missing_files, push_to_hub, save_checkpoint
+from tinygiant.hub.publish import BASE_MODELS, SHIPPED_CODE, missing_files, push_to_hub, save_checkpoint
 
 EXPECTED_FILES = {
     *SHIPPED_CODE, "config.json", "generation_config.json", "model.safetensors", "processor_config.json",
@@ -83,7 +83,7 @@ def test_space_folder_runs_the_app_with_its_examples(tmp_path):
     from huggingface_hub import SpaceCard
 
     from tinygiant import cli
-    from tinygiant.web_app import SPACE_CODE
+    from tinygiant.serving.web_app import SPACE_CODE
 
     assert cli.main(["publish", "--space", str(tmp_path / "space"), "--repo-id", "someone/tinygiant"]) == 0
     space = tmp_path / "space"

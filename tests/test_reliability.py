@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from helpers import talkative, tone
 
-import tinygiant.publish
+import tinygiant.hub.publish
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from pipeline_tinygiant import TinyGiantAudioReasoningPipeline
 from tinygiant.eval import mmar
-from tinygiant.publish import missing_files, save_checkpoint
+from tinygiant.hub.publish import missing_files, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def test_a_save_killed_halfway_leaves_nothing_loadable_then_a_save_completes(cha
         moves.append(dst)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(tinygiant.publish.os, "replace", dies_after_three)
-    monkeypatch.setattr(tinygiant.publish.os, "rename", lambda src, dst: dies_after_three(src, dst)
+    monkeypatch.setattr(tinygiant.hub.publish.os, "replace", dies_after_three)
+    monkeypatch.setattr(tinygiant.hub.publish.os, "rename", lambda src, dst: dies_after_three(src, dst)
                         if len(moves) == 3 else real_rename(src, dst))
     if not existing:
         moves.extend([None] * 3)  # a new folder appears by one rename: kill it there

@@ -118,7 +118,7 @@ def test_a_missing_dependency_of_remote_code_is_named_not_hidden(tiny_dir, tmp_p
 def trained_dir(tiny_dir, tmp_path_factory):
     """What `train_sft.py` writes to its output_dir (one step, from the tiny checkpoint)."""
     import train_sft
-    from tinygiant.synthetic import make_synthetic_dataset
+    from tinygiant.demo.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("trained")
     make_synthetic_dataset(root / "data", n_train=2, n_heldout=0, tasks=["higher_tone"])

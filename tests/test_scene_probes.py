@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-import tinygiant.synthetic as syn
-from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+import tinygiant.demo.synthetic as syn
+from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from scene_probes import audio_embeddings, encode_clips, probe

@@ -1,4 +1,4 @@
-"""Tests for the offline synthetic audio-reasoning dataset (tinygiant.synthetic).
+"""Tests for the offline synthetic audio-reasoning dataset (tinygiant.demo.synthetic).
 
 They pass with and without espeak-ng: without it the speech task is dropped and the summary says so.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import tinygiant.synthetic as syn
+import tinygiant.demo.synthetic as syn
 from parsing_tinygiant import format_question, parse_response
 
 EVAL_KEYS = ["id", "question", "choices", "answer", "task", "audio_path"]
@@ -304,7 +304,7 @@ def test_generate_clip_and_task_functions():
 
 def test_cli(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tinygiant.synthetic", str(tmp_path),
+        [sys.executable, "-m", "tinygiant.demo.synthetic", str(tmp_path),
          "--n-train", "4", "--n-heldout", "4", "--seed", "2"],
         capture_output=True, text=True, check=True,
     )

@@ -19,7 +19,7 @@ import train_sft
 from modeling_tinygiant import TinyGiantForConditionalGeneration, TinyGiantModel
 from parsing_tinygiant import SYSTEM_PROMPT, cota_to_messages
 from processing_tinygiant import TinyGiantProcessor
-from tinygiant.synthetic import make_synthetic_dataset
+from tinygiant.demo.synthetic import make_synthetic_dataset
 from tinygiant.training.data import BadRow, TinyGiantCollator, load_cota
 from tinygiant.training.trainer import gradient_accumulation_for
 

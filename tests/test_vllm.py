@@ -39,9 +39,15 @@ from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import SYSTEM_PROMPT, parse_response
 from processing_tinygiant import TinyGiantProcessor
 from tinygiant import cli
-from tinygiant.publish import save_checkpoint
-from tinygiant.tiny_checkpoint import write_tiny_checkpoint
-from tinygiant.vllm_server import DEFAULT_AUDIO_LIMIT, VllmServer, serve_command, server_environment, vllm_executable
+from tinygiant.hub.publish import save_checkpoint
+from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
+from tinygiant.serving.vllm_server import (
+    DEFAULT_AUDIO_LIMIT,
+    VllmServer,
+    serve_command,
+    server_environment,
+    vllm_executable,
+)
 
 MAX_TOKENS = 12
 LOGPROB_TOLERANCE = 1e-3

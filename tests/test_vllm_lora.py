@@ -29,9 +29,9 @@ from test_vllm import (
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from processing_tinygiant import TinyGiantProcessor
-from tinygiant.publish import save_checkpoint
-from tinygiant.tiny_checkpoint import write_tiny_checkpoint
-from tinygiant.vllm_server import VllmServer
+from tinygiant.hub.publish import save_checkpoint
+from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
+from tinygiant.serving.vllm_server import VllmServer
 
 LORA_SCALE = 8  # lora_alpha / r: at 2, the attention adapter leaves this model's greedy answer as it was
 # name: (the language model's projections it adapts, rank, seed)

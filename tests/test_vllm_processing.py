@@ -19,7 +19,7 @@ from pathlib import Path
 
 from test_vllm import QUESTIONS
 
-from tinygiant.vllm_server import vllm_executable
+from tinygiant.serving.vllm_server import vllm_executable
 
 BATCHES = 8  # sets of clips per hit rate (vLLM's test draws 32)
 HIT_RATES = (0.3, 0.5, 1.0)

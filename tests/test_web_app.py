@@ -34,9 +34,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from parsing_tinygiant import conversation, format_question, parse_response
 from pipeline_tinygiant import load_pipeline
-from tinygiant.publish import save_checkpoint
-from tinygiant.synthetic import generate_clip
-from tinygiant.web_app import write_examples
+from tinygiant.demo.synthetic import generate_clip
+from tinygiant.hub.publish import save_checkpoint
+from tinygiant.serving.web_app import write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -255,7 +255,7 @@ def test_answer_endpoint_through_gradio_client(server, checkpoint, tmp_path):
 def test_one_decoding_default_in_process_and_on_a_server():
     """Greedy on both backends unless `--sample` (then the checkpoint's sampling settings on both): a server left to
     vLLM's defaults samples at temperature 1 where the pipeline would decode greedily."""
-    from tinygiant.model_source import load_app
+    from tinygiant.serving.model_source import load_app
 
     app = load_app()
     for argv, sampled in (([], False), (["--sample"], True)):

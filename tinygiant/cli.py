@@ -21,9 +21,9 @@ line on stderr and a non-zero exit; `--debug` (anywhere before a lone `--`) show
 `ask` streams the model's output as it is generated, then prints the parsed answer; with `--json` it prints one JSON
 object and nothing else on stdout. Progress and timings go to stderr.
 
-The model for `ask` and `serve` is, in order (`tinygiant.model_source`): `--model`; the `TINYGIANT_MODEL` environment
-variable, else `space.json` beside `app.py` (the web app's own rule); `runs/demo/model` (what `tinygiant demo` trains,
-by default) if it exists in the current directory; else a tiny random checkpoint built once in
+The model for `ask` and `serve` is, in order (`tinygiant.serving.model_source`): `--model`; the `TINYGIANT_MODEL`
+environment variable, else `space.json` beside `app.py` (the web app's own rule); `runs/demo/model` (what `tinygiant
+demo` trains, by default) if it exists in the current directory; else a tiny random checkpoint built once in
 `$TINYGIANT_CACHE/tiny-random` (default `~/.cache/tinygiant/tiny-random`): untrained, it answers junk, with a warning.
 """
 
@@ -35,15 +35,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinygiant.model_source import default_model
+from tinygiant.serving.model_source import default_model
 
 # Commands that hand their arguments to another module's `main(argv)`, each with its line in `tinygiant --help`.
 DISPATCH = {
-    "tiny-checkpoint": ("tinygiant.tiny_checkpoint", "write a tiny random checkpoint, for trying things offline"),
-    "demo": ("tinygiant.demo",
+    "tiny-checkpoint": ("tinygiant.hub.tiny_checkpoint", "write a tiny random checkpoint, for trying things offline"),
+    "demo": ("tinygiant.demo.sft",
              "train, score and ask a tiny TinyGiant on synthetic data, offline (--ablation: Table 3)"),
     "eval": ("tinygiant.eval", "score a benchmark (mmar, mmau, mmsu, synthetic), compare two runs, the field's table"),
-    "serve": ("tinygiant.web_app", "the web app, in process or on vLLM (--engine vllm; --no-app: vLLM's API alone)"),
+    "serve": ("tinygiant.serving.web_app",
+              "the web app, in process or on vLLM (--engine vllm; --no-app: vLLM's API alone)"),
     "export": ("tinygiant.export", "the checkpoint as ONNX (onnx_tinygiant.py, the browser) or GGUF (llama.cpp)"),
 }
 # Failures that a user can cause or fix (bad input, a missing file or package, no network, a server that does not
@@ -106,7 +107,7 @@ def ask(args: argparse.Namespace) -> None:
 
 def publish(args: argparse.Namespace) -> None:
     if args.space:
-        from tinygiant.web_app import write_space
+        from tinygiant.serving.web_app import write_space
 
         if args.checkpoint or args.out_dir:
             raise ValueError("--space DIR writes a Space folder; it takes no CHECKPOINT or OUT_DIR (name the model "
@@ -117,7 +118,7 @@ def publish(args: argparse.Namespace) -> None:
         raise ValueError("publish needs CHECKPOINT and OUT_DIR (or --space DIR)")
     from modeling_tinygiant import TinyGiantForConditionalGeneration
     from processing_tinygiant import TinyGiantProcessor
-    from tinygiant.publish import push_to_hub, save_checkpoint
+    from tinygiant.hub.publish import push_to_hub, save_checkpoint
 
     model = TinyGiantForConditionalGeneration.from_pretrained(args.checkpoint)
     processor = TinyGiantProcessor.from_pretrained(args.checkpoint, trust_remote_code=True)

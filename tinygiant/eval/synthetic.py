@@ -1,4 +1,4 @@
-"""The synthetic benchmark: the held-out multiple-choice questions of `tinygiant.synthetic`'s data, on the runner.
+"""The synthetic benchmark: the held-out multiple-choice questions of `tinygiant.demo.synthetic`'s data, on the runner.
 
     tinygiant eval synthetic --model runs/demo/model --meta runs/demo/data/eval-meta.jsonl --output-dir OUT
 
@@ -47,13 +47,13 @@ class Synthetic(Benchmark):
 
     def check_arguments(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.meta is None:
-            parser.error(f"--meta is needed: the {META_FILE} that tinygiant.synthetic wrote")
+            parser.error(f"--meta is needed: the {META_FILE} that tinygiant.demo.synthetic wrote")
 
     def load(self, args: argparse.Namespace, output_dir: Path) -> Loaded:
         return Loaded(load_meta(args.meta), Path(args.audio_dir or Path(args.meta).parent))
 
     def load_folder(self, data_dir: str | Path) -> Loaded:
-        """The items of the dataset that `tinygiant.synthetic` wrote into `data_dir`."""
+        """The items of the dataset that `tinygiant.demo.synthetic` wrote into `data_dir`."""
         return Loaded(load_meta(Path(data_dir) / META_FILE), Path(data_dir))
 
 

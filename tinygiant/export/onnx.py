@@ -35,7 +35,7 @@ from transformers import DynamicCache
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from onnx_tinygiant import ONNX_FOLDER, ONNX_PARTS, VARIANTS, onnx_path
 from tinygiant.files import leftover_partials, partial_path
-from tinygiant.publish import SHIPPED_CODE, _module_file, complete_folder, missing_files
+from tinygiant.hub.publish import SHIPPED_CODE, _module_file, complete_folder, missing_files
 
 # What a folder needs to be exported: the model's config and weights, and what the processor loads.
 CHECKPOINT_FILES = ("config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json")

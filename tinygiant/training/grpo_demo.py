@@ -133,11 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from tinygiant.demo import PRESET
+    from tinygiant.demo.synthetic import make_synthetic_dataset
+    from tinygiant.demo.toy_training import PRESET, evaluate, train
     from tinygiant.eval.compare import compare_runs
-    from tinygiant.synthetic import make_synthetic_dataset
-    from tinygiant.tiny_checkpoint import write_tiny_checkpoint
-    from tinygiant.toy_training import evaluate, train
+    from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
     t0 = time.time()
     out = Path(args.output_dir).resolve()

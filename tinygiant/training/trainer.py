@@ -16,7 +16,7 @@ from trl import ModelConfig, SFTTrainer
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from processing_tinygiant import TinyGiantProcessor
-from tinygiant.publish import save_checkpoint
+from tinygiant.hub.publish import save_checkpoint
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
@@ -119,7 +119,7 @@ def load_model(model_args: ModelConfig, parts: dict[str, str], **config_kwargs) 
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else None
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if not model_args.model_name_or_path:
-        from tinygiant.assemble import from_components
+        from tinygiant.hub.assemble import from_components
 
         return from_components(**parts, dtype=dtype, **config_kwargs)
     kwargs = {"revision": model_args.model_revision, "dtype": dtype}
@@ -191,7 +191,7 @@ def save_final(trainer: Trainer, processor: TinyGiantProcessor, output_dir: str,
     if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and not use_peft:
         trainer.save_model(output_dir)
         if trainer.is_world_process_zero():
-            from tinygiant.publish import complete_folder
+            from tinygiant.hub.publish import complete_folder
 
             processor.save_pretrained(output_dir)
             folder = complete_folder(output_dir, training_summary=summary)

@@ -1,9 +1,9 @@
 """Assemble TinyGiant from its four pretrained parts (Hub ids or local folders).
 
-    from tinygiant.assemble import from_components
+    from tinygiant.hub.assemble import from_components
     model, processor = from_components()          # the paper's parts: Whisper-large-v3-turbo, two HTS-AT, Qwen3-0.6B
 
-The parts keep their weights; the projector starts random. `tinygiant.tiny_checkpoint` runs the same code on
+The parts keep their weights; the projector starts random. `tinygiant.hub.tiny_checkpoint` runs the same code on
 miniature parts saved in the same Hub formats, so tests exercise the real path offline.
 """
 

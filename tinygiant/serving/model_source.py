@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +55,7 @@ def default_model() -> str:
     logger.warning("no trained model found (set TINYGIANT_MODEL or pass --model); using an UNTRAINED tiny random "
                    "checkpoint in %s. Its answers are junk.", tiny)
     if not (tiny / "config.json").is_file():
-        from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+        from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
         write_tiny_checkpoint(tiny)
     return str(tiny)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from tinygiant.demo.toy_training import evaluate, train
 from tinygiant.eval.stats import bootstrap_interval, mcnemar_exact
 from tinygiant.files import replacing, write_json_atomic, write_text_atomic
-from tinygiant.toy_training import evaluate, train
 
 # The paper's Table 3 variants, in its order.
 VARIANTS = {
@@ -289,7 +289,7 @@ def run_protocol(out: Path, data_dir: Path, summary: dict, preset: dict[str, Any
     `out / "ablation"`. Returns the report's paths."""
     from transformers.utils import logging as transformers_logging
 
-    from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+    from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
     t0 = time.time()
     report_dir = out / "ablation"

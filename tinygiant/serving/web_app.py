@@ -16,9 +16,9 @@ from pathlib import Path
 import soundfile
 from huggingface_hub import SpaceCard, SpaceCardData
 
+from tinygiant.demo.synthetic import generate_clip
 from tinygiant.files import write_json_atomic, write_text_atomic
-from tinygiant.model_source import cache_dir, default_model, load_app, root_file
-from tinygiant.synthetic import generate_clip
+from tinygiant.serving.model_source import cache_dir, default_model, load_app, root_file
 
 # The root files a Space runs: the app and the siblings it imports (the prompt format, the chat-server client).
 SPACE_CODE = ("app.py", "parsing_tinygiant.py", "client_tinygiant.py")
@@ -80,8 +80,8 @@ once. From code: `gradio_client.Client(space).predict(handle_file("clip.wav"), q
 
 def serve_parser() -> argparse.ArgumentParser:
     """`tinygiant serve`'s options, all in one help: the app's (`app.py`), then the engine's
-    (`tinygiant.vllm_server`)."""
-    from tinygiant import vllm_server
+    (`tinygiant.serving.vllm_server`)."""
+    from tinygiant.serving import vllm_server
 
     parser = load_app().build_parser(prog="tinygiant serve")
     parser.usage = "tinygiant serve [APP OPTIONS] [--engine vllm [ENGINE OPTIONS] [-- VLLM_SERVE_FLAG ...]]"
@@ -96,11 +96,11 @@ def serve_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int | None:
     """`tinygiant serve`: run `app.py` with the example clips and, without `--model` (or `--backend`, where the
     server names its model), the tools' default model (`model_source.default_model`); with `--engine vllm`, hand over
-    to `tinygiant.vllm_server`."""
+    to `tinygiant.serving.vllm_server`."""
     argv = list(argv or [])
     head = argv[:argv.index("--")] if "--" in argv else argv
     if any(a == "--engine" or a.startswith("--engine=") for a in head):
-        from tinygiant import vllm_server
+        from tinygiant.serving import vllm_server
 
         return vllm_server.main(argv, run_app=main)
     parser = serve_parser()

@@ -1,9 +1,9 @@
 """Offline learning demo: TinyGiant learns to answer questions about synthetic sounds, on a CPU, in a few minutes.
 
-    tinygiant demo [--output-dir runs/demo]        # or: python -m tinygiant.demo
+    tinygiant demo [--output-dir runs/demo]        # or: python -m tinygiant.demo.sft
 
-1. writes the synthetic CoTA-format dataset (`tinygiant.synthetic`: beeps, tones, chords, noise, speech);
-2. writes a tiny, randomly initialised TinyGiant (`tinygiant.tiny_checkpoint`; 32 audio tokens instead of 300);
+1. writes the synthetic CoTA-format dataset (`tinygiant.demo.synthetic`: beeps, tones, chords, noise, speech);
+2. writes a tiny, randomly initialised TinyGiant (`tinygiant.hub.tiny_checkpoint`; 32 audio tokens instead of 300);
 3. trains it twice with `train_sft.py` (TRL SFTTrainer), printing progress: once on the real audio, once as a
    CONTROL on silence;
 4. scores both through the synthetic benchmark (`tinygiant.eval.synthetic`, on the evaluation runner) on the
@@ -18,7 +18,7 @@ learn the answer priors, so it should stay near chance, and the gap between the 
 
     tinygiant demo --ablation --seeds 3 [--output-dir runs/ablation]
 
-trains the paper's four Table 3 variants with each seed on the scene benchmark instead (`tinygiant.ablation`).
+trains the paper's four Table 3 variants with each seed on the scene benchmark instead (`tinygiant.demo.ablation`).
 
     tinygiant demo --grpo --seeds 3 [--output-dir runs/grpo]
 
@@ -33,12 +33,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinygiant.toy_training import GENERATE, evaluate, train_in_parallel
+from tinygiant.demo.toy_training import GENERATE, PRESET, evaluate, train_in_parallel
 
-# The demo's training preset: a tiny model needs far larger learning rates than the paper's 1e-4 / 5e-5.
-# It needs about 2000 optimizer steps: the chain-of-thought template is learnt within a few hundred, reading the
-# audio through the projector only later (the loss keeps falling slowly while the held-out accuracy rises).
-PRESET = dict(n_train=1600, n_heldout=100, num_audio_tokens=32, epochs=10, batch_size=8, llm_lr=1e-3, projector_lr=3e-3)
 # `--ablation`: scene clips (n_train / n_heldout count clips, five questions each) under a tight audio-token budget,
 # so that what the projector passes on has to depend on the question. Four epochs (2,000 steps) because reading the
 # audio comes late, as in the main demo; at one epoch (500 steps) every variant sat at chance. 12 runs: ~40 minutes.
@@ -88,7 +84,7 @@ def plot_losses(histories: dict[str, list[dict]], path: str | Path) -> None:
 def ask_pipeline(model_dir: str | Path, seed: int) -> dict:
     """One fresh clip through `pipeline("audio-reasoning")`."""
     from pipeline_tinygiant import load_pipeline
-    from tinygiant.synthetic import generate_clip
+    from tinygiant.demo.synthetic import generate_clip
 
     clip = generate_clip(task="higher_tone", seed=seed)
     pipe = load_pipeline(str(model_dir))
@@ -111,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--no-control", action="store_true", help="skip the zeroed-audio control run")
     parser.add_argument("--ablation", action="store_true",
                         help="instead: train the paper's four Table 3 variants on the scene benchmark, --seeds times "
-                             "each, and compare them on the synthetic benchmark (tinygiant.ablation)")
+                             "each, and compare them on the synthetic benchmark (tinygiant.demo.ablation)")
     parser.add_argument("--seeds", type=int, default=3, help="with --ablation: training seeds per variant")
     for key, value in PRESET.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
@@ -123,15 +119,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from tinygiant.synthetic import make_synthetic_dataset
-    from tinygiant.tiny_checkpoint import write_tiny_checkpoint
+    from tinygiant.demo.synthetic import make_synthetic_dataset
+    from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
     t0 = time.time()
     out = Path(args.output_dir).resolve()
     data_dir, tiny_dir = out / "data", out / "tiny"
     if args.ablation:
-        from tinygiant.ablation import run_protocol
-        from tinygiant.synthetic import make_scene_dataset
+        from tinygiant.demo.ablation import run_protocol
+        from tinygiant.demo.synthetic import make_scene_dataset
 
         summary = make_scene_dataset(data_dir, n_train=preset["n_train"], n_heldout=preset["n_heldout"],
                                      seed=args.seed)

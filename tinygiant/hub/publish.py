@@ -35,7 +35,7 @@ SHIPPED_CODE = (
     "onnx_tinygiant.py",
 )
 # Root files that are not remote code: the TRL-style training scripts and the web app (Spaces' `app.py`), run from a
-# clone or a Space folder (`tinygiant.web_app`).
+# clone or a Space folder (`tinygiant.serving.web_app`).
 ROOT_SCRIPTS = ("train_sft.py", "train_grpo.py", "app.py")
 REQUIRED_FILES = (
     *SHIPPED_CODE,

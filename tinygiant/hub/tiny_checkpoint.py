@@ -2,10 +2,10 @@
 
 `save_tiny_components` writes miniature stand-ins for the four pretrained parts, each in the format of its
 Hub repo (a Whisper model with its feature extractor, two CLAP models with theirs, a Qwen3 causal LM with a
-ChatML tokenizer); `write_tiny_checkpoint` assembles them with `tinygiant.assemble.from_components` and saves a
-complete checkpoint folder (`tinygiant.publish.save_checkpoint`). Tests, demos and offline users build on it:
+ChatML tokenizer); `write_tiny_checkpoint` assembles them with `tinygiant.hub.assemble.from_components` and saves a
+complete checkpoint folder (`tinygiant.hub.publish.save_checkpoint`). Tests, demos and offline users build on it:
 
-    tinygiant tiny-checkpoint OUT_DIR        # or: python -m tinygiant.tiny_checkpoint OUT_DIR
+    tinygiant tiny-checkpoint OUT_DIR        # or: python -m tinygiant.hub.tiny_checkpoint OUT_DIR
 """
 
 import argparse
@@ -31,8 +31,8 @@ from transformers import (
 
 from modeling_tinygiant import TinyGiantForConditionalGeneration
 from processing_tinygiant import TinyGiantProcessor
-from tinygiant.assemble import from_components
-from tinygiant.publish import save_checkpoint
+from tinygiant.hub.assemble import from_components
+from tinygiant.hub.publish import save_checkpoint
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen3 keeps <think> and </think> as added tokens that decoding does not skip.

@@ -12,7 +12,7 @@ TinyGiant with randomly initialised frozen encoders can learn them from energy p
 few minutes on a CPU. Answers are balanced, so chance accuracy is well defined. Everything is seeded:
 the same seed gives byte-identical files.
 
-    python -m tinygiant.synthetic OUT_DIR [--n-train N] [--n-heldout N] [--seed S]
+    python -m tinygiant.demo.synthetic OUT_DIR [--n-train N] [--n-heldout N] [--seed S]
 """
 
 import argparse

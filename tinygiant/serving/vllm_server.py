@@ -45,7 +45,7 @@ from types import FrameType
 
 from int8_tinygiant import w8a8_encoders_pay_off
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AUDIO_LIMIT = 8  # audios in one prompt: each is N = 300 tokens for the full-size model
 SMALL_MACHINE_CPUS = 4  # up to this many cores, vLLM's CPU worker gets them all (`server_environment`)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -283,8 +283,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None, run_app: Callable[[list[str]], object] | None = None) -> int:
     """`tinygiant serve --engine vllm`: the server and the web app on it, or (`--no-app`) the server in the foreground,
-    until Ctrl-C. `run_app` runs the app with the arguments it is given (`tinygiant.web_app.main` passes itself, so
-    that the app's module depends on this one and not back)."""
+    until Ctrl-C. `run_app` runs the app with the arguments it is given (`tinygiant.serving.web_app.main` passes
+    itself, so that the app's module depends on this one and not back)."""
     argv = list(argv or [])
     vllm_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None, run_app: Callable[[list[str]], objec
     if run_app is None:
         parser.error("the app on the server starts through `tinygiant serve --engine vllm`; --no-app runs the server "
                      "alone")
-    from tinygiant.model_source import cache_dir
+    from tinygiant.serving.model_source import cache_dir
 
     log = Path(args.log) if args.log else cache_dir() / "vllm-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
