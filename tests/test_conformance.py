@@ -5,6 +5,10 @@ found: a cache passed as `past_key_values`, `return_dict=False`, `output_loading
 an empty text, PEFT's prefix and prompt tuning; and the checkpoint's own system prompt in its chat template.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from helpers import tone
@@ -15,6 +19,17 @@ from processing_tinygiant import build_chat_template
 from tinygiant.hub.publish import save_checkpoint
 
 QUESTION = "What is the sound?"
+
+
+# A fresh Python loads the tokenizer alone and says whether any of the checkpoint's code was imported.
+LOAD_TOKENIZER = """
+import sys
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], **eval(sys.argv[2]))
+print("\\nIDS", tokenizer("What is the sound?")["input_ids"])
+print("CUSTOM_CODE", any(name.startswith("transformers_modules") for name in sys.modules))
+"""
+PROMPT = "Do you wish to run the custom code?"
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +220,24 @@ def test_trl_sft_trainer_trains_each_peft_method(tiny_dir, remote_processor, tmp
     after = dict(trainer.model.named_parameters())
     assert adapter and any(not torch.equal(after[n], value) for n, value in adapter.items())
     assert all(torch.equal(after[n], value) for n, value in base.items())
+
+
+def load_tokenizer_alone(tiny_dir, kwargs: str, stdin) -> tuple[str, list[int], bool]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # stdin held open (PIPE, never written): a prompt would block on it until transformers' 15 s alarm.
+    result = subprocess.run([sys.executable, "-c", LOAD_TOKENIZER, str(tiny_dir), kwargs], stdin=stdin,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("IDS", "CUSTOM_CODE")))
+    return result.stdout + result.stderr, eval(lines["IDS"]), lines["CUSTOM_CODE"] == "True"
+
+
+def test_the_tokenizer_loads_alone_without_the_checkpoints_code(tiny_dir, remote_processor):
+    expected = remote_processor.tokenizer(QUESTION)["input_ids"]
+    output, ids, custom_code = load_tokenizer_alone(tiny_dir, "{'trust_remote_code': False}", subprocess.PIPE)
+    assert PROMPT not in output and not custom_code
+    assert ids == expected
+    # Without the argument transformers asks first (it resolves the model config before the tokenizer's files; see
+    # docs/inference.md); a script with no terminal reads end-of-input as "no" and still gets the same tokenizer.
+    output, ids, custom_code = load_tokenizer_alone(tiny_dir, "{}", subprocess.DEVNULL)
+    assert ids == expected and not custom_code
