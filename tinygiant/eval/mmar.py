@@ -35,6 +35,7 @@ from tinygiant.eval.runner import (
     pct,
     peer_row,
     plot_groups,
+    raise_problems,
     read_json_records,
     run_lines,
     string_match,
@@ -208,10 +209,7 @@ def load_meta(path: str | Path, skip_invalid: bool = False) -> list[dict]:
     if problems and skip_invalid and len(invalid) == len(problems):
         print(f"warning: {path}: leaving out {len(problems)} invalid item(s):\n  " + "\n  ".join(problems))
         return [item for index, item in enumerate(items) if index not in invalid]
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ValueError(f"{path}: {len(problems)} invalid MMAR item(s):\n  {shown}{more}")
+    raise_problems(path, problems, "MMAR items")
     return items
 
 

@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinygiant.eval.runner import Benchmark, Breakdown, Loaded, check_known_ids, read_json_records
+from tinygiant.eval.runner import Benchmark, Breakdown, Loaded, check_known_ids, raise_problems, read_json_records
 from tinygiant.eval.runner import main as run_main
 from tinygiant.eval.runner import write_report as write_generic_report
 from tinygiant.files import write_json_atomic, write_text_atomic
@@ -107,10 +107,7 @@ def load_meta(path: str | Path) -> list[dict]:
             too_many.append(str(name))
         items.append({**record, "choices": distinct, "published_choices": choices, "answer": record.get("answer"),
                       "audio_path": record["audio_id"]})
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ValueError(f"{path}: {len(problems)} problem(s) with the MMAU items:\n  {shown}{more}")
+    raise_problems(path, problems, "MMAU items")
     if repeated:
         print(f"warning: {path}: {len(repeated)} item(s) list a choice twice, asked once: {', '.join(repeated)}")
     if too_many:

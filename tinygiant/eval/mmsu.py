@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from parsing_tinygiant import parse_response
-from tinygiant.eval.runner import Benchmark, Breakdown, Loaded, read_json_records
+from tinygiant.eval.runner import Benchmark, Breakdown, Loaded, raise_problems, read_json_records
 from tinygiant.eval.runner import main as run_main
 
 HUB_REPO = "ddwang2000/MMSU"
@@ -72,8 +72,7 @@ def load_meta(path: str | Path) -> list[dict]:
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         problems.append(f"duplicate ids: {repeated[:20]}")
-    if problems:
-        raise ValueError(f"{path}: {len(problems)} problem(s) with the MMSU items:\n  " + "\n  ".join(problems[:20]))
+    raise_problems(path, problems, "MMSU items")
     return items
 
 

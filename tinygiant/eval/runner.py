@@ -121,6 +121,14 @@ def load_predictions(path: str | Path, meta: Sequence[dict] | None = None, bench
     return predictions
 
 
+def raise_problems(path: str | Path, problems: Sequence[str], what: str) -> None:
+    """A benchmark file's problems as one `ValueError` (the first 20, then how many more); nothing if there are none."""
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"{path}: {len(problems)} problem(s) with the {what}:\n  {shown}{more}")
+
+
 def check_known_ids(path: str | Path, predictions: dict, meta: Sequence[dict], benchmark: str) -> None:
     unknown = sorted(set(predictions) - {item["id"] for item in meta}, key=str)
     if unknown:
