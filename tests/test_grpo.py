@@ -139,6 +139,41 @@ def test_audio_reaches_generation_and_the_logprob_passes_and_silence_changes_the
         trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
 
 
+def test_each_row_is_scored_with_its_own_clip_in_a_batch_of_several_prompts(tiny16, data, tmp_path):
+    """Two prompts about two different clips, G = 2 each: every row's log-probs in TRL's passes equal the model's
+    own forward on that row's clip, made by the processor from the file, so no clip lands on another prompt's rows."""
+    trainer, _ = run([*common(tiny16, data, tmp_path / "run"), "--max_steps", "1", "--beta", "0.01"])
+    rows = load_multiple_choice([str(data / "train.jsonl")])
+    pair = [next(row for row in rows if row["audio"] != rows[0]["audio"] and row["prompt"] != rows[0]["prompt"]),
+            rows[0]]
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions([pair[0], pair[0], pair[1], pair[1]])
+    width = batch["completion_ids"].shape[1]
+    mask = batch["completion_mask"].bool()
+    processor = trainer.processing_class
+
+    def logps_with_clip(i: int, prompt: list, clip) -> torch.Tensor:
+        """Row i's completion scored by the model's own forward on `prompt` about `clip` (made by the processor)."""
+        text = processor.apply_chat_template(prompt, chat_template=trainer.chat_template, tokenize=False,
+                                             add_generation_prompt=True, **trainer.chat_template_kwargs)
+        own = processor(text=text, audio=[clip])
+        assert torch.equal(own["input_ids"][0], batch["prompt_ids"][i][batch["prompt_mask"][i].bool()])
+        completion = batch["completion_ids"][i : i + 1]
+        audio = {k: v for k, v in own.items() if k not in ("input_ids", "attention_mask", "instruction_mask")}
+        with torch.no_grad():
+            logits = trainer.model(input_ids=torch.cat([own["input_ids"], completion], 1), **audio,
+                                   instruction_mask=torch.nn.functional.pad(own["instruction_mask"], (0, width)))
+        scores = torch.log_softmax(logits.logits[:, -width - 1:-1].float(), -1)
+        return scores.gather(-1, completion[..., None])[0, :, 0][mask[i]]
+
+    for i, (row, other) in enumerate([(pair[0], pair[1])] * 2 + [(pair[1], pair[0])] * 2):
+        own_clip = logps_with_clip(i, row["prompt"], row["audio"])
+        torch.testing.assert_close(batch["ref_per_token_logps"][i][mask[i]], own_clip, rtol=2e-4, atol=1e-3)
+        other_clip = logps_with_clip(i, row["prompt"], other["audio"])  # same prompt, the other prompt's clip
+        with pytest.raises(AssertionError):  # the check above tells the two clips apart
+            torch.testing.assert_close(batch["ref_per_token_logps"][i][mask[i]], other_clip, rtol=2e-4, atol=1e-3)
+
+
 def test_encoders_run_once_per_clip_per_step_and_the_feature_cache_skips_them(tiny16, data, tmp_path, monkeypatch):
     calls = {"encoder_windows": 0, "projector_rows": []}
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -373,12 +408,14 @@ def test_ddp_two_processes_on_cpu_keep_the_ranks_equal(tiny16, data, tmp_path):
     assert sums[0] == sums[1]
 
 
-def test_the_demo_trains_on_the_unsolved_task_and_splits_step_time(data):
-    from tinygiant.training.grpo_demo import grpo_rows, step_split
+def test_the_demo_trains_on_every_tasks_rows_and_splits_step_time(data):
+    from tinygiant.demo.grpo import TASKS, grpo_rows, step_split
 
-    rows = [json.loads(line) for line in grpo_rows(data, ["count_beeps"]).read_text().splitlines()]
-    assert rows and all(row["task"] == "count_beeps" and row["choices"] for row in rows)
-    assert len(load_multiple_choice([str(data / "grpo-train-count_beeps.jsonl")])) == len(rows)  # audio resolves
+    rows = [json.loads(line) for line in grpo_rows(data, TASKS).read_text().splitlines()]
+    assert rows and all(row["task"] in TASKS and row["choices"] for row in rows)
+    assert {row["task"] for row in rows} == {row["task"] for row in map(json.loads, (data / "train.jsonl").open())
+                                             if row["choices"]}
+    assert len(load_multiple_choice([str(data / f"grpo-train-{'-'.join(TASKS)}.jsonl")])) == len(rows)  # audio resolves
     logs = [{"time/encoders": 1.0, "time/generation": 5.0, "time/backward": 2.0, "time/optimizer": 2.0}, {"loss": 0}]
     split = step_split(logs)
     assert split["share"]["generation"] == 0.5 and split["seconds_per_step"] == 10.0
