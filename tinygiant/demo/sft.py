@@ -22,7 +22,7 @@ trains the paper's four Table 3 variants with each seed on the scene benchmark i
 
     tinygiant demo --grpo --seeds 3 [--output-dir runs/grpo]
 
-runs GRPO after this demo's SFT and compares the two on the held-out split (`tinygiant.training.grpo_demo`).
+runs GRPO after this demo's SFT and compares the two on the held-out split (`tinygiant.demo.grpo`).
 """
 
 import argparse
@@ -98,7 +98,7 @@ def ask_pipeline(model_dir: str | Path, seed: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--grpo" in argv:  # its own protocol and options
-        from tinygiant.training.grpo_demo import main as grpo_main
+        from tinygiant.demo.grpo import main as grpo_main
 
         return grpo_main([arg for arg in argv if arg != "--grpo"])
     parser = argparse.ArgumentParser(prog="tinygiant demo", description=__doc__.splitlines()[0])
