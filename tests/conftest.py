@@ -27,6 +27,16 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): two are slower
+    than one for models this small, and much slower on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def processor(tiny_dir):
     return TinyGiantProcessor.from_pretrained(tiny_dir, trust_remote_code=True)

@@ -35,12 +35,7 @@ FAST = [*ISSUE_ARGS, "--disable_tqdm", "true", "--logging_steps", "1", "--learni
         "--projector_learning_rate", "1e-3", "--save_strategy", "no"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ FAST = ["--use_cpu", "--bf16", "false", "--activation_checkpointing", "false", "
         "--report_to", "none", "--logging_steps", "1", "--learning_rate", "1e-3", "--projector_learning_rate", "1e-3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads are slower than one for models this small (and much slower on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
