@@ -490,13 +490,15 @@ def worker_training(args):
 
 def worker_onnx_export(args):
     """`tinygiant export onnx` of the checkpoint: its seconds, and the download of each variant (its four graphs and
-    the folder's other files but the PyTorch weights: config, processor, tokenizer, chat template, code)."""
+    the folder's other files but the PyTorch and llama.cpp weights: config, processor, tokenizer, chat template,
+    code)."""
     from onnx_tinygiant import ONNX_PARTS, onnx_path
     from tinygiant.export.onnx import export_onnx
 
     folder = onnx_folder(args)
     _, seconds = timed(lambda: export_onnx(args.checkpoint, folder, ONNX_EXPORTED))
-    common = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.suffix != ".safetensors")
+    weights = (".safetensors", ".gguf")  # the checkpoint's PyTorch and llama.cpp weights, which ONNX does not need
+    common = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.suffix not in weights)
     sizes = {}
     for dtype in ONNX_EXPORTED:
         graphs = [f for part in ONNX_PARTS for f in folder.glob(f"onnx/{onnx_path(folder, part, dtype).name}*")]
