@@ -59,7 +59,7 @@ MARKS = {
     "vllm": re.compile(r'\b(VllmServer|vllm_executable|serve_command)\b|"--engine",\s*"vllm"'),
     "browser": re.compile(r"\bwebdriver\b"),
     "ddp": re.compile(r'--multi_gpu|"--num_processes",\s*"[2-9]|\btorchrun\b'),
-    "demo": re.compile(r'\bsft\.main\(|"demo",\s*"--'),  # in process (`tinygiant.demo.sft`), or `tinygiant demo --...`
+    "demo": re.compile(r'\b(sft|grpo)\.main\(|"demo",\s*"--'),  # in process (`tinygiant.demo.sft`, `.grpo`), or the CLI
     "subprocess": re.compile(r"\bsys\.executable\b"),
     "onnx": re.compile(r'\bexport_onnx\(|"export",\s*"onnx"'),  # every ONNX variant of a checkpoint: minutes
     "llamacpp": re.compile(r"\b(LlamaCppDecoder|export_gguf)\b|\bllama_cpp="),

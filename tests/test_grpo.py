@@ -415,3 +415,27 @@ def test_the_demo_trains_on_every_tasks_rows_and_splits_step_time(data):
     split = step_split(logs)
     assert split["share"]["generation"] == 0.5 and split["seconds_per_step"] == 10.0
     assert abs(sum(split["share"].values()) - 1) < 1e-9
+
+
+def test_the_demo_protocol_runs_small_and_writes_its_result(tmp_path):
+    """`tinygiant demo --grpo` end to end on a few clips: both SFT runs, a GRPO seed, the scoring, the paired
+    comparisons, `grpo.json` in the issue's shape and the curves; a second call finds every stage done."""
+    from tinygiant.demo import grpo
+
+    args = ["--output-dir", str(tmp_path / "grpo"), "--n-train", "40", "--n-heldout", "10", "--seeds", "1",
+            "--sft-epochs", "1", "--max-steps", "2", "--num-generations", "2", "--per-device-train-batch-size", "4",
+            "--max-completion-length", "16"]
+    result = grpo.main(args)
+    entry = result["seeds"]["0"]
+    assert set(entry) >= {"sft", "grpo", "difference_points", "by_task", "step_time"}
+    assert entry["difference_points"]["n"] == result["n_heldout_items"] > 0
+    difference = entry["difference_points"]
+    assert (difference["accuracy_a"], difference["accuracy_b"]) == (entry["grpo"], entry["sft"])
+    assert abs(sum(entry["step_time"]["share"].values()) - 1) < 1e-3
+    assert result["mean"] == {"sft": entry["sft"], "grpo": round(entry["grpo"], 2)}
+    assert result["whole_sft"]["epochs"] == 10 and result["sft_preset"]["n_train"] == 40
+    written = json.loads((tmp_path / "grpo" / "grpo.json").read_text())
+    assert written["seeds"]["0"]["grpo"] == entry["grpo"] and (tmp_path / "grpo" / "grpo_curves.png").stat().st_size
+    mtime = (tmp_path / "grpo" / "grpo-seed0" / "model.safetensors").stat().st_mtime
+    assert grpo.main(args)["seeds"]["0"]["grpo"] == entry["grpo"]  # resumed: nothing retrained
+    assert (tmp_path / "grpo" / "grpo-seed0" / "model.safetensors").stat().st_mtime == mtime

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="data, tiny model and SFT seed")
     parser.add_argument("--seeds", type=int, default=3, help="GRPO seeds")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one core each)")
+    parser.add_argument("--n-train", type=int, default=None, help="training clips (default: the SFT demo's)")
+    parser.add_argument("--n-heldout", type=int, default=N_HELDOUT, help="held-out clips")
     for key, value in GRPO_PRESET.items():
         if isinstance(value, bool):
             parser.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
@@ -162,10 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
     from tinygiant.hub.tiny_checkpoint import write_tiny_checkpoint
 
     t0 = time.time()
+    sft_preset = dict(PRESET, n_train=args.n_train or PRESET["n_train"])
     out = Path(args.output_dir).resolve()
     data_dir, tiny_dir, start_dir, sft_dir = out / "data", out / "tiny", out / "sft-start", out / "sft"
     if not (data_dir / "summary.json").is_file():
-        make_synthetic_dataset(data_dir, n_train=PRESET["n_train"], n_heldout=N_HELDOUT, seed=args.seed)
+        make_synthetic_dataset(data_dir, n_train=sft_preset["n_train"], n_heldout=args.n_heldout, seed=args.seed)
     if not (tiny_dir / "config.json").is_file():
         write_tiny_checkpoint(tiny_dir, seed=args.seed, num_audio_tokens=PRESET["num_audio_tokens"])
     rows = grpo_rows(data_dir, preset["tasks"])
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     scores["sft"] = scored(sft_dir)
     accuracy = {name: cell["overall"]["accuracy"] for name, cell in scores.items()}
 
-    result = {"seeds": {}, "preset": preset, "sft_preset": PRESET, "n_heldout_items": scores["sft"]["overall"]["total"]}
+    result = {"seeds": {}, "preset": preset, "sft_preset": sft_preset,
+              "n_heldout_items": scores["sft"]["overall"]["total"]}
     pooled = {"grpo": [], "start": [], "sft": []}
     for name, seed in runs.items():
         comparison = compare_runs(out / name / "eval", start_dir / "eval")
