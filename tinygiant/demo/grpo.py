@@ -131,9 +131,9 @@ def plot_curves(histories: dict, accuracy: dict[str, float], path: Path) -> None
     plt.close(fig)
 
 
-def outcomes(run_dir: Path) -> dict:
-    return {o["id"]: o["status"] == "correct" for o in
-            json.loads((run_dir / "eval" / "scores.json").read_text())["items"]}
+def outcomes(scores: dict) -> dict:
+    """Each held-out item's id and whether the run answered it right."""
+    return {o["id"]: o["status"] == "correct" for o in scores["items"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     scores.update({name: scored(out / name) for name in runs})
     scores["sft"] = scored(sft_dir)
     accuracy = {name: cell["overall"]["accuracy"] for name, cell in scores.items()}
+    histories = {name: history(out / name) for name in runs}
+    start, whole = outcomes(scores["sft-start"]), outcomes(scores["sft"])
 
     result = {"seeds": {}, "preset": preset, "sft_preset": sft_preset,
               "n_heldout_items": scores["sft"]["overall"]["total"]}
@@ -208,9 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["seeds"][str(seed)] = {
             "sft": accuracy["sft-start"], "grpo": accuracy[name],
             "difference_points": comparison["overall"], "by_task": comparison["breakdowns"].get("task", {}),
-            "step_time": step_split(history(out / name)),
+            "step_time": step_split(histories[name]),
         }
-        grpo, start, whole = outcomes(out / name), outcomes(start_dir), outcomes(sft_dir)
+        grpo = outcomes(scores[name])
         pooled["grpo"] += [grpo[i] for i in start]
         pooled["start"] += list(start.values())
         pooled["sft"] += [whole[i] for i in start]
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["encoders_per_step"] = {
         "prompts_per_step": preset["per_device_train_batch_size"] // preset["num_generations"],
         "completions_per_step": preset["per_device_train_batch_size"],
-        "clips_encoded": {str(seed): [log["encoded_clips"] for log in history(out / name) if "encoded_clips" in log][-1]
+        "clips_encoded": {str(seed): [log["encoded_clips"] for log in histories[name] if "encoded_clips" in log][-1]
                           for name, seed in runs.items()},
     }
     result["seconds"] = round(time.time() - t0, 1)
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     bars = {f"SFT {preset['sft_epochs']} ep (start)": accuracy["sft-start"],
             **{f"+ GRPO seed {seed}": accuracy[name] for name, seed in runs.items()},
             f"SFT {PRESET['epochs']} ep": accuracy["sft"]}
-    plot_curves({f"seed {seed}": history(out / name) for name, seed in runs.items()}, bars, out / "grpo_curves.png")
+    plot_curves({f"seed {seed}": histories[name] for name, seed in runs.items()}, bars, out / "grpo_curves.png")
     pooled_test = result["pooled_over_seeds"]
     print(f"\nheld-out accuracy: start (SFT, {preset['sft_epochs']} epochs) {accuracy['sft-start']:.1f} %, GRPO "
           f"{mean_grpo:.1f} % (mean of {len(seeds)} seeds; pooled McNemar p = {pooled_test['mcnemar_p']:.3g}), "
