@@ -194,7 +194,7 @@ def test_ask_and_follow_up_in_the_browser(server, browser, checkpoint, tmp_path)
     assert "follow-up" in ask(browser, "Are you sure?")  # the same clip, not uploaded again
     answer = words(parse_response(follow_up["text"])["answer"] or follow_up["text"])[:60]
     try:  # the status and the chat are separate page updates: give the chat a moment to catch up on a busy machine
-        WebDriverWait(browser, 20).until(lambda b: answer in words(chat_text(b)))
+        WebDriverWait(browser, 60).until(lambda b: answer in words(chat_text(b)))
     except TimeoutException:
         pass  # the assertions below say what is shown instead
     shown = words(chat_text(browser))
